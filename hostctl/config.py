@@ -1,0 +1,124 @@
+"""Typed TOML settings: dataclasses filled from TOML with errors that name the file, field and value."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hostctl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or a syntax error becomes a ConfigError naming the file."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+
+
+def load(cls: type[T], path: Path) -> T:
+    """Read `path` and build an instance of the dataclass `cls` from it."""
+    return build(cls, read_toml(path), source=str(path))
+
+
+def build(cls: type[T], data: Any, *, source: str, where: str = "") -> T:
+    """Build dataclass `cls` from a TOML table, checking keys, types and each field's `check`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'top level'}: expected a table, got {_show(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: {_join(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        path = _join(where, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: {path}: required key is missing")
+            continue
+        value = _convert(hints[name], data[name], source=source, where=path)
+        check = f.metadata.get("check")
+        if check is not None and (problem := check(value)):
+            raise ConfigError(f"{source}: {path}: {_show(value)} {problem}")
+        kwargs[name] = value
+    try:
+        obj = cls(**kwargs)
+    except ValueError as e:  # __post_init__ cross-field checks
+        raise ConfigError(f"{source}: {where or 'top level'}: {e}") from None
+    return obj
+
+
+def _convert(hint: Any, value: Any, *, source: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, source=source, where=where)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {where}: expected a list, got {_show(value)}")
+        return [_convert(inner, v, source=source, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, inner = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where}: expected a table, got {_show(value)}")
+        return {k: _convert(inner, v, source=source, where=_join(where, k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source=source, where=where)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{source}: {where}: {_show(value)} is not one of {choices}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, float, bool) and (type(value) is not hint):
+        raise ConfigError(f"{source}: {where}: expected {_kind(hint)}, got {_show(value)}")
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(hint: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[hint]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def positive(value: float) -> str | None:
+    """Field check: strictly positive."""
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float) -> str | None:
+    """Field check: zero or more."""
+    return None if value >= 0 else "must be >= 0"
+
+
+def check(fn: typing.Callable[[Any], str | None], **kwargs: Any) -> Any:
+    """A dataclass field with a value check (returns a problem string, or None when fine)."""
+    return dataclasses.field(metadata={"check": fn}, **kwargs)

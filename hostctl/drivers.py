@@ -1,0 +1,131 @@
+"""Worker vCPU drivers: how a CVM's active worker count is read and changed. They register by name.
+
+Drivers run on a worker thread (never on an event loop) and may block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import libvirt
+
+from hostctl.errors import HostctlError
+from hostctl.model import CVM
+
+
+class WorkerDriver(Protocol):
+    """Reads and sets the number of online vCPUs (boot + active workers) of one domain."""
+
+    name: str
+
+    def refuse(self, cvm: CVM) -> str | None:
+        """Why this driver must not scale `cvm` at all, or None."""
+
+    def online(self, dom: libvirt.virDomain) -> int:
+        """The online vCPU count as this driver controls it."""
+
+    def apply(self, dom: libvirt.virDomain, cvm: CVM, target: int) -> None:
+        """Make `target` vCPUs online; raise HostctlError with a clear reason on failure."""
+
+
+REGISTRY: dict[str, Callable[..., WorkerDriver]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., WorkerDriver]], Callable[..., WorkerDriver]]:
+    """Class decorator: make a driver available by name (e.g. a host with Ditto's own interface)."""
+
+    def deco(factory: Callable[..., WorkerDriver]) -> Callable[..., WorkerDriver]:
+        REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def create(name: str, **options: Any) -> WorkerDriver:
+    """Instantiate a registered driver."""
+    try:
+        factory = REGISTRY[name]
+    except KeyError:
+        raise HostctlError(f"unknown worker driver {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+    return factory(**options)
+
+
+def _live(dom: libvirt.virDomain) -> int:
+    return dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+@register("guest")
+class GuestDriver:
+    """Asks the guest agent to online/offline vCPUs beyond the boot set: SNP-safe, no hotplug."""
+
+    name = "guest"
+
+    def refuse(self, cvm: CVM) -> str | None:
+        return None
+
+    def online(self, dom: libvirt.virDomain) -> int:
+        try:
+            return dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_GUEST)
+        except libvirt.libvirtError:
+            return _live(dom)
+
+    def apply(self, dom: libvirt.virDomain, cvm: CVM, target: int) -> None:
+        try:
+            dom.setVcpusFlags(target, libvirt.VIR_DOMAIN_VCPU_GUEST)
+        except libvirt.libvirtError as e:
+            raise HostctlError(
+                f"{cvm.name}: the guest agent cannot set online vCPUs "
+                f"(is qemu-guest-agent running in the guest?): {e.get_error_message()}"
+            ) from None
+
+
+@register("hotplug")
+class HotplugDriver:
+    """Live vCPU hotplug. Plain VMs only: under SEV-ES/SNP the launch measurement covers every vCPU."""
+
+    name = "hotplug"
+
+    def refuse(self, cvm: CVM) -> str | None:
+        if cvm.security.measures_vcpus:
+            return (
+                f"{cvm.name}: hotplug refused for {cvm.security.value}: the launch measurement covers every "
+                "vCPU's register state, so vCPUs cannot be added after launch (use the 'guest' driver)"
+            )
+        return None
+
+    def online(self, dom: libvirt.virDomain) -> int:
+        return _live(dom)
+
+    def apply(self, dom: libvirt.virDomain, cvm: CVM, target: int) -> None:
+        try:
+            dom.setVcpusFlags(target, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"{cvm.name}: vCPU hotplug to {target} failed: {e.get_error_message()}") from None
+
+
+@register("emulated")
+class EmulatedDriver:
+    """Demo site: sets the live vCPU count in libvirt's test driver after a wake/park delay per vCPU."""
+
+    name = "emulated"
+
+    def __init__(self, wake_ms: float = 40.0, park_ms: float = 15.0) -> None:
+        self.wake_ms = wake_ms
+        self.park_ms = park_ms
+
+    def refuse(self, cvm: CVM) -> str | None:
+        return None
+
+    def online(self, dom: libvirt.virDomain) -> int:
+        return _live(dom)
+
+    def apply(self, dom: libvirt.virDomain, cvm: CVM, target: int) -> None:
+        change = target - _live(dom)
+        time.sleep(abs(change) * (self.wake_ms if change > 0 else self.park_ms) / 1000)
+        try:
+            dom.setVcpusFlags(target, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"{cvm.name}: emulated scale to {target} failed: {e.get_error_message()}") from None
+

@@ -1,0 +1,160 @@
+"""The host model: one set of dataclasses used on both ends of the wire, carried as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, Self, TypeVar
+
+from hostctl.security import SecurityType, decode_policy
+
+T = TypeVar("T")
+
+
+class DomainState(StrEnum):
+    """A libvirt domain's run state, as operators name it."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    OTHER = "other"
+
+
+class Model:
+    """Mixin: lossless conversion to and from JSON-compatible dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        hints = typing.get_type_hints(cls)
+        kwargs = {f.name: _load(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data}  # type: ignore[arg-type]
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(json.loads(text))
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.to_dict()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+def _load(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _load(inner, value)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        return [_load(inner, v) for v in value]
+    if origin is dict:
+        _, inner = typing.get_args(hint)
+        return {k: _load(inner, v) for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Model):
+        return hint.from_dict(value)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint(value)
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+@dataclass
+class Host(Model):
+    """One hypervisor host as its agent sees it."""
+
+    name: str
+    uri: str
+    cpus: int
+    memory_mib: int
+    cpu_percent: float = 0.0
+    load: float | None = None
+    sev: bool | None = None
+    sev_es: bool | None = None
+    sev_snp: bool | None = None
+    libvirt_version: str = ""
+
+
+@dataclass
+class CVM(Model):
+    """A (confidential) VM with worker vCPUs beyond its boot set."""
+
+    name: str
+    uuid: str
+    state: DomainState
+    security: SecurityType = SecurityType.NONE
+    policy: int = 0
+    boot_vcpus: int = 1
+    max_vcpus: int = 1
+    online_vcpus: int = 1
+    driver: str = "hotplug"
+    cpu_percent: float = 0.0
+    scaled_by: str = ""
+    scaled_at: float | None = None
+
+    @property
+    def policy_flags(self) -> list[str]:
+        return decode_policy(self.security, self.policy)
+
+    @property
+    def workers_active(self) -> int:
+        return max(0, self.online_vcpus - self.boot_vcpus)
+
+    @property
+    def workers_max(self) -> int:
+        return max(0, self.max_vcpus - self.boot_vcpus)
+
+
+@dataclass
+class Service(Model):
+    """An HTTP endpoint served by a CVM."""
+
+    name: str
+    cvm: str
+    url: str
+
+
+@dataclass
+class Event(Model):
+    """An audit record: who did what to which CVM, the state before and after, and why."""
+
+    host: str
+    cvm: str
+    action: str
+    who: str
+    ok: bool
+    before: int | None = None
+    after: int | None = None
+    why: str = ""
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class Snapshot(Model):
+    """A host with everything on it, as one consistent picture."""
+
+    host: Host
+    cvms: list[CVM] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    ts: float = field(default_factory=time.time)
