@@ -144,6 +144,10 @@ class LibvirtHost:
             known = ", ".join(sorted(self._cvms)) or "none"
             raise HostctlError(f"unknown CVM {name!r} on {self.name} (known: {known})") from None
 
+    def get(self, name: str) -> CVM | None:
+        """The CVM called `name`, if there is one."""
+        return self._cvms.get(name)
+
     def snapshot(self, services: list[Service] | None = None) -> Snapshot:
         """A consistent picture of the host, without touching libvirt."""
         return Snapshot(host=self.host, cvms=self.cvms, services=list(services or []))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hostctl import config
 from hostctl.config import check, non_negative, positive
+from hostctl.demo.services import Endpoint
 from hostctl.security import SNP_DEFAULT_POLICY, SecurityType
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
@@ -69,16 +70,6 @@ class HostSpec:
 
 
 @dataclass
-class EndpointSpec:
-    """A DeathStarBench-like endpoint: its path, base service time and share of the mixed load."""
-
-    name: str = check(_name)
-    path: str = check(lambda v: None if v.startswith("/") else "must start with '/'")
-    service_ms: float = check(positive)
-    weight: float = check(non_negative, default=1.0)
-
-
-@dataclass
 class Overhead:
     """Latency multiplier per security type (SEV-SNP: +30-60% over plain, as published)."""
 
@@ -117,7 +108,7 @@ class DemoConfig:
     overhead: Overhead = field(default_factory=Overhead)
     traffic: Traffic = field(default_factory=Traffic)
     driver: Driver = field(default_factory=Driver)
-    endpoints: list[EndpointSpec] = field(default_factory=list)
+    endpoints: list[Endpoint] = field(default_factory=list)
     hosts: list[HostSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -10,20 +10,20 @@ from hostctl.domxml import cvm_metadata
 from hostctl.security import SecurityType
 
 
-def node_xml(host: HostSpec) -> str:
-    """A node with the host's CPUs and memory and one running domain per CVM."""
+def node_xml(host: HostSpec, driver: str = "emulated") -> str:
+    """A node with the host's CPUs and memory and one running domain per CVM, scaled by `driver`."""
     node = ET.Element("node")
     cpu = ET.SubElement(node, "cpu")
     for tag, value in (("nodes", 1), ("sockets", 1), ("cores", max(1, host.cpus // 2)), ("threads", 2), ("mhz", 2450)):
         ET.SubElement(cpu, tag).text = str(value)
     ET.SubElement(node, "memory").text = str(host.memory_gib * 1024 * 1024)
     for spec in host.cvms:
-        node.append(_domain(host, spec))
+        node.append(_domain(host, spec, driver))
     ET.indent(node)
     return ET.tostring(node, encoding="unicode")
 
 
-def _domain(host: HostSpec, spec: CVMSpec) -> ET.Element:
+def _domain(host: HostSpec, spec: CVMSpec, driver: str) -> ET.Element:
     dom = ET.Element("domain", type="test")
     ET.SubElement(dom, "name").text = spec.name
     ET.SubElement(dom, "uuid").text = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dittotui-demo/{host.name}/{spec.name}"))
@@ -39,5 +39,5 @@ def _domain(host: HostSpec, spec: CVMSpec) -> ET.Element:
         ET.SubElement(launch, "policy").text = f"0x{spec.policy:04x}"
     metadata = ET.SubElement(dom, "metadata")
     assert spec.policy is not None
-    metadata.append(ET.fromstring(cvm_metadata(spec.security, spec.policy, spec.boot_vcpus, "emulated")))
+    metadata.append(ET.fromstring(cvm_metadata(spec.security, spec.policy, spec.boot_vcpus, driver)))
     return dom

@@ -1,0 +1,99 @@
+"""One emulated demo host: its CVMs in libvirt's test driver, their services on loopback, and traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from hostctl.backend import LibvirtHost
+from hostctl.demo.config import DemoConfig, HostSpec
+from hostctl.demo.nodexml import node_xml
+from hostctl.demo.services import CVMService
+from hostctl.demo.traffic import BackgroundTraffic
+from hostctl.model import Service
+
+
+class DemoHost:
+    """Runs one demo host. Each active vCPU of a CVM is one serving slot of its HTTP service."""
+
+    def __init__(self, config: DemoConfig, spec: HostSpec, runtime: Path, *, traffic: bool = True) -> None:
+        self.config = config
+        self.spec = spec
+        self.node_file = runtime / f"{spec.name}.xml"
+        self.backend = LibvirtHost(
+            f"test://{self.node_file}",
+            name=spec.name,
+            driver_options={"emulated": {"wake_ms": config.driver.wake_ms, "park_ms": config.driver.park_ms}},
+            capabilities={"sev": True, "sev_es": True, "sev_snp": spec.sev_snp},
+            cpu_source=self._cpu_percent,
+        )
+        seed = random.Random(spec.name)
+        self.services = {
+            cvm.name: CVMService(
+                cvm.name,
+                overhead=config.overhead.of(cvm.security),
+                slots=cvm.online_vcpus or cvm.boot_vcpus,
+                endpoints=config.endpoints,
+                jitter=config.jitter,
+                rng=random.Random(seed.random()),
+            )
+            for cvm in spec.cvms
+        }
+        self._traffic_on = traffic
+        self._traffic: list[BackgroundTraffic] = []
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Write the node XML, open libvirt, start the services, the traffic and the CPU sampler."""
+        self.node_file.parent.mkdir(parents=True, exist_ok=True)
+        self.node_file.write_text(node_xml(self.spec))
+        await self.backend.open()
+        self.backend.on_change(self._follow_vcpus)
+        for service in self.services.values():
+            await service.start()
+        if self._traffic_on and self.config.traffic.peak_rps > 0:
+            for i, service in enumerate(self.services.values()):
+                targets = [(url, e.weight) for e, url in zip(self.config.endpoints, service.urls().values())]
+                traffic = BackgroundTraffic(
+                    targets,
+                    base_rps=self.config.traffic.base_rps,
+                    peak_rps=self.config.traffic.peak_rps,
+                    day_seconds=self.config.traffic.day_seconds,
+                    phase=i / max(1, len(self.services)) / 3,
+                )
+                await traffic.start()
+                self._traffic.append(traffic)
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+        for traffic in self._traffic:
+            await traffic.stop()
+        for service in self.services.values():
+            await service.stop()
+        await self.backend.close()
+
+    def service_list(self) -> list[Service]:
+        """Every endpoint of every CVM, as the host model's services."""
+        return [
+            Service(name=endpoint, cvm=cvm, url=url)
+            for cvm, service in self.services.items()
+            for endpoint, url in service.urls().items()
+        ]
+
+    def _follow_vcpus(self, name: str) -> None:
+        service = self.services.get(name)
+        cvm = self.backend.get(name)
+        if service is not None and cvm is not None and service.slots.capacity != cvm.online_vcpus:
+            service.set_slots(cvm.online_vcpus)
+
+    def _cpu_percent(self, name: str) -> float:
+        service = self.services.get(name)
+        return service.cpu_percent() if service is not None else 0.0
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sample_interval)
+            await self.backend.sample()

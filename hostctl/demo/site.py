@@ -1,0 +1,176 @@
+"""Run the demo site's hosts as background agent processes: up, down, status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostctl import rpc
+from hostctl.agent import Agent
+from hostctl.demo import config as demo_config
+from hostctl.demo.host import DemoHost
+from hostctl.errors import HostctlError
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+
+def default_runtime() -> Path:
+    """Where the running demo keeps its sockets, pid files, node XML and logs."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"dittotui-demo-{os.getuid()}"
+
+
+@dataclass
+class HostProcess:
+    """The files of one demo host process in the runtime directory."""
+
+    name: str
+    runtime: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime / f"{self.name}.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.runtime / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.runtime / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The process id, if the process is alive."""
+        try:
+            pid = int(self.pidfile.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+
+async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
+    """The body of one demo host process: run the host and its agent until SIGTERM or SIGINT."""
+    config = demo_config.load(config_path)
+    try:
+        spec = config.host(name)
+    except KeyError:
+        raise HostctlError(f"{config_path}: no host {name!r}") from None
+    proc = HostProcess(name, runtime)
+    host = DemoHost(config, spec, runtime)
+    await host.start()
+    agent = Agent(host.backend, services=host.service_list)
+    server = await agent.serve_unix(proc.socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        proc.socket.unlink(missing_ok=True)
+        await host.stop()
+
+
+async def up(config_path: Path, runtime: Path) -> list[str]:
+    """Start every host of the demo site that is not running yet; return a line per host."""
+    config = demo_config.load(config_path)
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines, started = [], []
+    for spec in config.hosts:
+        proc = HostProcess(spec.name, runtime)
+        if proc.pid() is not None:
+            lines.append(f"{spec.name}: already running (pid {proc.pid()})")
+            continue
+        with proc.log.open("ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "hostctl", "demo", "serve-host", spec.name,
+                 "--config", str(config_path), "--runtime", str(runtime)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        proc.pidfile.write_text(str(child.pid))
+        started.append((proc, child))
+    for proc, child in started:
+        try:
+            await _wait_ready(proc, child)
+        except HostctlError:
+            await down(runtime)
+            raise
+        lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
+    return lines
+
+
+async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise HostctlError(f"demo host {proc.name} exited with status {child.returncode}: {_tail(proc.log)}")
+        if proc.socket.exists():
+            with contextlib.suppress(HostctlError, OSError, TimeoutError):
+                client = await rpc.connect_unix(str(proc.socket))
+                try:
+                    await client.call("hello", timeout=2)
+                    return
+                finally:
+                    await client.close()
+        await asyncio.sleep(0.1)
+    raise HostctlError(f"demo host {proc.name} did not answer within {START_TIMEOUT:.0f} s: {_tail(proc.log)}")
+
+
+async def down(runtime: Path) -> list[str]:
+    """Stop every demo host process and remove its files; nothing is left running."""
+    lines = []
+    for pidfile in sorted(runtime.glob("*.pid")):
+        proc = HostProcess(pidfile.stem, runtime)
+        pid = proc.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while proc.pid() is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.pid() is not None:
+                os.kill(pid, signal.SIGKILL)
+            lines.append(f"{proc.name}: stopped (pid {pid})")
+        for path in (proc.pidfile, proc.socket, runtime / f"{proc.name}.xml"):
+            path.unlink(missing_ok=True)
+    return lines or ["demo site is not running"]
+
+
+async def status(runtime: Path) -> list[dict[str, Any]]:
+    """Ask every running demo host for its snapshot; a host that does not answer says why."""
+    results = []
+    for pidfile in sorted(runtime.glob("*.pid")):
+        proc = HostProcess(pidfile.stem, runtime)
+        entry: dict[str, Any] = {"host": proc.name, "pid": proc.pid()}
+        if entry["pid"] is None:
+            entry["error"] = "not running"
+        else:
+            try:
+                client = await rpc.connect_unix(str(proc.socket))
+                try:
+                    entry["snapshot"] = await client.call("snapshot", timeout=5)
+                finally:
+                    await client.close()
+            except (HostctlError, TimeoutError) as e:
+                entry["error"] = str(e) or "timed out"
+        results.append(entry)
+    return results
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"

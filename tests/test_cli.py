@@ -1,0 +1,103 @@
+"""The `hostctl` command as a user runs it: one clear line and status 2 for bad input, nothing changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_node
+
+
+def hostctl(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def refused(proc: subprocess.CompletedProcess[str], message: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hostctl: ") and message in lines[0], proc.stderr
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return f"test://{make_node(tmp_path)}"
+
+
+def test_status_table_and_json(uri: str) -> None:
+    table = hostctl("--uri", uri, "status", "--sample", "0", check=True).stdout
+    assert "snp" in table and "sev-snp" in table and "0x30000 smt-allowed,reserved-1" in table
+    data = json.loads(hostctl("--uri", uri, "status", "--json", "--sample", "0", check=True).stdout)
+    assert {c["name"]: c["security"] for c in data["cvms"]} == {
+        "es": "sev-es", "plain": "none", "sev": "sev", "snp": "sev-snp"}
+
+
+def test_scale_reports_the_change(uri: str) -> None:
+    assert "/snp: 2 -> 4 vCPUs" in hostctl("--uri", uri, "scale", "snp", "4", "--expect", "2", check=True).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("scale", "ghost", "2"), "unknown CVM 'ghost' on vm (known: es, plain, sev, snp)"),
+        (("scale", "snp", "9"), "9 vCPUs is outside boot..max (1..5)"),
+        (("scale", "snp", "3", "--expect", "4"), "expected 4 online vCPUs but found 2; nothing changed"),
+    ],
+)
+def test_bad_scale_requests(uri: str, args: tuple[str, ...], message: str) -> None:
+    refused(hostctl("--uri", uri, *args), message)
+
+
+def test_hotplug_on_snp_is_refused(tmp_path: Path) -> None:
+    uri = f"test://{make_node(tmp_path, driver='hotplug')}"
+    refused(hostctl("--uri", uri, "scale", "snp", "3"), "hotplug refused for sev-snp")
+
+
+def test_unreachable_uri() -> None:
+    refused(hostctl("--uri", "test:///no/such.xml", "status"), "cannot open libvirt URI 'test:///no/such.xml'")
+    refused(hostctl("--uri", "qemu+tcp://127.0.0.1:1/system", "status"), "cannot open libvirt URI")
+
+
+def test_missing_uri() -> None:
+    env_free = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
+    proc = subprocess.run([sys.executable, "-m", "hostctl", "status"], capture_output=True, text=True, env=env_free)
+    refused(proc, "no host given: pass --uri URI")
+
+
+def test_malformed_demo_config_starts_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "demo.toml"
+    bad.write_text((ROOT / "configs" / "demo.toml").read_text().replace("cpus = 16", "cpus = -1", 1))
+    runtime = tmp_path / "run"
+    refused(hostctl("demo", "up", "--config", str(bad), "--runtime", str(runtime)),
+            "demo.toml: hosts[0].cpus: -1 must be > 0")
+    assert not list(runtime.glob("*.pid")) if runtime.exists() else True
+
+
+def test_demo_up_status_down(tmp_path: Path) -> None:
+    runtime = str(tmp_path / "run")
+    try:
+        up = hostctl("demo", "up", "--runtime", runtime, check=True).stdout
+        assert up.count("started") == 3
+        again = hostctl("demo", "up", "--runtime", runtime, check=True).stdout
+        assert again.count("already running") == 3
+        entries = json.loads(hostctl("demo", "status", "--json", "--runtime", runtime, check=True).stdout)
+        assert [e["host"] for e in entries] == ["mec-1", "mec-2", "regional-1"]
+        snap = entries[0]["snapshot"]
+        assert {c["security"] for c in snap["cvms"]} == {"sev-snp", "sev", "none"}
+        assert all(s["url"].startswith("http://127.0.0.1:") for s in snap["services"])
+        pids = [e["pid"] for e in entries]
+    finally:
+        down = hostctl("demo", "down", "--runtime", runtime, check=True).stdout
+    assert down.count("stopped") == 3
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not list(Path(runtime).glob("*.sock")) and not list(Path(runtime).glob("*.pid"))

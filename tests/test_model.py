@@ -1,0 +1,61 @@
+"""The host model survives JSON both ways, and policies decode into named flags."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hostctl.model import CVM, DomainState, Event, Host, Service, Snapshot
+from hostctl.security import SecurityType, decode_policy
+
+names = st.text(min_size=1, max_size=20)
+floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+maybe_bool = st.none() | st.booleans()
+
+hosts = st.builds(Host, name=names, uri=names, cpus=st.integers(1, 512), memory_mib=st.integers(1, 1 << 22),
+                  cpu_percent=floats, load=st.none() | floats, sev=maybe_bool, sev_es=maybe_bool,
+                  sev_snp=maybe_bool, libvirt_version=st.text(max_size=10))
+cvms = st.builds(CVM, name=names, uuid=names, state=st.sampled_from(DomainState),
+                 security=st.sampled_from(SecurityType), policy=st.integers(0, (1 << 64) - 1),
+                 boot_vcpus=st.integers(1, 8), max_vcpus=st.integers(1, 64), online_vcpus=st.integers(0, 64),
+                 driver=names, cpu_percent=floats, scaled_by=st.text(max_size=10), scaled_at=st.none() | floats)
+services = st.builds(Service, name=names, cvm=names, url=names)
+snapshots = st.builds(Snapshot, host=hosts, cvms=st.lists(cvms, max_size=5), services=st.lists(services, max_size=5),
+                      ts=floats)
+events = st.builds(Event, host=names, cvm=names, action=names, who=names, ok=st.booleans(),
+                   before=st.none() | st.integers(0, 64), after=st.none() | st.integers(0, 64),
+                   why=st.text(max_size=40), ts=floats)
+
+
+@given(snapshots)
+def test_snapshot_round_trips_through_json(snapshot: Snapshot) -> None:
+    assert Snapshot.from_json(snapshot.to_json()) == snapshot
+
+
+@given(events)
+def test_event_round_trips_through_json(event: Event) -> None:
+    assert Event.from_json(event.to_json()) == event
+
+
+def test_enums_travel_as_their_names() -> None:
+    cvm = CVM(name="a", uuid="u", state=DomainState.RUNNING, security=SecurityType.SEV_SNP)
+    data = cvm.to_dict()
+    assert data["state"] == "running" and data["security"] == "sev-snp"
+    assert type(CVM.from_dict(data).security) is SecurityType
+
+
+def test_workers_are_the_vcpus_beyond_the_boot_set() -> None:
+    cvm = CVM(name="a", uuid="u", state=DomainState.RUNNING, boot_vcpus=2, max_vcpus=10, online_vcpus=5)
+    assert (cvm.workers_active, cvm.workers_max) == (3, 8)
+
+
+def test_snp_default_policy_decodes_to_named_flags() -> None:
+    assert decode_policy(SecurityType.SEV_SNP, 0x30000) == ["smt-allowed", "reserved-1"]
+    assert decode_policy(SecurityType.SEV_SNP, 0x80000 | 0x30000 | 0x0105) == [
+        "abi>=1.5", "smt-allowed", "reserved-1", "debug-allowed"]
+
+
+def test_sev_policy_decodes_to_named_flags() -> None:
+    assert decode_policy(SecurityType.SEV_ES, 0x7) == ["no-debug", "no-key-sharing", "es-required"]
+    assert decode_policy(SecurityType.SEV, 1 << 40) == ["bit-40"]
+    assert decode_policy(SecurityType.NONE, 0xFF) == []
