@@ -8,13 +8,16 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench system-packages clean
 
 demo: $(STAMP)
-	$(BIN)/dittotui
+	$(BIN)/hostctl demo up
+	$(BIN)/hostctl demo status
+	@echo "demo site is running; stop it with: $(BIN)/hostctl demo down"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/demo_latency.py
+	$(BIN)/python bench/scale_latency.py
 
 # apt-get runs only when a package is missing, so a second run costs nothing.
 system-packages:
