@@ -1,77 +1,262 @@
-"""The host agent: owns one host and answers JSON-RPC requests about it."""
+"""The host agent: owns one host and speaks JSON-RPC 2.0 (one object per line) over stdio or a unix socket.
+
+Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes), `scale`, `audit`.
+Every scale, applied or refused, is in the audit log on disk before its reply is sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
+import pwd
+import socket
+import struct
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hostctl import __version__, rpc
+from hostctl.audit import AuditLog
 from hostctl.backend import LibvirtHost
-from hostctl.model import Service
+from hostctl.model import Event, Service
 
 PROTOCOL_VERSION = 1
+MUTATING = frozenset({"scale"})
+
+# Parameter schemas: name -> (type, required, (min, max) or None).
+Schema = dict[str, tuple[type, bool, tuple[float, float] | None]]
+SCHEMAS: dict[str, Schema] = {
+    "hello": {"client": (str, False, None)},
+    "snapshot": {},
+    "subscribe": {"interval": (float, False, (0.05, 3600.0))},
+    "scale": {
+        "cvm": (str, True, None),
+        "target": (int, True, (0, 4096)),
+        "expect": (int, False, (0, 4096)),
+        "who": (str, False, None),
+        "why": (str, False, None),
+    },
+    "audit": {"limit": (int, False, (1, 100_000))},
+}
 
 
 class Agent:
-    """JSON-RPC methods over one LibvirtHost."""
+    """One host's agent: the backend, its services, the audit log and the CPU sampler."""
 
     def __init__(
         self,
         host: LibvirtHost,
         *,
+        audit: AuditLog,
         services: Callable[[], list[Service]] = list,
         readonly: bool = False,
+        interval: float = 1.0,
     ) -> None:
         self.host = host
+        self.audit = audit
         self.readonly = readonly
-        self._services = services
+        self.interval = interval
+        self.services = services
+        self._sessions: set[Session] = set()
+        self._sampler: asyncio.Task[None] | None = None
+        host.on_event(self._on_event)
+
+    def start(self) -> None:
+        """Start sampling CPU at the configured interval (the host is already open)."""
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+        for session in self._sessions:
+            session.close()
+        self.audit.close()
+
+    async def serve_stdio(self) -> None:
+        """Serve one peer on stdin/stdout (the form run by `ssh host hostctl agent --stdio`)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=rpc.MAX_LINE)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self.serve(reader, writer, peer_user=_ssh_user())
+
+    async def serve_unix(self, path: Path) -> asyncio.Server:
+        """Listen on a unix socket only the owner can reach (`hostctl serve`, reached through SSH)."""
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(
+            lambda r, w: self.serve(r, w, peer_user=_peer_user(w)), path=str(path), limit=rpc.MAX_LINE
+        )
+        os.chmod(path, 0o600)
+        return server
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer_user: str) -> None:
+        session = Session(self, rpc.Peer(writer), peer_user)
+        self._sessions.add(session)
+        try:
+            await rpc.serve(reader, session.peer, session.methods)
+        finally:
+            session.close()
+            self._sessions.discard(session)
+
+    def _on_event(self, event: Event) -> None:
+        self.audit.append(event)
+        for session in self._sessions:
+            session.push(event)
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.host.sample()
+
+
+class Session:
+    """One connected peer: its subscription and its view of what it has been sent."""
+
+    def __init__(self, agent: Agent, peer: rpc.Peer, peer_user: str) -> None:
+        self.agent = agent
+        self.peer = peer
+        self.peer_user = peer_user
+        self._events: list[Event] = []
+        self._nudge = asyncio.Event()
+        self._updates: asyncio.Task[None] | None = None
 
     @property
     def methods(self) -> dict[str, rpc.Method]:
-        return {"hello": self.hello, "snapshot": self.snapshot, "scale": self.scale}
+        handlers = {
+            "hello": self.hello, "snapshot": self.snapshot, "subscribe": self.subscribe,
+            "scale": self.scale, "audit": self.audit,
+        }
+        return {name: _checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
+
+    def push(self, event: Event) -> None:
+        """Queue an audit event for this peer and send it without waiting for the interval."""
+        if self._updates is not None:
+            self._events.append(event)
+            self._nudge.set()
+
+    def close(self) -> None:
+        if self._updates is not None:
+            self._updates.cancel()
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "protocol": PROTOCOL_VERSION,
             "agent": __version__,
-            "host": self.host.host.name,
-            "readonly": self.readonly,
-            "capabilities": ["snapshot", "scale"],
+            "host": self.agent.host.host.name,
+            "pid": os.getpid(),
+            "readonly": self.agent.readonly,
+            "interval": self.agent.interval,
+            "methods": sorted(SCHEMAS),
         }
 
     async def snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.host.snapshot(self._services()).to_dict()
+        return self.agent.host.snapshot(self.agent.services()).to_dict()
+
+    async def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        interval = params.get("interval", self.agent.interval)
+        if self._updates is not None:
+            self._updates.cancel()
+        self._updates = asyncio.get_running_loop().create_task(self._send_updates(interval))
+        return {"interval": interval}
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self.readonly:
-            raise rpc.RpcError(rpc.REFUSED, f"{self.host.host.name}: agent is read-only; scale refused")
-        cvm = _param(params, "cvm", str)
-        target = _param(params, "target", int)
-        expect = _param(params, "expect", int, required=False)
-        who = _param(params, "who", str, required=False) or "unknown"
-        why = _param(params, "why", str, required=False) or ""
-        event = await self.host.scale(cvm, target, expect=expect, who=who, why=why)
+        who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
+        event = await self.agent.host.scale(
+            params["cvm"], params["target"], expect=params.get("expect"), who=who, why=params.get("why", "")
+        )
         return event.to_dict()
 
-    async def serve_unix(self, path: Path) -> asyncio.Server:
-        """Listen on a unix socket only the owner can reach."""
-        path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(
-            lambda r, w: rpc.serve(r, w, self.methods), path=str(path), limit=rpc.MAX_LINE
-        )
-        os.chmod(path, 0o600)
-        return server
+    async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
+        return [e.to_dict() for e in events]
+
+    async def _send_updates(self, interval: float) -> None:
+        """Every `interval` (or at once after an action): what changed since the last update."""
+        sent_host: dict[str, Any] | None = None
+        sent_cvms: dict[str, dict[str, Any]] = {}
+        sent_services: list[dict[str, Any]] | None = None
+        seq = 0
+        while True:
+            snapshot = self.agent.host.snapshot(self.agent.services())
+            host = snapshot.host.to_dict()
+            cvms = {c.name: c.to_dict() for c in snapshot.cvms}
+            services = [s.to_dict() for s in snapshot.services]
+            events, self._events = self._events, []
+            seq += 1
+            update: dict[str, Any] = {
+                "seq": seq,
+                "ts": time.time(),
+                "cvms": {name: data for name, data in cvms.items() if sent_cvms.get(name) != data},
+                "removed": [name for name in sent_cvms if name not in cvms],
+                "events": [e.to_dict() for e in events],
+            }
+            if host != sent_host:
+                update["host"] = host
+            if services != sent_services:
+                update["services"] = services
+            await self.peer.notify("update", update)
+            sent_host, sent_cvms, sent_services = host, cvms, services
+            self._nudge.clear()
+            try:
+                await asyncio.wait_for(self._nudge.wait(), interval)
+            except TimeoutError:
+                pass
 
 
-def _param(params: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
-    value = params.get(name)
-    if value is None:
-        if required:
-            raise rpc.RpcError(rpc.INVALID_PARAMS, f"missing parameter {name!r}")
-        return None
-    if type(value) is not kind:
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter {name!r}: expected {kind.__name__}, got {value!r}")
-    return value
+def _checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
+    """Wrap a method with its schema check and the read-only refusal."""
+    schema = SCHEMAS[name]
+
+    async def method(params: dict[str, Any]) -> Any:
+        if readonly and name in MUTATING:
+            raise rpc.RpcError(rpc.REFUSED, f"agent is read-only: {name} refused; nothing changed")
+        return await fn(_validate(name, schema, params))
+
+    return method
+
+
+def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(schema))
+    if unknown:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: unknown parameter {unknown[0]!r} "
+                                               f"(known: {', '.join(sorted(schema)) or 'none'})")
+    clean = {}
+    for key, (kind, required, bounds) in schema.items():
+        value = params.get(key)
+        if value is None:
+            if required:
+                raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: missing parameter {key!r}")
+            continue
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise rpc.RpcError(rpc.INVALID_PARAMS,
+                               f"{method}: parameter {key!r} must be {kind.__name__}, got {value!r}"[:300])
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise rpc.RpcError(rpc.INVALID_PARAMS,
+                               f"{method}: parameter {key!r} = {value!r} is outside {bounds[0]:g}..{bounds[1]:g}")
+        if kind is str and len(value) > 1000:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: parameter {key!r} is longer than 1000 characters")
+        clean[key] = value
+    return clean
+
+
+def _ssh_user() -> str:
+    """Who is at the other end of a stdio agent: the SSH user and client address, or the local user."""
+    client = os.environ.get("SSH_CLIENT", "").split(" ")[0]
+    return f"{getpass.getuser()}@ssh:{client}" if client else f"{getpass.getuser()}@local"
+
+
+def _peer_user(writer: asyncio.StreamWriter) -> str:
+    """The user of the process connected to our unix socket (SO_PEERCRED)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return f"{pwd.getpwuid(uid).pw_name}@socket"
+    except (OSError, KeyError, AttributeError):
+        return "unknown@socket"

@@ -7,24 +7,32 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hostctl import __version__
+from hostctl import __version__, sitecli
+from hostctl.agent import Agent
+from hostctl.audit import AuditLog
+from hostctl.audit import default_path as audit_default_path
 from hostctl.backend import LibvirtHost
-from hostctl.demo import site
+from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.errors import HostctlError
 from hostctl.model import Snapshot
+from hostctl.render import format_scale, format_snapshot
+from hostctl.site import load as load_site
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hostctl", description=__doc__)
     p.add_argument("--version", action="version", version=f"hostctl {__version__}")
-    p.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI"),
-                   help="libvirt URI of the host (qemu:///system, qemu+ssh://host/system, test:///path/node.xml)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI"),
+                       help="libvirt URI of one host (qemu:///system, qemu+ssh://host/system, test:///path/node.xml)")
+    where.add_argument("--site", type=Path, help="site inventory: reach every host's agent over SSH")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     status = sub.add_parser("status", help="show the host and its CVMs")
@@ -33,23 +41,37 @@ def parser() -> argparse.ArgumentParser:
                         help="measure CPU use over this long (0: skip; default 0.5)")
 
     scale = sub.add_parser("scale", help="set a CVM's online vCPUs (boot vCPUs + active workers)")
-    scale.add_argument("cvm")
+    scale.add_argument("cvm", metavar="CVM", help="the CVM's name (with --site: HOST/CVM)")
     scale.add_argument("target", type=int, metavar="N", help="online vCPUs wanted, boot..max")
     scale.add_argument("--expect", type=int, metavar="M", help="refuse unless M vCPUs are online now")
     scale.add_argument("--why", default="manual", help="reason recorded with the action")
 
+    audit = sub.add_parser("audit", help="show the agents' audit logs (with --site)")
+    audit.add_argument("--limit", type=int, default=50, help="events per host (default 50)")
+    audit.add_argument("--follow", action="store_true", help="then print new events as they happen")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    agent_opts = argparse.ArgumentParser(add_help=False)
+    agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
+    agent_opts.add_argument("--audit", type=Path, default=None, help="audit log (default: XDG state dir)")
+    agent_opts.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    agent = sub.add_parser("agent", parents=[agent_opts], help="serve one peer on stdin/stdout (run over SSH)")
+    agent.add_argument("--stdio", action="store_true", required=True)
+    serve = sub.add_parser("serve", parents=[agent_opts], help="serve on a unix socket (long-running, systemd)")
+    serve.add_argument("--socket", type=Path, required=True)
+
     demo = sub.add_parser("demo", help="run the embedded demo site").add_subparsers(dest="demo", required=True,
                                                                                   metavar="ACTION")
     runtime = argparse.ArgumentParser(add_help=False)
-    runtime.add_argument("--runtime", type=Path, default=site.default_runtime(), help="runtime directory")
+    runtime.add_argument("--runtime", type=Path, default=launcher.default_runtime(), help="runtime directory")
     demo_up = demo.add_parser("up", parents=[runtime], help="start the demo hosts in the background")
     demo_up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo site file")
     demo.add_parser("down", parents=[runtime], help="stop the demo hosts")
     demo_status = demo.add_parser("status", parents=[runtime], help="show the demo hosts and their CVMs")
     demo_status.add_argument("--json", action="store_true")
-    serve = demo.add_parser("serve-host", parents=[runtime])
-    serve.add_argument("name")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve_host = demo.add_parser("serve-host", parents=[runtime])
+    serve_host.add_argument("name")
+    serve_host.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     return p
 
 
@@ -62,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `hostctl status | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -71,8 +96,14 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return await _demo(args)
+    if args.command in ("agent", "serve"):
+        return await _agent(args)
+    if args.site is not None:
+        return await sitecli.run(args, load_site(args.site))
+    if args.command == "audit":
+        raise HostctlError("audit reads the agents' logs: pass --site FILE")
     if not args.uri:
-        raise HostctlError("no host given: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+        raise HostctlError("no host given: pass --uri URI or --site FILE (or set LIBVIRT_DEFAULT_URI)")
     async with LibvirtHost(args.uri) as host:
         if args.command == "status":
             if args.sample > 0:
@@ -83,20 +114,46 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(snapshot.to_json() if args.json else format_snapshot(snapshot))
         else:
             event = await host.scale(args.cvm, args.target, expect=args.expect, who=_who(), why=args.why)
-            print(f"{event.host}/{event.cvm}: {event.before} -> {event.after} vCPUs" + (
-                f" ({event.why})" if event.before == event.after else ""))
+            print(format_scale(event))
+    return 0
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    """Run the agent for the host at --uri until its peer leaves (stdio) or SIGTERM (socket)."""
+    if not args.uri:
+        raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+    host = LibvirtHost(args.uri)
+    await host.open()
+    agent = Agent(host, audit=AuditLog(args.audit or audit_default_path()), readonly=args.readonly,
+                  interval=args.interval)
+    agent.start()
+    try:
+        if args.command == "agent":
+            await agent.serve_stdio()
+        else:
+            server = await agent.serve_unix(args.socket)
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            await stop.wait()
+            server.close()
+            args.socket.unlink(missing_ok=True)
+    finally:
+        agent.stop()
+        await host.close()
     return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
     if args.demo == "serve-host":
-        await site.serve_host(args.config, args.name, args.runtime)
+        await launcher.serve_host(args.config, args.name, args.runtime)
     elif args.demo == "up":
-        print("\n".join(await site.up(args.config, args.runtime)))
+        print("\n".join(await launcher.up(args.config, args.runtime)))
+        print(f"site file: {launcher.site_file(args.runtime)}")
     elif args.demo == "down":
-        print("\n".join(await site.down(args.runtime)))
+        print("\n".join(await launcher.down(args.runtime)))
     else:
-        entries = await site.status(args.runtime)
+        entries = await launcher.status(args.runtime)
         if args.json:
             print(json.dumps(entries, indent=2))
         elif not entries:
@@ -114,25 +171,3 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def _who() -> str:
     return f"{getpass.getuser()}@hostctl"
-
-
-def format_snapshot(snapshot: Snapshot, *, services: bool = False) -> str:
-    """The human-readable status table."""
-    h = snapshot.host
-    caps = " ".join(f"{label} {_yes(v)}" for label, v in (("SEV", h.sev), ("SEV-ES", h.sev_es), ("SNP", h.sev_snp)))
-    lines = [f"{h.name}  {h.cpus} CPUs  {h.memory_mib / 1024:.1f} GiB  CPU {h.cpu_percent:.1f}%  {caps}  "
-             f"libvirt {h.libvirt_version}"]
-    rows = [("CVM", "SECURITY", "STATE", "BOOT", "WORKERS", "CPU%", "DRIVER", "POLICY")]
-    for c in snapshot.cvms:
-        rows.append((c.name, c.security.value, c.state.value, str(c.boot_vcpus),
-                     f"{c.workers_active}/{c.workers_max}", f"{c.cpu_percent:.1f}", c.driver,
-                     f"{c.policy:#x} {','.join(c.policy_flags)}" if c.security.confidential else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    if services:
-        lines += [f"  {s.cvm}/{s.name}: {s.url}" for s in snapshot.services]
-    return "\n".join(lines)
-
-
-def _yes(value: bool | None) -> str:
-    return "?" if value is None else "yes" if value else "no"

@@ -31,8 +31,24 @@ class RpcError(HostctlError):
         self.data = data
 
 
-async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, methods: dict[str, Method]) -> None:
-    """Answer requests from one peer until it closes the stream."""
+class Peer:
+    """The sending side of one connection: replies and notifications, never interleaved."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._lock:
+            self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            await self.writer.drain()
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+async def serve(reader: asyncio.StreamReader, peer: Peer, methods: dict[str, Method]) -> None:
+    """Answer requests from one peer until it closes the stream. Nothing a peer sends ends the loop."""
     try:
         while True:
             try:
@@ -41,16 +57,16 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meth
                 return
             except asyncio.LimitOverrunError:
                 await _discard_line(reader)
-                await _send(writer, _error(None, INVALID_REQUEST, f"request longer than {MAX_LINE} bytes"))
+                await peer.send(_error(None, INVALID_REQUEST, f"request longer than {MAX_LINE} bytes"))
                 continue
             if line.strip():
                 reply = await _handle(line, methods)
                 if reply is not None:
-                    await _send(writer, reply)
+                    await peer.send(reply)
     except (ConnectionError, BrokenPipeError):
         return
     finally:
-        writer.close()
+        peer.writer.close()
 
 
 async def _handle(line: bytes, methods: dict[str, Method]) -> dict[str, Any] | None:
@@ -86,6 +102,8 @@ async def _discard_line(reader: asyncio.StreamReader) -> None:
             return
         except asyncio.LimitOverrunError as e:
             await reader.readexactly(e.consumed)
+        except asyncio.IncompleteReadError:
+            return
 
 
 def _error(rid: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -95,17 +113,12 @@ def _error(rid: Any, code: int, message: str, data: Any = None) -> dict[str, Any
     return {"jsonrpc": "2.0", "id": rid, "error": error}
 
 
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
-
-
 class Client:
     """Calls methods on the peer at the other end of a stream."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
-        self._writer = writer
+        self._peer = Peer(writer)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._notifications: list[Callable[[str, dict[str, Any]], None]] = []
@@ -120,13 +133,22 @@ class Client:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
-            await _send(self._writer, {"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+            await self._peer.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(rid, None)
 
+    @property
+    def closed(self) -> bool:
+        return self._reading.done()
+
+    async def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait (at most `timeout` seconds) for the stream to close; True when it has."""
+        await asyncio.wait({self._reading}, timeout=timeout)
+        return self._reading.done()
+
     async def close(self) -> None:
-        self._writer.close()
+        self._peer.writer.close()
         self._reading.cancel()
 
     async def _read(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from pathlib import Path
 
@@ -42,10 +41,9 @@ class DemoHost:
         }
         self._traffic_on = traffic
         self._traffic: list[BackgroundTraffic] = []
-        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Write the node XML, open libvirt, start the services, the traffic and the CPU sampler."""
+        """Write the node XML, open libvirt, start the services and the traffic."""
         self.node_file.parent.mkdir(parents=True, exist_ok=True)
         self.node_file.write_text(node_xml(self.spec))
         await self.backend.open()
@@ -64,11 +62,8 @@ class DemoHost:
                 )
                 await traffic.start()
                 self._traffic.append(traffic)
-        self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
 
     async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
         for traffic in self._traffic:
             await traffic.stop()
         for service in self.services.values():
@@ -92,8 +87,3 @@ class DemoHost:
     def _cpu_percent(self, name: str) -> float:
         service = self.services.get(name)
         return service.cpu_percent() if service is not None else 0.0
-
-    async def _sample_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.sample_interval)
-            await self.backend.sample()

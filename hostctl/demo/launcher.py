@@ -1,4 +1,4 @@
-"""Run the demo site's hosts as background agent processes: up, down, status."""
+"""Launch the demo site's hosts as background agent processes: up, down, status."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hostctl import rpc
+from hostctl import site as sites
 from hostctl.agent import Agent
+from hostctl.audit import AuditLog
 from hostctl.demo import config as demo_config
 from hostctl.demo.host import DemoHost
 from hostctl.errors import HostctlError
@@ -46,6 +48,10 @@ class HostProcess:
         return self.runtime / f"{self.name}.pid"
 
     @property
+    def audit(self) -> Path:
+        return self.runtime / f"{self.name}.audit.jsonl"
+
+    @property
     def log(self) -> Path:
         return self.runtime / f"{self.name}.log"
 
@@ -69,7 +75,9 @@ async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
     proc = HostProcess(name, runtime)
     host = DemoHost(config, spec, runtime)
     await host.start()
-    agent = Agent(host.backend, services=host.service_list)
+    agent = Agent(host.backend, audit=AuditLog(proc.audit), services=host.service_list,
+                  interval=config.sample_interval)
+    agent.start()
     server = await agent.serve_unix(proc.socket)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,6 +88,7 @@ async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
     finally:
         server.close()
         proc.socket.unlink(missing_ok=True)
+        agent.stop()
         await host.stop()
 
 
@@ -108,7 +117,14 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
             await down(runtime)
             raise
         lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
+    sites.write(sites.demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}),
+                site_file(runtime))
     return lines
+
+
+def site_file(runtime: Path) -> Path:
+    """The site inventory of the running demo: its hosts reached through their local sockets."""
+    return runtime / "site.toml"
 
 
 async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None:
@@ -144,6 +160,7 @@ async def down(runtime: Path) -> list[str]:
             lines.append(f"{proc.name}: stopped (pid {pid})")
         for path in (proc.pidfile, proc.socket, runtime / f"{proc.name}.xml"):
             path.unlink(missing_ok=True)
+    site_file(runtime).unlink(missing_ok=True)
     return lines or ["demo site is not running"]
 
 

@@ -1,0 +1,306 @@
+"""Links to host agents: one connection per host, over SSH or a local socket, that never blocks another host.
+
+A link keeps the host's latest snapshot current from the agent's `update` notifications. A host that stops
+sending is shown stale with the age of its last data; a broken link reconnects with exponential backoff and
+jitter; a request in flight when the link breaks fails with a clear error (scale is compare-and-set, so a retry
+never applies twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import random
+import shlex
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from hostctl import rpc
+from hostctl.errors import HostctlError
+from hostctl.model import CVM, Event, Host, Service, Snapshot
+from hostctl.site import Defaults, HostEntry, Site
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"
+    FRESH = "fresh"
+    STALE = "stale"
+
+
+class LinkError(HostctlError):
+    """A request could not be answered over the link."""
+
+
+def console_user() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+class _VerifyingClient(asyncssh.SSHClient):
+    """Remembers a host key that known_hosts does not trust, so the refusal can name its fingerprint."""
+
+    def __init__(self) -> None:
+        self.untrusted: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.untrusted = key
+        return False
+
+
+class HostLink:
+    """The console's (or CLI's) link to one host agent."""
+
+    def __init__(self, entry: HostEntry, defaults: Defaults, *, who: str | None = None) -> None:
+        self.entry = entry
+        self.defaults = defaults
+        self.who = who or console_user()
+        self.state = LinkState.CONNECTING
+        self.error = ""
+        self.snapshot: Snapshot | None = None
+        self.hello: dict[str, Any] = {}
+        self.events: deque[Event] = deque(maxlen=500)
+        self.last_data: float | None = None
+        self.attempts = 0
+        self._client: rpc.Client | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[HostLink], None]] = []
+        self._event_listeners: list[Callable[[Event], None]] = []
+        self._tried = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the last data from this host."""
+        return None if self.last_data is None else time.monotonic() - self.last_data
+
+    @property
+    def stale_after(self) -> float:
+        return 3 * self.defaults.interval
+
+    def on_update(self, callback: Callable[[HostLink], None]) -> None:
+        """Call `callback(link)` after every change of data or state."""
+        self._listeners.append(callback)
+
+    def on_event(self, callback: Callable[[Event], None]) -> None:
+        """Call `callback(event)` for every audit event the agent reports from now on."""
+        self._event_listeners.append(callback)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._drop()
+
+    async def ready(self, timeout: float) -> None:
+        """Wait until the first connection attempt has ended (fresh data or an error)."""
+        try:
+            await asyncio.wait_for(self._tried.wait(), timeout)
+        except TimeoutError:
+            self.error = self.error or f"no answer within {timeout:g} s"
+
+    async def call(self, method: str, *, timeout: float | None = None, **params: Any) -> Any:
+        """Call an agent method; LinkError when the link is down, breaks, or the agent does not answer."""
+        client = self._client
+        if client is None or client.closed:
+            raise LinkError(f"{self.name}: not connected ({self.error or self.state.value}); nothing was sent")
+        timeout = timeout or self.defaults.timeout
+        try:
+            return await client.call(method, timeout=timeout, **params)
+        except TimeoutError:
+            self._set_state(LinkState.STALE, f"no answer to {method} within {timeout:g} s")
+            raise LinkError(f"{self.name}: no answer to {method} within {timeout:g} s; it may or may not have "
+                            "been applied (a retry is safe: scale is compare-and-set)") from None
+        except ConnectionError as e:
+            raise LinkError(f"{self.name}: link lost during {method} ({e}); it may or may not have been "
+                            "applied (a retry is safe: scale is compare-and-set)") from None
+
+    async def scale(self, cvm: str, target: int, *, expect: int | None, why: str = "manual") -> Event:
+        result = await self.call("scale", cvm=cvm, target=target, expect=expect, who=self.who, why=why)
+        return Event.from_dict(result)
+
+    # -- the connection loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            was_fresh = False
+            try:
+                was_fresh = await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # every failure of one host stays with that host
+                self.error = _describe(e)
+            finally:
+                await self._drop()
+            self._tried.set()
+            failures = 0 if was_fresh else failures + 1
+            self._set_state(LinkState.STALE if self.snapshot else LinkState.CONNECTING, self.error)
+            delay = min(self.defaults.backoff_max, 0.25 * 2 ** min(failures, 16)) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+
+    async def _follow(self) -> bool:
+        """Connect, say hello, take a snapshot, subscribe, then watch for staleness until the link ends."""
+        self.attempts += 1
+        reader, writer = await asyncio.wait_for(self._open(), self.defaults.timeout + 1)
+        client = rpc.Client(reader, writer)
+        client.on_notification(self._on_notification)
+        self._client = client
+        self.hello = await self.call("hello", client=self.who)
+        self.snapshot = Snapshot.from_dict(await self.call("snapshot"))
+        await self.call("subscribe", interval=self.defaults.interval)
+        self._fresh()
+        self._tried.set()
+        drop_after = self.stale_after + 2 * self.defaults.timeout
+        while not client.closed:
+            await client.wait_closed(timeout=self.defaults.interval)
+            age = self.age or 0.0
+            if age > drop_after:
+                self.error = f"no data for {age:.0f} s; reconnecting"
+                return True
+            if age > self.stale_after and self.state is not LinkState.STALE:
+                self._set_state(LinkState.STALE, f"no data for {age:.0f} s")
+        self.error = "the agent closed the link"
+        return True
+
+    async def _open(self) -> tuple[Any, Any]:
+        entry = self.entry
+        if entry.ssh is None:
+            assert entry.socket is not None
+            try:
+                return await asyncio.open_unix_connection(entry.socket, limit=rpc.MAX_LINE)
+            except OSError as e:
+                raise LinkError(f"cannot reach agent socket {entry.socket}: {e.strerror or e}") from None
+        known_hosts = Path(self.defaults.known_hosts).expanduser()
+        if not known_hosts.is_file():
+            raise LinkError(f"known_hosts file {known_hosts} does not exist; host keys are always verified")
+        user, host, port = entry.target()
+        options: dict[str, Any] = {
+            "known_hosts": str(known_hosts),
+            "keepalive_interval": self.defaults.keepalive,
+            "keepalive_count_max": 3,
+            "connect_timeout": self.defaults.timeout,
+        }
+        if user:
+            options["username"] = user
+        if port:
+            options["port"] = port
+        if entry.jump:
+            options["tunnel"] = entry.jump
+        ssh_config = Path(self.defaults.ssh_config).expanduser()
+        if ssh_config.is_file():
+            options["config"] = [str(ssh_config)]
+        verifier = _VerifyingClient()
+        try:
+            self._conn = await asyncssh.connect(host, client_factory=lambda: verifier, **options)
+        except asyncssh.HostKeyNotVerifiable:
+            raise LinkError(self._key_refusal(known_hosts, host, port, verifier.untrusted)) from None
+        if entry.socket:
+            return await self._conn.open_unix_connection(entry.socket)
+        process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
+        return process.stdout, process.stdin
+
+    def _key_refusal(self, known_hosts: Path, host: str, port: int | None, key: asyncssh.SSHKey | None) -> str:
+        fingerprint = key.get_fingerprint() if key is not None else "unknown"
+        try:
+            trusted = asyncssh.read_known_hosts(str(known_hosts)).match(host, "", port or 22)[0]
+        except (OSError, ValueError):
+            trusted = []
+        what = "CHANGED (possible man-in-the-middle)" if trusted else "not in known_hosts"
+        return (f"host key of {self.entry.ssh} is {what}: {fingerprint}; refused. Check it out of band, then "
+                f"update {known_hosts}")
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method != "update" or self.snapshot is None:
+            return
+        snapshot = self.snapshot
+        if "host" in params:
+            snapshot.host = Host.from_dict(params["host"])
+        if params.get("cvms") or params.get("removed"):
+            cvms = {c.name: c for c in snapshot.cvms}
+            cvms.update({name: CVM.from_dict(data) for name, data in params.get("cvms", {}).items()})
+            for name in params.get("removed", []):
+                cvms.pop(name, None)
+            snapshot.cvms = sorted(cvms.values(), key=lambda c: c.name)
+        if "services" in params:
+            snapshot.services = [Service.from_dict(s) for s in params["services"]]
+        snapshot.ts = params.get("ts", time.time())
+        for data in params.get("events", []):
+            event = Event.from_dict(data)
+            self.events.append(event)
+            for callback in self._event_listeners:
+                callback(event)
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.last_data = time.monotonic()
+        self._set_state(LinkState.FRESH, "")
+
+    def _set_state(self, state: LinkState, error: str) -> None:
+        self.state = state
+        self.error = error
+        for callback in self._listeners:
+            callback(self)
+
+
+class Fleet:
+    """Links to every host of a site, each independent of the others."""
+
+    def __init__(self, site: Site, *, who: str | None = None) -> None:
+        self.site = site
+        self.links = {h.name: HostLink(h, site.defaults, who=who) for h in site.hosts}
+
+    def link(self, name: str) -> HostLink:
+        try:
+            return self.links[name]
+        except KeyError:
+            raise HostctlError(f"unknown host {name!r} (known: {', '.join(self.links)})") from None
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    async def ready(self) -> None:
+        """Wait until every host has answered or failed once (bounded by the request timeout)."""
+        await asyncio.gather(*(link.ready(self.site.defaults.timeout + 2) for link in self.links.values()))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, HostctlError):
+        return str(error)
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, asyncssh.PermissionDenied):
+        return f"SSH authentication refused: {error.reason}"
+    if isinstance(error, asyncssh.Error):
+        return f"SSH: {error.reason}"
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,329 @@
+"""The site inventory: which hosts the console and CLI reach, how to reach each agent, services, load generators.
+
+A site file is TOML (see `configs/site.example.toml`), read with `hostctl.config` so every error names the file,
+the field path and the value. `write` serialises a `Site` back to TOML; `load(write(site))` gives the same site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hostctl import config
+from hostctl.config import check, positive
+from hostctl.errors import HostctlError
+
+DEFAULT_AGENT = ["hostctl", "agent", "--stdio"]
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # also an ~/.ssh/config alias; never starts with '-'
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_PORT = re.compile(r"[0-9]{1,5}")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S*")
+
+
+def parse_destination(dest: str) -> tuple[str | None, str, int | None]:
+    """Split an SSH destination `[user@]host[:port]` (host may be `[v6]` or an alias) into (user, host, port).
+
+    Raises ValueError saying what is wrong.
+    """
+    user: str | None = None
+    rest = dest
+    if "@" in dest:
+        user, _, rest = dest.rpartition("@")
+        if not _USER.fullmatch(user):
+            raise ValueError(f"user {user!r} must be letters, digits, '.', '_' or '-' (not first)")
+    port_text: str | None = None
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket:
+            raise ValueError("'[' without ']'")
+        if tail:
+            if not tail.startswith(":"):
+                raise ValueError(f"unexpected {tail!r} after ']'")
+            port_text = tail[1:]
+        if not (_is_ipv6(host) or _HOSTNAME.fullmatch(host)):
+            raise ValueError(f"{host!r} is not an IPv6 address or host name")
+    elif rest.count(":") > 1:  # a bare IPv6 address: no port possible without brackets
+        host = rest
+        if not _is_ipv6(host):
+            raise ValueError(f"{host!r} is not an IPv6 address (write [addr]:port for a port)")
+    else:
+        host, colon, port_text_ = rest.partition(":")
+        port_text = port_text_ if colon else None
+        if not _HOSTNAME.fullmatch(host):
+            what = "empty host" if not host else f"host {host!r} must be letters, digits, '.', '_' or '-' (not first)"
+            raise ValueError(what)
+    port = None
+    if port_text is not None:
+        if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port {port_text!r} must be 1..65535")
+        port = int(port_text)
+    return user, host, port
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _destination(value: str) -> str | None:
+    try:
+        parse_destination(value)
+    except ValueError as e:
+        return f"is not an SSH destination ([user@]host[:port] or an ~/.ssh/config alias): {e}"
+    return None
+
+
+def _name(value: str) -> str | None:
+    return None if _NAME.fullmatch(value) else "must be letters, digits, '-', '_' or '.'"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _absolute(value: str) -> str | None:
+    return None if value.startswith("/") and "\0" not in value else "must be an absolute path"
+
+
+def _url(value: str) -> str | None:
+    ok = value.startswith(("http://", "https://")) and not any(c.isspace() for c in value)
+    try:
+        ok = ok and bool(urlsplit(value).hostname)
+    except ValueError:
+        ok = False
+    return None if ok else "must start with http:// or https:// and name a host"
+
+
+def _uri(value: str) -> str | None:
+    return None if _URI.fullmatch(value) else "is not a libvirt URI (e.g. qemu:///system)"
+
+
+def _argv_problem(argv: list[str]) -> str | None:
+    if not argv or not argv[0]:
+        return f"agent = {argv!r} must be a non-empty command, e.g. {DEFAULT_AGENT!r}"
+    return None
+
+
+@dataclass
+class Defaults:
+    """Settings shared by every host unless a host overrides them."""
+
+    interval: float = check(positive, default=1.0)  # seconds between agent updates
+    timeout: float = check(positive, default=5.0)  # per-request timeout, seconds
+    keepalive: float = check(positive, default=5.0)  # SSH keepalive interval, seconds
+    known_hosts: str = check(_non_empty, default="~/.ssh/known_hosts")
+    ssh_config: str = check(_non_empty, default="~/.ssh/config")  # OpenSSH client config, read if present
+    agent: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT))  # run over SSH, as argv
+    backoff_max: float = check(positive, default=30.0)  # longest wait between reconnects, seconds
+
+    def __post_init__(self) -> None:
+        if problem := _argv_problem(self.agent):
+            raise ValueError(problem)
+
+
+@dataclass
+class ServiceEntry:
+    """One service of a CVM, reachable at `url` (probed and driven by load generators)."""
+
+    cvm: str = check(_name)
+    name: str = check(_name)
+    url: str = check(_url)
+
+
+@dataclass
+class HostEntry:
+    """One host and how to reach its agent: over SSH (agent command or remote socket) or a local socket."""
+
+    name: str = check(_name)
+    ssh: str | None = check(_destination, default=None)  # ~/.ssh/config alias or [user@]host[:port]
+    socket: str | None = check(_absolute, default=None)  # remote (through ssh) or local agent socket
+    agent: list[str] | None = None  # overrides defaults.agent
+    jump: str | None = check(_destination, default=None)  # bastion, same syntax as ssh
+    uri: str | None = check(_uri, default=None)  # libvirt URI the agent uses; informational
+    services: list[ServiceEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        who = f"host {self.name!r}"
+        if self.ssh is None and self.socket is None:
+            raise ValueError(f'{who}: give ssh = "user@host" or socket = "/path"')
+        if self.jump is not None and self.ssh is None:
+            raise ValueError(f"{who}: jump = {self.jump!r} needs ssh = \"user@host\" (a jump host is only for SSH)")
+        if self.agent is not None:
+            if problem := _argv_problem(self.agent):
+                raise ValueError(f"{who}: {problem}")
+            if self.socket is not None:
+                raise ValueError(f"{who}: give agent (run a command) or socket (reach a running agent), not both")
+        seen: set[tuple[str, str]] = set()
+        for s in self.services:
+            if (s.cvm, s.name) in seen:
+                raise ValueError(f"{who}: service {s.name!r} of cvm {s.cvm!r} appears twice")
+            seen.add((s.cvm, s.name))
+
+    def target(self) -> tuple[str | None, str | None, int | None]:
+        """(user, host, port) of `ssh`; None for parts not given, all None for a local host."""
+        if self.ssh is None:
+            return None, None, None
+        return parse_destination(self.ssh)
+
+    def agent_argv(self, defaults: Defaults) -> list[str]:
+        """The agent command to run over SSH: this host's `agent`, else `defaults.agent` (a copy)."""
+        return list(self.agent if self.agent is not None else defaults.agent)
+
+
+@dataclass
+class LoadGenerator:
+    """A host that runs wrk against services; `ssh` None means this machine."""
+
+    name: str = check(_name)
+    ssh: str | None = check(_destination, default=None)
+    wrk: str = check(_non_empty, default="wrk")  # the wrk binary on that host
+
+    def target(self) -> tuple[str | None, str | None, int | None]:
+        """(user, host, port) of `ssh`; all None for this machine."""
+        return (None, None, None) if self.ssh is None else parse_destination(self.ssh)
+
+
+@dataclass
+class Site:
+    """The whole inventory. `source` is the file it came from (set by `load`/`write`, not a TOML key)."""
+
+    defaults: Defaults = field(default_factory=Defaults)
+    hosts: list[HostEntry] = field(default_factory=list)
+    load_generators: list[LoadGenerator] = field(default_factory=list)
+
+    # Not a dataclass field (no annotation): build() never sees it, so a TOML key `source` is unknown,
+    # and it takes no part in equality.
+    source = ""
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise ValueError('hosts: at least one [[hosts]] table is required (name = "...", ssh = "user@host")')
+        _unique("hosts", [h.name for h in self.hosts], "host")
+        _unique("load_generators", [g.name for g in self.load_generators], "load generator")
+
+    def host(self, name: str) -> HostEntry:
+        """The host called `name`; HostctlError naming the known hosts otherwise."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        known = ", ".join(h.name for h in self.hosts)
+        raise HostctlError(f"{self.source or 'site'}: unknown host {name!r} (known: {known})")
+
+    def services_of(self, host: str, cvm: str) -> list[ServiceEntry]:
+        """The services of CVM `cvm` on host `host` (empty if it has none); unknown host raises HostctlError."""
+        return [s for s in self.host(host).services if s.cvm == cvm]
+
+
+def _unique(where: str, names: list[str], what: str) -> None:
+    first: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in first:
+            raise ValueError(f"{where}[{i}].name: {what} name {n!r} appears twice (first at {where}[{first[n]}])")
+        first[n] = i
+
+
+def load(path: Path) -> Site:
+    """Read and validate a site file; errors are ConfigError naming file, field and value."""
+    site = config.load(Site, path)
+    site.source = str(path)
+    return site
+
+
+def demo_site(hosts: dict[str, Path], services: Mapping[str, Iterable[ServiceEntry]] | None = None) -> Site:
+    """A site whose hosts are demo agents on this machine: host name -> agent socket path."""
+    services = services or {}
+    return Site(
+        hosts=[
+            HostEntry(name=name, socket=str(Path(sock).absolute()), services=list(services.get(name, ())))
+            for name, sock in hosts.items()
+        ]
+    )
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+
+def dumps(site: Site) -> str:
+    """The site as TOML text (comment-free) that `load` reads back to an equal Site."""
+    lines = ["# hostctl site inventory (written by hostctl; see configs/site.example.toml)"]
+    _emit_table(site, [], lines, array=False)
+    return "\n".join(lines).strip() + "\n"
+
+
+def write(site: Site, path: Path) -> None:
+    """Write `site` to `path` atomically and record `path` as `site.source`."""
+    text = dumps(site)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    site.source = str(path)
+
+
+def _emit_table(obj: Any, keys: list[str], lines: list[str], *, array: bool) -> None:
+    if keys:
+        name = ".".join(keys)
+        lines += ["", f"[[{name}]]" if array else f"[{name}]"]
+    nested: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value) or (
+            isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value)
+        ):
+            nested.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_value(value)}")
+    for name, value in nested:
+        if isinstance(value, list):
+            for item in value:
+                _emit_table(item, [*keys, name], lines, array=True)
+        else:
+            _emit_table(value, [*keys, name], lines, array=False)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value)  # 1.0, 1e-05, inf, -inf: all valid TOML floats
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} to TOML")
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(text: str) -> str:
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c < " " or c == "\x7f":
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'

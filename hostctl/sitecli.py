@@ -1,0 +1,96 @@
+"""`hostctl --site FILE status|scale|audit`: the CLI over the links to a site's agents.
+
+`status --json` prints `{"hosts": [{"name", "state", "age_s", "error", "snapshot"}]}` where `state` is
+`fresh`, `stale` or `connecting`, `age_s` the seconds since the host's last data (null if none) and `snapshot`
+the host model (null if never reached). Exit status: 0 when every host is fresh, 1 otherwise, 2 on bad input.
+`audit --json` prints one event object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from hostctl.errors import HostctlError
+from hostctl.link import Fleet, HostLink, LinkState
+from hostctl.model import Event
+from hostctl.render import format_event, format_scale, format_snapshot
+from hostctl.site import Site
+
+
+async def run(args: argparse.Namespace, site: Site) -> int:
+    fleet = Fleet(site)
+    try:
+        if args.command == "status":
+            return await _status(fleet, as_json=args.json)
+        if args.command == "scale":
+            return await _scale(fleet, args)
+        return await _audit(fleet, args)
+    finally:
+        await fleet.stop()
+
+
+async def _status(fleet: Fleet, *, as_json: bool) -> int:
+    fleet.start()
+    await fleet.ready()
+    links = list(fleet.links.values())
+    if as_json:
+        print(json.dumps({"hosts": [_host_json(link) for link in links]}, indent=2))
+    for link in links if not as_json else []:
+        age = f", data {link.age:.1f} s old" if link.age is not None else ""
+        print(f"{link.name}: {link.state.value}{age}" + (f" ({link.error})" if link.error else ""))
+        if link.snapshot is not None:
+            print(format_snapshot(link.snapshot))
+    return 0 if all(link.state is LinkState.FRESH for link in links) else 1
+
+
+def _host_json(link: HostLink) -> dict[str, object]:
+    return {
+        "name": link.name,
+        "state": link.state.value,
+        "age_s": None if link.age is None else round(link.age, 3),
+        "error": link.error,
+        "snapshot": None if link.snapshot is None else link.snapshot.to_dict(),
+    }
+
+
+async def _scale(fleet: Fleet, args: argparse.Namespace) -> int:
+    host, slash, cvm = args.cvm.partition("/")
+    if not slash or not host or not cvm:
+        raise HostctlError(f"with --site, name the CVM as HOST/CVM (got {args.cvm!r})")
+    link = await _connected(fleet, host)
+    event = await link.scale(cvm, args.target, expect=args.expect, why=args.why)
+    print(format_scale(event))
+    return 0
+
+
+async def _audit(fleet: Fleet, args: argparse.Namespace) -> int:
+    links = list(fleet.links.values())
+    fleet.start()
+    await fleet.ready()
+    events: list[Event] = []
+    failed = False
+    for link in links:
+        try:
+            events += [Event.from_dict(e) for e in await link.call("audit", limit=args.limit)]
+        except HostctlError as e:
+            print(f"{link.name}: {e}")
+            failed = True
+    for event in sorted(events, key=lambda e: e.ts):
+        print(format_event(event, as_json=args.json))
+    if not args.follow:
+        return 1 if failed else 0
+    for link in links:
+        link.on_event(lambda event: print(format_event(event, as_json=args.json), flush=True))
+    await asyncio.Event().wait()
+    return 0
+
+
+async def _connected(fleet: Fleet, name: str) -> HostLink:
+    link = fleet.link(name)
+    link.start()
+    await link.ready(fleet.site.defaults.timeout + 2)
+    if link.state is not LinkState.FRESH:
+        raise HostctlError(f"{name}: not reachable ({link.error or link.state.value}); nothing was sent")
+    return link
