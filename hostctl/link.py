@@ -130,7 +130,8 @@ class HostLink:
                             "applied (a retry is safe: scale is compare-and-set)") from None
 
     async def scale(self, cvm: str, target: int, *, expect: int | None, why: str = "manual") -> Event:
-        result = await self.call("scale", cvm=cvm, target=target, expect=expect, who=self.who, why=why)
+        result = await self.call("scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect,
+                                 who=self.who, why=why)
         return Event.from_dict(result)
 
     # -- the connection loop ---------------------------------------------------------------------

@@ -123,6 +123,7 @@ class Defaults:
 
     interval: float = check(positive, default=1.0)  # seconds between agent updates
     timeout: float = check(positive, default=5.0)  # per-request timeout, seconds
+    scale_timeout: float = check(positive, default=30.0)  # waking workers can take a while, seconds
     keepalive: float = check(positive, default=5.0)  # SSH keepalive interval, seconds
     known_hosts: str = check(_non_empty, default="~/.ssh/known_hosts")
     ssh_config: str = check(_non_empty, default="~/.ssh/config")  # OpenSSH client config, read if present

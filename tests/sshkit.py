@@ -198,15 +198,27 @@ async def _read_banner(host: str, port: int, timeout: float) -> bytes:
             await writer.wait_closed()
 
 
+def _gone(p: psutil.Process) -> bool:
+    """Exited (or a zombie: dead, just not reaped yet -- possibly by a slow init)."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def _kill_tree(procs: list[psutil.Process], timeout: float = 2.0) -> None:
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+    """SIGTERM ``procs``, SIGKILL the ones still running after ``timeout``."""
+    for sig_method in ("terminate", "kill"):
+        alive = [p for p in procs if not _gone(p)]
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                getattr(p, sig_method)()
+        deadline = time.monotonic() + timeout
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+            alive = [p for p in alive if not _gone(p)]
+        if not alive:
+            return
 
 
 # --------------------------------------------------------------------------------------------

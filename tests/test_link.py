@@ -1,0 +1,134 @@
+"""Links to real agent processes on local sockets: staleness, faults, recovery, no host blocking another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agents import AgentProcess
+from hostctl.link import Fleet, HostLink, LinkError, LinkState
+from hostctl.site import Defaults, demo_site
+
+DEFAULTS = Defaults(interval=0.2, timeout=1.0, scale_timeout=5.0, backoff_max=0.5)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
+    procs = {name: AgentProcess(tmp_path, name) for name in ("mec-a", "mec-b")}
+    await asyncio.gather(*(p.start() for p in procs.values()))
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture
+async def fleet(agents: dict[str, AgentProcess]) -> AsyncIterator[Fleet]:
+    site = demo_site({name: p.socket for name, p in agents.items()})
+    site.defaults = DEFAULTS
+    fleet = Fleet(site, who="tester")
+    fleet.start()
+    await fleet.ready()
+    try:
+        yield fleet
+    finally:
+        await fleet.stop()
+
+
+async def test_links_come_up_fresh_with_snapshots(fleet: Fleet) -> None:
+    for link in fleet.links.values():
+        assert link.state is LinkState.FRESH, link.error
+        assert link.snapshot is not None and [c.name for c in link.snapshot.cvms] == ["snp"]
+        assert link.hello["protocol"] == 1
+
+
+async def test_updates_keep_the_snapshot_current(fleet: Fleet) -> None:
+    link = fleet.link("mec-a")
+    event = await link.scale("snp", 3, expect=2)
+    assert (event.before, event.after, event.ok) == (2, 3, True) and event.who.startswith("tester")
+    await until(lambda: link.snapshot.cvms[0].online_vcpus == 3)
+    await until(lambda: any(e.after == 3 for e in link.events))
+
+
+async def test_killed_agent_fails_the_request_goes_stale_and_recovers(
+    fleet: Fleet, agents: dict[str, AgentProcess]
+) -> None:
+    link, other = fleet.link("mec-a"), fleet.link("mec-b")
+    scale = asyncio.ensure_future(link.scale("snp", 4, expect=2))  # 2 wake-ups x 1 s
+    await asyncio.sleep(0.3)
+    agents["mec-a"].kill()
+    with pytest.raises(LinkError, match="link lost during scale"):
+        await scale
+    await until(lambda: link.state is LinkState.STALE)
+    assert link.snapshot is not None and link.age is not None  # last data kept, with its age
+    assert (await other.call("hello"))["host"] == "mec-b"  # the other host is untouched
+    await agents["mec-a"].start()
+    await until(lambda: link.state is LinkState.FRESH)
+    assert link.attempts >= 2
+
+
+async def test_stopped_agent_times_out_goes_stale_and_recovers(
+    fleet: Fleet, agents: dict[str, AgentProcess]
+) -> None:
+    link, other = fleet.link("mec-a"), fleet.link("mec-b")
+    agents["mec-a"].signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LinkError, match="no answer to snapshot within 1 s"):
+            await link.call("snapshot")
+        assert time.monotonic() - started < 3
+        assert link.state is LinkState.STALE
+        # While mec-a hangs, mec-b answers and stays fresh.
+        assert (await other.call("hello"))["host"] == "mec-b"
+        assert other.state is LinkState.FRESH
+        await asyncio.sleep(0.7)
+        assert link.state is LinkState.STALE and link.age > 0.6
+    finally:
+        agents["mec-a"].signal(signal.SIGCONT)
+    await until(lambda: link.state is LinkState.FRESH)
+
+
+async def test_a_retry_after_a_lost_reply_applies_once(fleet: Fleet, agents: dict[str, AgentProcess]) -> None:
+    """The agent applies the scale, the link dies before the reply; the retry finds it done."""
+    link = fleet.link("mec-a")
+    scale = asyncio.ensure_future(link.scale("snp", 3, expect=2))  # one wake-up: 1 s
+    await asyncio.sleep(0.2)
+    await link._drop()  # the connection breaks while the agent is mid-request
+    with pytest.raises(LinkError, match="link lost during scale"):
+        await scale
+    await until(lambda: link.state is LinkState.FRESH)
+    await asyncio.sleep(1.0)  # the agent finishes what it began
+    retry = await link.scale("snp", 3, expect=2)
+    assert retry.before == retry.after == 3
+    applied = [json.loads(line) for line in agents["mec-a"].audit.read_text().splitlines()]
+    changes = [e for e in applied if e["ok"] and e["before"] != e["after"]]
+    assert [(e["before"], e["after"]) for e in changes] == [(2, 3)]
+
+
+async def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
+    site = demo_site({"ghost": tmp_path / "nobody.sock"})
+    site.defaults = DEFAULTS
+    link = HostLink(site.hosts[0], site.defaults)
+    link.start()
+    await link.ready(3)
+    try:
+        assert link.state is LinkState.CONNECTING and "cannot reach agent socket" in link.error
+        with pytest.raises(LinkError, match="not connected .*nothing was sent"):
+            await link.call("hello")
+    finally:
+        await link.stop()
