@@ -25,7 +25,7 @@ import asyncssh
 from hostctl import rpc
 from hostctl.errors import HostctlError
 from hostctl.model import CVM, Event, Host, Service, Snapshot
-from hostctl.site import Defaults, HostEntry, Site
+from hostctl.site import Defaults, HostEntry, Site, parse_destination
 
 
 class LinkState(StrEnum):
@@ -47,9 +47,11 @@ class _VerifyingClient(asyncssh.SSHClient):
 
     def __init__(self) -> None:
         self.untrusted: asyncssh.SSHKey | None = None
+        self.seen_as: tuple[str, str, int] = ("", "", 22)
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.untrusted = key
+        self.seen_as = (host, addr, port)
         return False
 
 
@@ -69,6 +71,7 @@ class HostLink:
         self.attempts = 0
         self._client: rpc.Client | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._tunnel: asyncssh.SSHClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[HostLink], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
@@ -189,7 +192,18 @@ class HostLink:
         known_hosts = Path(self.defaults.known_hosts).expanduser()
         if not known_hosts.is_file():
             raise LinkError(f"known_hosts file {known_hosts} does not exist; host keys are always verified")
-        user, host, port = entry.target()
+        if entry.jump:
+            self._tunnel = await self._ssh(entry.jump, known_hosts)
+        self._conn = await self._ssh(entry.ssh, known_hosts, tunnel=self._tunnel)
+        if entry.socket:
+            return await self._conn.open_unix_connection(entry.socket)
+        process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
+        return process.stdout, process.stdin
+
+    async def _ssh(self, destination: str, known_hosts: Path,
+                   tunnel: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+        """An SSH connection whose host key known_hosts trusts (the refusal names the key's fingerprint)."""
+        user, host, port = parse_destination(destination)
         options: dict[str, Any] = {
             "known_hosts": str(known_hosts),
             "keepalive_interval": self.defaults.keepalive,
@@ -200,38 +214,25 @@ class HostLink:
             options["username"] = user
         if port:
             options["port"] = port
-        if entry.jump:
-            options["tunnel"] = entry.jump
+        if tunnel is not None:
+            options["tunnel"] = tunnel
         ssh_config = Path(self.defaults.ssh_config).expanduser()
         if ssh_config.is_file():
             options["config"] = [str(ssh_config)]
         verifier = _VerifyingClient()
         try:
-            self._conn = await asyncssh.connect(host, client_factory=lambda: verifier, **options)
+            return await asyncssh.connect(host, client_factory=lambda: verifier, **options)
         except asyncssh.HostKeyNotVerifiable:
-            raise LinkError(self._key_refusal(known_hosts, host, port, verifier.untrusted)) from None
-        if entry.socket:
-            return await self._conn.open_unix_connection(entry.socket)
-        process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
-        return process.stdout, process.stdin
-
-    def _key_refusal(self, known_hosts: Path, host: str, port: int | None, key: asyncssh.SSHKey | None) -> str:
-        fingerprint = key.get_fingerprint() if key is not None else "unknown"
-        try:
-            trusted = asyncssh.read_known_hosts(str(known_hosts)).match(host, "", port or 22)[0]
-        except (OSError, ValueError):
-            trusted = []
-        what = "CHANGED (possible man-in-the-middle)" if trusted else "not in known_hosts"
-        return (f"host key of {self.entry.ssh} is {what}: {fingerprint}; refused. Check it out of band, then "
-                f"update {known_hosts}")
+            raise LinkError(_key_refusal(destination, known_hosts, verifier)) from None
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.abort()
+        for conn in (self._conn, self._tunnel):
+            if conn is not None:
+                conn.abort()
+        self._conn = self._tunnel = None
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -291,6 +292,18 @@ class Fleet:
     async def ready(self) -> None:
         """Wait until every host has answered or failed once (bounded by the request timeout)."""
         await asyncio.gather(*(link.ready(self.site.defaults.timeout + 2) for link in self.links.values()))
+
+
+def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient) -> str:
+    key = verifier.untrusted
+    fingerprint = key.get_fingerprint() if key is not None else "unknown"
+    try:
+        trusted = asyncssh.read_known_hosts(str(known_hosts)).match(*verifier.seen_as)[0]
+    except (OSError, ValueError):
+        trusted = []
+    what = "CHANGED (possible man-in-the-middle)" if trusted else "not in known_hosts"
+    return (f"host key of {destination} is {what}: {fingerprint}; refused. Check it out of band, then "
+            f"update {known_hosts}")
 
 
 def _describe(error: BaseException) -> str:

@@ -318,20 +318,20 @@ async def openssh(tmp: Path) -> AsyncIterator[SSHEndpoint]:
                     out.append(k.pid)
         return out
 
-    endpoint = SSHEndpoint(
-        host=LOOPBACK,
-        port=port,
-        user=_current_user(),
-        client_key=client_key_path,
-        known_hosts=_write_known_hosts(tmp, port, host_key),
-        host_key_fingerprint=host_key.get_fingerprint(),
-        host_public_key=_public_line(host_key),
-        kind="openssh",
-        server_pid=proc.pid,
-        log_path=log_path,
-        _session_pids=session_pids,
-    )
     try:
+        endpoint = SSHEndpoint(
+            host=LOOPBACK,
+            port=port,
+            user=_current_user(),
+            client_key=client_key_path,
+            known_hosts=_write_known_hosts(tmp, port, host_key),
+            host_key_fingerprint=host_key.get_fingerprint(),
+            host_public_key=_public_line(host_key),
+            kind="openssh",
+            server_pid=proc.pid,
+            log_path=log_path,
+            _session_pids=session_pids,
+        )
         yield endpoint
     finally:
         await _stop_sshd(proc)
