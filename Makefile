@@ -18,6 +18,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/demo_latency.py
 	$(BIN)/python bench/scale_latency.py
+	$(BIN)/python bench/link_latency.py
 
 # apt-get runs only when a package is missing, so a second run costs nothing.
 system-packages:

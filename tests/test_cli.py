@@ -101,3 +101,39 @@ def test_demo_up_status_down(tmp_path: Path) -> None:
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not list(Path(runtime).glob("*.sock")) and not list(Path(runtime).glob("*.pid"))
+
+
+def test_site_commands_over_the_demo_site_file(tmp_path: Path) -> None:
+    """`demo up` writes a site file; status, scale and audit then go through the same links as a real site."""
+    runtime = tmp_path / "run"
+    try:
+        up = hostctl("demo", "up", "--runtime", str(runtime), check=True).stdout
+        site = runtime / "site.toml"
+        assert f"site file: {site}" in up
+        status = json.loads(hostctl("--site", str(site), "status", "--json", check=True).stdout)
+        assert [(h["name"], h["state"]) for h in status["hosts"]] == [
+            ("mec-1", "fresh"), ("mec-2", "fresh"), ("regional-1", "fresh")]
+        assert status["hosts"][0]["snapshot"]["host"]["name"] == "mec-1"
+        scaled = hostctl("--site", str(site), "scale", "mec-2/media-es", "3", "--expect", "1", check=True).stdout
+        assert scaled.strip() == "mec-2/media-es: 1 -> 3 vCPUs"
+        again = hostctl("--site", str(site), "scale", "mec-2/media-es", "3", "--expect", "1", check=True).stdout
+        assert "already at 3 vCPUs; nothing changed" in again
+        refused(hostctl("--site", str(site), "scale", "mec-2/media-es", "2", "--expect", "1"),
+                "expected 1 online vCPUs but found 3")
+        refused(hostctl("--site", str(site), "scale", "media-es", "2"), "name the CVM as HOST/CVM")
+        refused(hostctl("--site", str(site), "scale", "mec-9/x", "2"), "unknown host 'mec-9'")
+        audit = hostctl("--site", str(site), "audit", check=True).stdout.splitlines()
+        assert len(audit) == 3 and "mec-2/media-es scale 1->3 ok" in audit[0] and "REFUSED" in audit[2]
+        lines = hostctl("--site", str(site), "audit", "--json", check=True).stdout.splitlines()
+        assert [json.loads(line)["after"] for line in lines] == [3, 3, 2]
+    finally:
+        hostctl("demo", "down", "--runtime", str(runtime))
+    down_status = hostctl("--site", str(runtime / "site.toml"), "status")
+    refused(down_status, "site.toml: no such file")
+
+
+def test_unreachable_host_in_a_site_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text('[defaults]\ntimeout = 1.0\n[[hosts]]\nname = "ghost"\nsocket = "/nonexistent/agent.sock"\n')
+    proc = hostctl("--site", str(site), "status")
+    assert proc.returncode == 1 and "ghost: connecting" in proc.stdout and "cannot reach agent socket" in proc.stdout

@@ -1,0 +1,138 @@
+"""The link over real OpenSSH on loopback: RPC round trip, scale end to end, agent CPU serving 50 CVMs at 1 Hz,
+and the time from an agent restart to the host shown fresh again. Writes bench/results/link_latency.md."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from agents import AgentProcess  # noqa: E402
+from sshkit import openssh  # noqa: E402
+
+from hostctl.demo.config import CVMSpec, HostSpec  # noqa: E402
+from hostctl.demo.nodexml import node_xml  # noqa: E402
+from hostctl.link import HostLink, LinkState  # noqa: E402
+from hostctl.security import SecurityType  # noqa: E402
+from hostctl.site import Defaults, HostEntry, demo_site  # noqa: E402
+
+CVMS = 50
+RTT_ROUNDS = 1000
+SCALE_ROUNDS = 200
+CPU_SECONDS = 30
+RESTARTS = 10
+OUT = Path(__file__).parent / "results" / "link_latency.md"
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+async def wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.001)
+
+
+async def over_ssh(tmp: Path) -> dict[str, list[float] | float]:
+    spec = HostSpec(name="mec-bench", cvms=[
+        CVMSpec(name=f"cvm-{i:02d}", security=list(SecurityType)[i % 4], boot_vcpus=1, max_vcpus=5, online_vcpus=2)
+        for i in range(CVMS)])
+    node = tmp / "node.xml"
+    node.write_text(node_xml(spec))
+    async with openssh(tmp / "sshd") as server:
+        config = tmp / "ssh_config"
+        config.write_text(f"Host mec\n  HostName {server.host}\n  Port {server.port}\n  User {server.user}\n"
+                          f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n")
+        agent = [sys.executable, "-m", "hostctl", "--uri", f"test://{node}", "agent", "--stdio",
+                 "--audit", str(tmp / "audit.jsonl")]
+        defaults = Defaults(interval=1.0, known_hosts=str(server.known_hosts), ssh_config=str(config))
+        link = HostLink(HostEntry(name="mec", ssh="mec", agent=agent), defaults, who="bench")
+        link.start()
+        await link.ready(20)
+        assert link.state is LinkState.FRESH, link.error
+        rtt = []
+        for _ in range(RTT_ROUNDS):
+            t0 = time.perf_counter()
+            await link.call("hello")
+            rtt.append((time.perf_counter() - t0) * 1e3)
+        scale = []
+        for i in range(SCALE_ROUNDS):
+            name = f"cvm-{i % CVMS:02d}"
+            current = next(c for c in link.snapshot.cvms if c.name == name).online_vcpus
+            target = 3 if current == 2 else 2
+            t0 = time.perf_counter()
+            await link.scale(name, target, expect=current)
+            await wait(lambda: next(c for c in link.snapshot.cvms if c.name == name).online_vcpus == target)
+            scale.append((time.perf_counter() - t0) * 1e3)
+        proc = psutil.Process(link.hello["pid"])
+        proc.cpu_percent()
+        await asyncio.sleep(CPU_SECONDS)
+        cpu = proc.cpu_percent()
+        rss = proc.memory_info().rss / 2**20
+        await link.stop()
+    return {"rtt": rtt, "scale": scale, "cpu": cpu, "rss": rss}
+
+
+async def restarts(tmp: Path) -> list[float]:
+    agent = AgentProcess(tmp, "mec-r", wake_ms=0)
+    await agent.start()
+    site = demo_site({"mec-r": agent.socket})
+    link = HostLink(site.hosts[0], site.defaults, who="bench")
+    link.start()
+    await link.ready(10)
+    times = []
+    try:
+        for _ in range(RESTARTS):
+            agent.kill()
+            await wait(lambda: link.state is not LinkState.FRESH)
+            t0 = time.perf_counter()
+            await agent.start()
+            await wait(lambda: link.state is LinkState.FRESH)
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        await link.stop()
+        agent.stop()
+    return times
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ssh = await over_ssh(Path(tmp))
+        back = await restarts(Path(tmp))
+    rtt, scale = ssh["rtt"], ssh["scale"]
+    lines = [
+        "# Link over OpenSSH on loopback",
+        "",
+        f"One run of `python bench/link_latency.py`: Debian's OpenSSH sshd on 127.0.0.1, the agent run as "
+        f"`hostctl agent --stdio` over the SSH channel, its host a libvirt test-driver node with {CVMS} CVMs "
+        "(emulated driver with its default 40 ms wake / 15 ms park per vCPU, which the scale figure includes; scales alternate 2→3 and 3→2), updates at 1 Hz.",
+        "",
+        "| measure | p50 | p99 |",
+        "|---|---:|---:|",
+        f"| RPC round trip (`hello`), {RTT_ROUNDS} calls | {statistics.median(rtt):.2f} ms | {pct(rtt, 99):.2f} ms |",
+        f"| `scale` end to end: request → driver applied → update received, {SCALE_ROUNDS} scales | "
+        f"{statistics.median(scale):.2f} ms | {pct(scale, 99):.2f} ms |",
+        f"| agent restart → host shown fresh again (local socket, default backoff), {RESTARTS} restarts | "
+        f"{statistics.median(back):.0f} ms | {max(back):.0f} ms (max) |",
+        "",
+        f"Agent CPU while serving 1 Hz updates for {CVMS} CVMs (CPU sampling of all {CVMS} included), "
+        f"over {CPU_SECONDS} s: **{ssh['cpu']:.1f}%** of one core; resident memory {ssh['rss']:.0f} MiB.",
+        "",
+        "The restart figure counts the new process's start-up (Python, libvirt, the demo's HTTP services) and "
+        "the link's reconnect backoff (0.25 s × 2^failures × jitter 0.5-1).",
+    ]
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
