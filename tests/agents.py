@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import ROOT
 from hostctl import rpc
+from hostctl.demo.launcher import HostProcess
 
 CONFIG = """
 sample_interval = 0.2
@@ -51,11 +52,11 @@ class AgentProcess:
 
     @property
     def socket(self) -> Path:
-        return self.runtime / f"{self.name}.sock"
+        return HostProcess(self.name, self.runtime).socket
 
     @property
     def audit(self) -> Path:
-        return self.runtime / f"{self.name}.audit.jsonl"
+        return HostProcess(self.name, self.runtime).audit
 
     @property
     def argv(self) -> list[str]:
