@@ -56,11 +56,17 @@ class HostProcess:
         return self.runtime / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The process id, if the process is alive."""
+        """The process id, if the process is alive (a child of ours that exited is reaped, not counted)."""
         try:
             pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
         except (OSError, ValueError):
+            return None
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
             return None
         return pid
 
@@ -146,22 +152,20 @@ async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None
 
 async def down(runtime: Path) -> list[str]:
     """Stop every demo host process and remove its files; nothing is left running."""
-    lines = []
-    for pidfile in sorted(runtime.glob("*.pid")):
-        proc = HostProcess(pidfile.stem, runtime)
-        pid = proc.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while proc.pid() is not None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.pid() is not None:
-                os.kill(pid, signal.SIGKILL)
-            lines.append(f"{proc.name}: stopped (pid {pid})")
+    procs = [HostProcess(pidfile.stem, runtime) for pidfile in sorted(runtime.glob("*.pid"))]
+    running = {proc.name: pid for proc in procs if (pid := proc.pid()) is not None}
+    for pid in running.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(proc.pid() is not None for proc in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for proc in procs:
+        if (pid := proc.pid()) is not None:
+            os.kill(pid, signal.SIGKILL)
         for path in (proc.pidfile, proc.socket, runtime / f"{proc.name}.xml"):
             path.unlink(missing_ok=True)
     site_file(runtime).unlink(missing_ok=True)
-    return lines or ["demo site is not running"]
+    return [f"{name}: stopped (pid {pid})" for name, pid in running.items()] or ["demo site is not running"]
 
 
 async def status(runtime: Path) -> list[dict[str, Any]]:

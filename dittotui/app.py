@@ -1,0 +1,311 @@
+"""The operator console: hosts, CVMs, services and the audit log of a fleet, with one-key actions.
+
+All host I/O is asynchronous (one link per host, see `hostctl.link`); the screen is refreshed by a steady tick
+that coalesces whatever arrived since the last one and touches only cells that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, RichLog
+
+from dittotui.history import History
+from dittotui.rows import CVMRef, cvm_rows, host_row, service_rows
+from dittotui.screens.confirm import ConfirmScreen
+from dittotui.screens.detail import DetailScreen
+from dittotui.screens.help import HelpScreen
+from dittotui.screens.load import LoadScreen
+from dittotui.session import DemoSession
+from hostctl import rpc
+from hostctl.errors import HostctlError
+from hostctl.link import Fleet, HostLink, LinkState
+from hostctl.model import Event, Service
+from hostctl.render import format_event
+from hostctl.site import Site
+from hostctl.wrk import WrkResult
+from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
+
+
+class DittoApp(App[None]):
+    """dittotui: a terminal control room for elastic confidential VMs."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "dittotui"
+    BINDINGS = [
+        Binding("plus", "scale(1)", "+worker"),
+        Binding("minus", "scale(-1)", "-worker"),
+        Binding("space", "mark", "Mark", show=False),
+        Binding("w", "load", "wrk"),
+        Binding("a", "toggle_policy", "Elastic"),
+        Binding("p", "pick_policy", "Policy", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, *, site: Site | None = None, demo: DemoSession | None = None, readonly: bool = False,
+                 refresh: float = 0.25) -> None:
+        super().__init__()
+        self.site = site
+        self.demo = demo
+        self.readonly = readonly
+        self.refresh_interval = refresh
+        self.fleet: Fleet | None = None
+        self.history = History()
+        self.marks: set[str] = set()
+        self.filter_text = ""
+        self.load_results: dict[str, WrkResult] = {}
+        self._dirty = True
+        self._states: dict[str, LinkState] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="main"):
+            yield HostsTable(id="hosts")
+            yield CVMTable(id="cvms")
+            with Horizontal(id="bottom"):
+                yield ServicesTable(id="services")
+                yield RichLog(id="events", markup=False, wrap=False, max_lines=2000)
+        yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "read-only" if self.readonly else ""
+        self.query_one("#hosts").border_title = "Hosts"
+        self.query_one("#cvms").border_title = "CVMs (workers = active/max worker vCPUs)"
+        self.query_one("#services").border_title = "Services (last wrk run)"
+        self.query_one("#events").border_title = "Events and audit"
+        self.query_one(CVMTable).focus()
+        if self.demo is not None:
+            self.log_line("starting the embedded demo site: 3 emulated SEV-SNP hosts (use --site FILE for a real one)")
+            self.start_demo()
+        elif self.site is not None:
+            self.start_fleet(self.site)
+        self.set_interval(self.refresh_interval, self.tick)
+
+    # -- data -------------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="demo")
+    async def start_demo(self) -> None:
+        assert self.demo is not None
+        try:
+            site = await self.demo.start()
+        except HostctlError as e:
+            self.log_line(f"the demo site did not start: {e}", style="bold red")
+            return
+        self.sub_title = "embedded demo site" + (" (read-only)" if self.readonly else "")
+        self.start_fleet(site)
+
+    def start_fleet(self, site: Site) -> None:
+        self.fleet = Fleet(site)
+        for link in self.fleet.links.values():
+            link.on_update(self._mark_dirty)
+            link.on_event(self._on_audit)
+        self.fleet.start()
+
+    def _mark_dirty(self, _link: HostLink) -> None:
+        self._dirty = True
+
+    def _on_audit(self, event: Event) -> None:
+        style = "" if event.ok else "red"
+        self.log_line(format_event(event), style=style, stamp=False)
+
+    @property
+    def links(self) -> list[HostLink]:
+        return list(self.fleet.links.values()) if self.fleet else []
+
+    def tick(self) -> None:
+        """Apply whatever arrived since the last tick, in one batch."""
+        links = self.links
+        with self.batch_update():
+            self.query_one(HostsTable).sync({link.name: host_row(link) for link in links})
+            for link in links:
+                if self._states.get(link.name) != link.state:
+                    self._states[link.name] = link.state
+                    if link.state is LinkState.FRESH:
+                        self.log_line(f"{link.name}: live", style="green")
+                    elif link.error:
+                        self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
+            if not self._dirty:
+                return
+            self._dirty = False
+            for link in links:
+                if link.snapshot is not None and link.state is LinkState.FRESH:
+                    for cvm in link.snapshot.cvms:
+                        self.history.record(link.name, cvm)
+            self.query_one(CVMTable).sync(cvm_rows(links, filter_text=self.filter_text, marks=self.marks))
+            self.query_one(ServicesTable).sync(service_rows(links, self.load_results, filter_text=self.filter_text))
+
+    def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
+        prefix = datetime.now().strftime("%H:%M:%S ") if stamp else ""
+        self.query_one("#events", RichLog).write(Text(prefix + text, style=style))
+
+    def record_load(self, host: str, service: Service, result: WrkResult) -> None:
+        """Keep a wrk result next to its service."""
+        self.load_results[f"{host}/{service.cvm}/{service.name}"] = result
+        self.log_line(f"wrk {host}/{service.cvm}/{service.name}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
+                      f"{result.rps:.0f} req/s, {result.errors} errors")
+        self._dirty = True
+
+    # -- selection --------------------------------------------------------------------------------
+
+    def selected(self) -> list[CVMRef]:
+        """The marked CVMs, else the one under the cursor."""
+        if self.marks:
+            return [CVMRef.parse(key) for key in sorted(self.marks)]
+        key = self.query_one(CVMTable).selected_key
+        return [CVMRef.parse(key)] if key else []
+
+    def link_of(self, ref: CVMRef) -> HostLink | None:
+        return self.fleet.links.get(ref.host) if self.fleet else None
+
+    def _confirm_bulk(self, refs: list[CVMRef], what: str, then: callable) -> None:  # type: ignore[valid-type]
+        if len(refs) <= 1:
+            then()
+            return
+        names = ", ".join(r.key for r in refs[:4]) + (" ..." if len(refs) > 4 else "")
+        self.push_screen(ConfirmScreen(f"{what} on {len(refs)} marked CVMs?\n{names}"),
+                         lambda yes: then() if yes else None)
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def action_scale(self, step: int) -> None:
+        refs = self.selected()
+        verb = "Wake one worker" if step > 0 else "Park one worker"
+        self._confirm_bulk(refs, verb, lambda: self.scale_cvms(refs, step))
+
+    def scale_cvms(self, refs: Iterable[CVMRef], step: int) -> None:
+        """Scale each CVM by `step` workers, compare-and-set against the count on screen."""
+        for ref in refs:
+            if self.readonly:
+                self.log_line(f"{ref.key}: read-only session: scale refused", style="red")
+                self.notify("read-only session: nothing changed", severity="warning")
+                return
+            link = self.link_of(ref)
+            cvm = next((c for c in link.snapshot.cvms if c.name == ref.cvm), None) if link and link.snapshot else None
+            if link is None or cvm is None:
+                self.log_line(f"{ref.key}: not known to the console", style="red")
+                continue
+            self.scale_one(link, ref, cvm.online_vcpus + step, cvm.online_vcpus)
+
+    @work(group="scale")
+    async def scale_one(self, link: HostLink, ref: CVMRef, target: int, expect: int) -> None:
+        try:
+            await link.scale(ref.cvm, target, expect=expect, why="console")
+        except rpc.RpcError as e:
+            if not (e.code == rpc.REFUSED and isinstance(e.data, dict) and "current" in e.data):
+                self.log_line(f"{ref.key}: {e}", style="red")  # audited refusals arrive as audit events
+        except HostctlError as e:
+            self.log_line(f"{ref.key}: {e}", style="red")
+
+    def action_mark(self) -> None:
+        key = self.query_one(CVMTable).selected_key
+        if key is None:
+            return
+        self.marks.symmetric_difference_update({key})
+        self._dirty = True
+        self.tick()
+        self.query_one(CVMTable).action_cursor_down()
+
+    def action_load(self) -> None:
+        if self.readonly:
+            self.notify("read-only session: no load runs", severity="warning")
+            return
+        refs = self.selected()[:1]
+        link = self.link_of(refs[0]) if refs else None
+        if link is None or link.snapshot is None:
+            return
+        services = [s for s in link.snapshot.services if s.cvm == refs[0].cvm]
+        if not services:
+            self.notify(f"{refs[0].key} lists no services", severity="warning")
+            return
+        self.push_screen(LoadScreen(link.name, services))
+
+    def action_toggle_policy(self) -> None:
+        self._policy_unavailable()
+
+    def action_pick_policy(self) -> None:
+        self._policy_unavailable()
+
+    def _policy_unavailable(self) -> None:
+        refs = self.selected()[:1]
+        link = self.link_of(refs[0]) if refs else None
+        if link is None:
+            return
+        version = link.hello.get("agent", "?")
+        self.notify(f"{link.name}: its agent (hostctl {version}) offers no elastic policies", severity="warning")
+
+    @on(DataTable.RowSelected, "#cvms")
+    def open_detail(self, event: DataTable.RowSelected) -> None:
+        ref = CVMRef.parse(event.row_key.value or "")
+        link = self.link_of(ref)
+        if link is not None:
+            self.push_screen(DetailScreen(ref, link, self.history))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("visible")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self._dirty = True
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self.query_one(CVMTable).focus()
+
+    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+        box = self.query_one("#filter", Input)
+        if event.key == "escape" and box.has_class("visible"):
+            box.value = ""
+            box.remove_class("visible")
+            self.query_one(CVMTable).focus()
+
+    def action_sort(self) -> None:
+        table = self.focused if isinstance(self.focused, LiveTable) else self.query_one(CVMTable)
+        keys = [key for key, _label, _width in table.COLUMNS]
+        current = keys.index(table.sort_column) if table.sort_column in keys else -1
+        table.sort_by(keys[(current + 1) % len(keys)])
+        self.notify(f"sorted by {table.sort_column}")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Stop every link and the demo site this session started, then leave."""
+        if self.demo is not None and self.demo.running:
+            self.notify("stopping the embedded demo site...")
+        if self.fleet is not None:
+            await self.fleet.stop()
+        if self.demo is not None:
+            await self.demo.stop()
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Wake one worker", "Scale the selected (or marked) CVMs up by one", lambda: self.action_scale(1))
+        yield SystemCommand("Park one worker", "Scale the selected (or marked) CVMs down by one",
+                            lambda: self.action_scale(-1))
+        yield SystemCommand("Mark CVM", "Mark or unmark the selected CVM", self.action_mark)
+        yield SystemCommand("Clear marks", "Unmark every CVM", self._clear_marks)
+        yield SystemCommand("Run wrk load", "Load one of the selected CVM's services", self.action_load)
+        yield SystemCommand("Toggle elastic policy", "On/off for the selected CVM", self.action_toggle_policy)
+        yield SystemCommand("Pick elastic policy", "Choose the selected CVM's policy", self.action_pick_policy)
+        yield SystemCommand("Filter", "Show only matching CVMs and services", self.action_filter)
+        yield SystemCommand("Sort", "Sort the focused table by the next column", self.action_sort)
+        yield SystemCommand("Help", "Keys and columns", self.action_help)
+
+    def _clear_marks(self) -> None:
+        self.marks.clear()
+        self._dirty = True

@@ -1,0 +1,33 @@
+"""Recent history per CVM (online workers, CPU %) for the detail screen's plots."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from hostctl.model import CVM
+
+SAMPLES = 600  # ten minutes at one sample a second
+
+
+@dataclass
+class Series:
+    """One CVM's recent samples, oldest first."""
+
+    workers: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+
+
+class History:
+    """Samples every CVM the console has seen, keyed `host/cvm`."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, Series] = {}
+
+    def record(self, host: str, cvm: CVM) -> None:
+        s = self.series.setdefault(f"{host}/{cvm.name}", Series())
+        s.workers.append(cvm.workers_active)
+        s.cpu.append(cvm.cpu_percent)
+
+    def of(self, key: str) -> Series:
+        return self.series.get(key) or Series()

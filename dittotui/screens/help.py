@@ -1,0 +1,42 @@
+"""Every key, and what the columns mean."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# dittotui
+
+Worker vCPUs are measured at launch, sleep while idle, and are woken or parked at runtime.
+**Workers** shows active of maximum; scaling changes the CVM's online vCPUs (boot + workers),
+compare-and-set: a retry never applies twice.
+
+| key | action |
+|---|---|
+| `+` / `-` | wake / park one worker on the selected (or marked) CVMs |
+| `space` | mark or unmark the selected CVM; actions then apply to all marked, after a confirm |
+| `w` | run wrk load against the selected CVM's service |
+| `a` / `p` | toggle / pick the elastic policy of the selected CVM |
+| `enter` | CVM detail: worker and CPU history |
+| `/` | filter CVMs and services (every word must match); `escape` clears |
+| `s` | sort the focused table by the next column; click a header to sort by it |
+| `tab` | move between tables |
+| `ctrl+p` | command palette: every action |
+| `?` | this help |
+| `q` | quit (stops the demo site this session started) |
+
+**Hosts**: `live` when data arrives on time; `stale` with the age of the last data when a host stops
+answering (its CVMs dim); `connecting` with the reason when it was never reached.
+**vCPUs used/cap**: online vCPUs of running CVMs against the host's CPUs.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Markdown(HELP)
