@@ -6,7 +6,7 @@ that coalesces whatever arrived since the last one and touches only cells that c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from rich.text import Text
@@ -24,6 +24,7 @@ from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.session import DemoSession
+from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
 from hostctl import rpc
 from hostctl.errors import HostctlError
 from hostctl.link import Fleet, HostLink, LinkState
@@ -31,7 +32,6 @@ from hostctl.model import Event, Service
 from hostctl.render import format_event
 from hostctl.site import Site
 from hostctl.wrk import WrkResult
-from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
 
 
 class DittoApp(App[None]):
@@ -66,6 +66,7 @@ class DittoApp(App[None]):
         self.load_results: dict[str, WrkResult] = {}
         self._dirty = True
         self._states: dict[str, LinkState] = {}
+        self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -146,7 +147,7 @@ class DittoApp(App[None]):
             self.query_one(ServicesTable).sync(service_rows(links, self.load_results, filter_text=self.filter_text))
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
-        prefix = datetime.now().strftime("%H:%M:%S ") if stamp else ""
+        prefix = self.clock().strftime("%H:%M:%S ") if stamp else ""
         self.query_one("#events", RichLog).write(Text(prefix + text, style=style))
 
     def record_load(self, host: str, service: Service, result: WrkResult) -> None:

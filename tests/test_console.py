@@ -1,0 +1,194 @@
+"""The console driven by Pilot against real agent processes; results are checked through the hosts' agents."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from agents import AgentProcess
+from dittotui.app import DittoApp
+from dittotui.screens.confirm import ConfirmScreen
+from dittotui.screens.detail import DetailScreen
+from dittotui.screens.help import HelpScreen
+from dittotui.session import DemoSession
+from dittotui.tables import CVMTable, HostsTable
+from hostctl import rpc
+from hostctl.demo import launcher
+from hostctl.site import Defaults, demo_site
+
+HOSTS = ("mec-a", "mec-b")
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
+    procs = {name: AgentProcess(tmp_path, name, wake_ms=0) for name in HOSTS}
+    for proc in procs.values():
+        await proc.start()
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def make_app(agents: dict[str, AgentProcess], **kwargs: object) -> DittoApp:
+    site = demo_site({name: p.socket for name, p in agents.items()})
+    site.defaults = Defaults(interval=0.2, timeout=1.0, backoff_max=0.5)
+    return DittoApp(site=site, refresh=0.05, **kwargs)  # type: ignore[arg-type]
+
+
+async def online_vcpus(agent: AgentProcess, cvm: str = "snp") -> int:
+    """What the host itself reports, asked through its agent."""
+    client = await rpc.connect_unix(str(agent.socket))
+    try:
+        snapshot = await client.call("snapshot")
+    finally:
+        await client.close()
+    return next(c["online_vcpus"] for c in snapshot["cvms"] if c["name"] == cvm)
+
+
+async def until(pilot, predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await pilot.pause(0.05)
+
+
+def cell(app: DittoApp, table: type, row: str, column: str) -> str:
+    return app.query_one(table).get_cell(row, column).plain
+
+
+async def ready(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
+    await until(pilot, lambda: app.query_one(CVMTable).row_count == len(HOSTS))
+
+
+async def select(pilot, app: DittoApp, key: str) -> None:  # type: ignore[no-untyped-def]
+    table = app.query_one(CVMTable)
+    table.move_cursor(row=table.get_row_index(key))
+    await pilot.pause()
+
+
+async def test_plus_wakes_a_worker_on_the_host(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, "mec-b/snp")
+        assert await online_vcpus(agents["mec-b"]) == 2
+        await pilot.press("plus")
+        await until(pilot, lambda: "2/4" in cell(app, CVMTable, "mec-b/snp", "workers"))
+        assert await online_vcpus(agents["mec-b"]) == 3
+        assert await online_vcpus(agents["mec-a"]) == 2
+        await pilot.press("minus")
+        await until(pilot, lambda: "1/4" in cell(app, CVMTable, "mec-b/snp", "workers"))
+        assert await online_vcpus(agents["mec-b"]) == 2
+        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        assert "mec-b/snp scale 2->3 ok" in log and "mec-b/snp scale 3->2 ok" in log
+
+
+async def test_a_refusal_is_shown_in_the_log(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, "mec-a/snp")
+        for _ in range(2):  # 2 -> 1 vCPU (the boot vCPU only), then below boot: refused
+            await pilot.press("minus")
+            await pilot.pause(0.3)
+        await until(pilot, lambda: any("REFUSED" in str(line.text) for line in app.query_one("#events").lines))
+        assert await online_vcpus(agents["mec-a"]) == 1
+
+
+async def test_readonly_console_changes_nothing(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents, readonly=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        await pilot.press("plus")
+        await pilot.pause(0.5)
+        assert await online_vcpus(agents["mec-a"]) == 2 and await online_vcpus(agents["mec-b"]) == 2
+        assert any("read-only session: scale refused" in str(line.text) for line in app.query_one("#events").lines)
+
+
+async def test_a_killed_agent_turns_stale_and_keys_still_work(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        agents["mec-a"].kill()
+        await until(pilot, lambda: cell(app, HostsTable, "mec-a", "state").startswith(("stale", "connecting")))
+        assert cell(app, HostsTable, "mec-b", "state") == "live"
+        started = time.monotonic()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert time.monotonic() - started < 2
+        await select(pilot, app, "mec-b/snp")
+        await pilot.press("plus")
+        await until(pilot, lambda: "2/4" in cell(app, CVMTable, "mec-b/snp", "workers"))
+        assert await online_vcpus(agents["mec-b"]) == 3
+        await until(pilot, lambda: cell(app, HostsTable, "mec-a", "state").startswith("stale"))
+        await agents["mec-a"].start()
+        await until(pilot, lambda: cell(app, HostsTable, "mec-a", "state") == "live")
+
+
+async def test_marked_rows_scale_together_after_a_confirm(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, "mec-a/snp")
+        await pilot.press("space")
+        await select(pilot, app, "mec-b/snp")
+        await pilot.press("space")
+        assert cell(app, CVMTable, "mec-a/snp", "mark") == "●"
+        await pilot.press("plus")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert await online_vcpus(agents["mec-a"]) == 2
+        await pilot.press("plus")
+        await pilot.press("y")
+        await until(pilot, lambda: all("2/4" in cell(app, CVMTable, f"{h}/snp", "workers") for h in HOSTS))
+        assert [await online_vcpus(agents[h]) for h in HOSTS] == [3, 3]
+
+
+async def test_filter_sort_detail_and_help(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ready(pilot, app)
+        await pilot.press("slash", *"mec-b", "enter")
+        await until(pilot, lambda: app.query_one(CVMTable).row_count == 1)
+        await pilot.press("slash", "escape")
+        await until(pilot, lambda: app.query_one(CVMTable).row_count == 2)
+        await pilot.press("s")
+        assert app.query_one(CVMTable).sort_column == "mark"
+        await pilot.press("s")
+        assert app.query_one(CVMTable).sort_column == "cvm"
+        await select(pilot, app, "mec-a/snp")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.pause(0.2)
+        assert "sev-snp" in str(app.screen.query_one("#facts").render())
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_quit_stops_the_demo_site_it_started() -> None:
+    demo = DemoSession()
+    app = DittoApp(demo=demo, refresh=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.query_one(CVMTable).row_count == 9, timeout=20)
+        pids = [launcher.HostProcess(h, demo.runtime).pid() for h in ("mec-1", "mec-2", "regional-1")]
+        assert all(pids)
+        await pilot.press("q")
+        await until(pilot, lambda: not demo.running, timeout=10)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not demo.runtime.exists()
+
+
+def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dittotui", "--site", str(tmp_path / "none.toml")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"dittotui: {tmp_path / 'none.toml'}: no such file"
