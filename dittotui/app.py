@@ -81,11 +81,15 @@ class DittoApp(App[None]):
 
     def on_mount(self) -> None:
         self.sub_title = "read-only" if self.readonly else ""
-        self.query_one("#hosts").border_title = "Hosts"
-        self.query_one("#cvms").border_title = "CVMs (workers = active/max worker vCPUs)"
-        self.query_one("#services").border_title = "Services (last wrk run)"
-        self.query_one("#events").border_title = "Events and audit"
-        self.query_one(CVMTable).focus()
+        self.hosts_table = self.query_one(HostsTable)
+        self.cvm_table = self.query_one(CVMTable)
+        self.services_table = self.query_one(ServicesTable)
+        self.events = self.query_one("#events", RichLog)
+        self.hosts_table.border_title = "Hosts"
+        self.cvm_table.border_title = "CVMs (workers = active/max worker vCPUs)"
+        self.services_table.border_title = "Services (last wrk run)"
+        self.events.border_title = "Events and audit"
+        self.cvm_table.focus()
         if self.demo is not None:
             self.log_line("starting the embedded demo site: 3 emulated SEV-SNP hosts (use --site FILE for a real one)")
             self.start_demo()
@@ -126,9 +130,11 @@ class DittoApp(App[None]):
 
     def tick(self) -> None:
         """Apply whatever arrived since the last tick, in one batch."""
+        if not self.hosts_table.is_attached:  # shutting down
+            return
         links = self.links
         with self.batch_update():
-            self.query_one(HostsTable).sync({link.name: host_row(link) for link in links})
+            self.hosts_table.sync({link.name: host_row(link) for link in links})
             for link in links:
                 if self._states.get(link.name) != link.state:
                     self._states[link.name] = link.state
@@ -143,12 +149,13 @@ class DittoApp(App[None]):
                 if link.snapshot is not None and link.state is LinkState.FRESH:
                     for cvm in link.snapshot.cvms:
                         self.history.record(link.name, cvm)
-            self.query_one(CVMTable).sync(cvm_rows(links, filter_text=self.filter_text, marks=self.marks))
-            self.query_one(ServicesTable).sync(service_rows(links, self.load_results, filter_text=self.filter_text))
+            self.cvm_table.sync(cvm_rows(links, filter_text=self.filter_text, marks=self.marks))
+            self.services_table.sync(service_rows(links, self.load_results, filter_text=self.filter_text))
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
-        prefix = self.clock().strftime("%H:%M:%S ") if stamp else ""
-        self.query_one("#events", RichLog).write(Text(prefix + text, style=style))
+        if self.events.is_attached:
+            prefix = self.clock().strftime("%H:%M:%S ") if stamp else ""
+            self.events.write(Text(prefix + text, style=style))
 
     def record_load(self, host: str, service: Service, result: WrkResult) -> None:
         """Keep a wrk result next to its service."""
@@ -163,7 +170,7 @@ class DittoApp(App[None]):
         """The marked CVMs, else the one under the cursor."""
         if self.marks:
             return [CVMRef.parse(key) for key in sorted(self.marks)]
-        key = self.query_one(CVMTable).selected_key
+        key = self.cvm_table.selected_key
         return [CVMRef.parse(key)] if key else []
 
     def link_of(self, ref: CVMRef) -> HostLink | None:
@@ -209,13 +216,13 @@ class DittoApp(App[None]):
             self.log_line(f"{ref.key}: {e}", style="red")
 
     def action_mark(self) -> None:
-        key = self.query_one(CVMTable).selected_key
+        key = self.cvm_table.selected_key
         if key is None:
             return
         self.marks.symmetric_difference_update({key})
         self._dirty = True
         self.tick()
-        self.query_one(CVMTable).action_cursor_down()
+        self.cvm_table.action_cursor_down()
 
     def action_load(self) -> None:
         if self.readonly:
@@ -264,17 +271,17 @@ class DittoApp(App[None]):
 
     @on(Input.Submitted, "#filter")
     def filter_done(self) -> None:
-        self.query_one(CVMTable).focus()
+        self.cvm_table.focus()
 
     def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_class("visible"):
             box.value = ""
             box.remove_class("visible")
-            self.query_one(CVMTable).focus()
+            self.cvm_table.focus()
 
     def action_sort(self) -> None:
-        table = self.focused if isinstance(self.focused, LiveTable) else self.query_one(CVMTable)
+        table = self.focused if isinstance(self.focused, LiveTable) else self.cvm_table
         keys = [key for key, _label, _width in table.COLUMNS]
         current = keys.index(table.sort_column) if table.sort_column in keys else -1
         table.sort_by(keys[(current + 1) % len(keys)])
