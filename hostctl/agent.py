@@ -15,6 +15,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hostctl import __version__, rpc
 from hostctl.audit import AuditLog
 from hostctl.backend import LibvirtHost
 from hostctl.model import Event, Service
+from hostctl.probe import Prober
 
 PROTOCOL_VERSION = 1
 MUTATING = frozenset({"scale"})
@@ -54,26 +56,34 @@ class Agent:
         services: Callable[[], list[Service]] = list,
         readonly: bool = False,
         interval: float = 1.0,
+        probe_rate: float = 2.0,
     ) -> None:
         self.host = host
         self.audit = audit
         self.readonly = readonly
         self.interval = interval
         self.services = services
+        self.prober = Prober(services, rate=probe_rate)
         self._sessions: set[Session] = set()
         self._sampler: asyncio.Task[None] | None = None
         host.on_event(self._on_event)
 
     def start(self) -> None:
-        """Start sampling CPU at the configured interval (the host is already open)."""
+        """Start sampling CPU and probing services (the host is already open)."""
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+        self.prober.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
         for session in self._sessions:
             session.close()
+        await self.prober.stop()
         self.audit.close()
+
+    def service_list(self) -> list[Service]:
+        """The host's services with their probed latency."""
+        return [replace(s, latency=self.prober.latency(s)) for s in self.services()]
 
     async def serve_stdio(self) -> None:
         """Serve one peer on stdin/stdout (the form run by `ssh host hostctl agent --stdio`)."""
@@ -154,7 +164,7 @@ class Session:
         }
 
     async def snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.agent.host.snapshot(self.agent.services()).to_dict()
+        return self.agent.host.snapshot(self.agent.service_list()).to_dict()
 
     async def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         interval = params.get("interval", self.agent.interval)
@@ -181,7 +191,7 @@ class Session:
         sent_services: list[dict[str, Any]] | None = None
         seq = 0
         while True:
-            snapshot = self.agent.host.snapshot(self.agent.services())
+            snapshot = self.agent.host.snapshot(self.agent.service_list())
             host = snapshot.host.to_dict()
             cvms = {c.name: c.to_dict() for c in snapshot.cvms}
             services = [s.to_dict() for s in snapshot.services]

@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
     agent_opts.add_argument("--audit", type=Path, default=None, help="audit log (default: XDG state dir)")
     agent_opts.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    agent_opts.add_argument("--probe-rate", type=float, default=2.0,
+                            help="latency probes per second per service (default 2; 0: off)")
     agent = sub.add_parser("agent", parents=[agent_opts], help="serve one peer on stdin/stdout (run over SSH)")
     agent.add_argument("--stdio", action="store_true", required=True)
     serve = sub.add_parser("serve", parents=[agent_opts], help="serve on a unix socket (long-running, systemd)")
@@ -125,7 +127,7 @@ async def _agent(args: argparse.Namespace) -> int:
     host = LibvirtHost(args.uri)
     await host.open()
     agent = Agent(host, audit=AuditLog(args.audit or audit_default_path()), readonly=args.readonly,
-                  interval=args.interval)
+                  interval=args.interval, probe_rate=args.probe_rate)
     agent.start()
     try:
         if args.command == "agent":
@@ -139,7 +141,7 @@ async def _agent(args: argparse.Namespace) -> int:
             server.close()
             args.socket.unlink(missing_ok=True)
     finally:
-        agent.stop()
+        await agent.stop()
         await host.close()
     return 0
 

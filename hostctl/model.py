@@ -127,12 +127,27 @@ class CVM(Model):
 
 
 @dataclass
+class Latency(Model):
+    """A service's probed latency over one window (milliseconds)."""
+
+    window_s: float
+    count: int = 0
+    errors: int = 0
+    rps: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+@dataclass
 class Service(Model):
-    """An HTTP endpoint served by a CVM."""
+    """An HTTP endpoint served by a CVM, with its probed latency per window (`10s`, `60s`) when probed."""
 
     name: str
     cvm: str
     url: str
+    latency: dict[str, Latency] = field(default_factory=dict)
 
 
 @dataclass

@@ -52,7 +52,7 @@ async def _serve(tmp_path: Path, *, readonly: bool = False) -> AsyncIterator[Ser
         yield Served(agent, socket, audit)
     finally:
         server.close()
-        agent.stop()
+        await agent.stop()
         await host.close()
 
 

@@ -104,6 +104,7 @@ class DemoConfig:
     """The whole demo site."""
 
     sample_interval: float = check(positive, default=1.0)
+    probe_rate: float = check(non_negative, default=2.0)
     jitter: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)", default=0.2)
     overhead: Overhead = field(default_factory=Overhead)
     traffic: Traffic = field(default_factory=Traffic)

@@ -82,7 +82,7 @@ async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
     host = DemoHost(config, spec, runtime)
     await host.start()
     agent = Agent(host.backend, audit=AuditLog(proc.audit), services=host.service_list,
-                  interval=config.sample_interval)
+                  interval=config.sample_interval, probe_rate=config.probe_rate)
     agent.start()
     server = await agent.serve_unix(proc.socket)
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
     finally:
         server.close()
         proc.socket.unlink(missing_ok=True)
-        agent.stop()
+        await agent.stop()
         await host.stop()
 
 

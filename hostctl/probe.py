@@ -1,0 +1,128 @@
+"""Live latency between load runs: each service probed at a low, steady, open-loop rate.
+
+Open loop: probes leave on a fixed schedule whether or not earlier ones came back, so a slow service cannot
+hide its slowness by slowing the prober down. Each service keeps 10 s and 60 s windows of exact samples (at a
+few requests per second a window holds a few hundred samples, so sorting beats a histogram's approximation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from hostctl.model import Latency, Service
+
+WINDOWS = (10.0, 60.0)
+
+
+@dataclass
+class Sample:
+    at: float
+    ms: float
+    ok: bool
+
+
+class Window:
+    """Samples of the last `seconds`, and their summary."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.samples: deque[Sample] = deque()
+
+    def add(self, sample: Sample) -> None:
+        self.samples.append(sample)
+
+    def stats(self, now: float) -> Latency:
+        # Samples are stamped when sent but recorded when answered, so they are not strictly in order.
+        self.samples = deque(s for s in self.samples if s.at >= now - self.seconds)
+        ok = sorted(s.ms for s in self.samples if s.ok)
+        errors = len(self.samples) - len(ok)
+
+        def pct(q: float) -> float:
+            return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else 0.0
+
+        return Latency(window_s=self.seconds, count=len(self.samples), errors=errors,
+                       rps=round(len(self.samples) / self.seconds, 2), p50=pct(0.5), p90=pct(0.9), p99=pct(0.99),
+                       max=round(ok[-1], 3) if ok else 0.0)
+
+
+class Prober:
+    """Probes every listed service `rate` times a second, at most `max_in_flight` outstanding per service."""
+
+    def __init__(self, services: Callable[[], list[Service]], *, rate: float = 2.0, timeout: float = 2.0,
+                 max_in_flight: int = 8) -> None:
+        self.services = services
+        self.rate = rate
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.windows: dict[str, tuple[Window, ...]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        if self.rate > 0:
+            self._task = asyncio.get_running_loop().create_task(self._schedule())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for request in list(self._requests):
+            request.cancel()
+        await asyncio.gather(*self._requests, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def latency(self, service: Service) -> dict[str, Latency]:
+        """The service's windows, keyed `10s` and `60s`."""
+        now = time.monotonic()
+        windows = self.windows.get(_key(service), ())
+        return {f"{w.seconds:g}s": w.stats(now) for w in windows}
+
+    async def _schedule(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        while True:
+            for service in self.services():
+                key = _key(service)
+                if key not in self.windows:
+                    self.windows[key] = tuple(Window(s) for s in WINDOWS)
+                if self._in_flight.get(key, 0) >= self.max_in_flight:
+                    self._record(key, Sample(time.monotonic(), self.timeout * 1000, ok=False))
+                    continue
+                request = asyncio.get_running_loop().create_task(self._probe(key, service.url))
+                self._requests.add(request)
+                request.add_done_callback(self._requests.discard)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _probe(self, key: str, url: str) -> None:
+        assert self._session is not None
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        started = time.monotonic()
+        ok = False
+        try:
+            async with self._session.get(url) as response:
+                await response.read()
+                ok = response.status < 400
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        finally:
+            self._in_flight[key] -= 1
+        self._record(key, Sample(started, (time.monotonic() - started) * 1000, ok))
+
+    def _record(self, key: str, sample: Sample) -> None:
+        for window in self.windows[key]:
+            window.add(sample)
+
+
+def _key(service: Service) -> str:
+    return f"{service.cvm}/{service.name}"
