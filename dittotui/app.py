@@ -66,6 +66,7 @@ class DittoApp(App[None]):
         self.load_results: dict[str, WrkResult] = {}
         self._dirty = True
         self._states: dict[str, LinkState] = {}
+        self._seen: dict[str, float] = {}  # the snapshot time last recorded into history, per host
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
     def compose(self) -> ComposeResult:
@@ -87,7 +88,7 @@ class DittoApp(App[None]):
         self.events = self.query_one("#events", RichLog)
         self.hosts_table.border_title = "Hosts"
         self.cvm_table.border_title = "CVMs (workers = active/max worker vCPUs)"
-        self.services_table.border_title = "Services (last wrk run)"
+        self.services_table.border_title = "Services (probed latency, last 10 s, ms)"
         self.events.border_title = "Events and audit"
         self.cvm_table.focus()
         if self.demo is not None:
@@ -146,11 +147,17 @@ class DittoApp(App[None]):
                 return
             self._dirty = False
             for link in links:
-                if link.snapshot is not None and link.state is LinkState.FRESH:
+                if link.snapshot is not None and link.state is LinkState.FRESH and link.snapshot.ts != self._seen.get(link.name):
+                    self._seen[link.name] = link.snapshot.ts
                     for cvm in link.snapshot.cvms:
                         self.history.record(link.name, cvm)
+                    for s in link.snapshot.services:
+                        if (live := s.latency.get("10s")) is not None and live.count:
+                            self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
             self.cvm_table.sync(cvm_rows(links, filter_text=self.filter_text, marks=self.marks))
-            self.services_table.sync(service_rows(links, self.load_results, filter_text=self.filter_text))
+            slo = self.fleet.site.defaults.slo_p99_ms if self.fleet else 50.0
+            self.services_table.sync(service_rows(links, self.load_results, self.history.p99, slo_ms=slo,
+                                                  filter_text=self.filter_text))
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:

@@ -23,11 +23,16 @@ class History:
 
     def __init__(self) -> None:
         self.series: dict[str, Series] = {}
+        self.p99: dict[str, deque[float]] = {}
 
     def record(self, host: str, cvm: CVM) -> None:
         s = self.series.setdefault(f"{host}/{cvm.name}", Series())
         s.workers.append(cvm.workers_active)
         s.cpu.append(cvm.cpu_percent)
+
+    def record_p99(self, key: str, p99: float) -> None:
+        """A service's probed p99, keyed `host/cvm/service`."""
+        self.p99.setdefault(key, deque(maxlen=SAMPLES)).append(p99)
 
     def of(self, key: str) -> Series:
         return self.series.get(key) or Series()

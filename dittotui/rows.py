@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -107,8 +107,19 @@ def cvm_rows(links: Iterable[HostLink], *, filter_text: str = "", marks: set[str
     return rows
 
 
-def service_rows(links: Iterable[HostLink], results: dict[str, WrkResult], *, filter_text: str = "") -> dict[str, Row]:
-    """Service, CVM, the last load run's p50/p99, req/s and errors, host."""
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int, ceiling: float) -> Text:
+    """The last `width` values as block characters, scaled to `ceiling` or the largest value."""
+    recent = list(values)[-width:]
+    top = max([ceiling, *recent]) or 1.0
+    return Text("".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in recent), style="cyan")
+
+
+def service_rows(links: Iterable[HostLink], results: dict[str, WrkResult], history: dict[str, Sequence[float]],
+                 *, slo_ms: float, filter_text: str = "") -> dict[str, Row]:
+    """Service, CVM, probed p50/p99 (10 s), p99 trend, req/s, errors, SLO, last wrk p99, host."""
     rows: dict[str, Row] = {}
     for link in links:
         if link.snapshot is None:
@@ -117,9 +128,15 @@ def service_rows(links: Iterable[HostLink], results: dict[str, WrkResult], *, fi
             key = f"{link.name}/{s.cvm}/{s.name}"
             if filter_text and not matches(filter_text, link.name, s.cvm, s.name):
                 continue
+            live = s.latency.get("10s")
+            breach = live is not None and live.count > 0 and live.p99 > slo_ms
+            probed: tuple[Text | str, ...] = ("-", "-", "", "-", "-", "")
+            if live is not None and live.count:
+                probed = (f"{live.p50:.1f}", Text(f"{live.p99:.1f}", style="bold red" if breach else ""),
+                          sparkline(history.get(key, ()), 10, slo_ms), f"{live.rps:.1f}",
+                          Text(str(live.errors), style="red" if live.errors else ""),
+                          Text("!", style="bold red") if breach else Text("ok", style="green"))
             r = results.get(key)
-            measured = (
-                (f"{r.p(50):.1f}", f"{r.p(99):.1f}", f"{r.rps:.0f}", Text(str(r.errors), style="red" if r.errors else ""))
-                if r is not None else ("-", "-", "-", "-"))
-            rows[key] = (s.name, s.cvm, *measured, link.name)
+            wrk = Text(f"{r.p(99):.0f}ms", style="red" if r.errors else "") if r is not None else "-"
+            rows[key] = (s.name, s.cvm, *probed, wrk, link.name)
     return rows

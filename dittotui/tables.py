@@ -95,5 +95,6 @@ class CVMTable(LiveTable):
 
 
 class ServicesTable(LiveTable):
-    COLUMNS = [("service", "Service", 13), ("cvm", "CVM", 14), ("p50", "p50 ms", 6), ("p99", "p99 ms", 6),
-               ("rps", "req/s", 5), ("errors", "Err", 3), ("host", "Host", 10)]
+    COLUMNS = [("service", "Service", 13), ("cvm", "CVM", 14), ("p50", "p50", 5), ("p99", "p99", 6),
+               ("trend", "p99 trend", 10), ("rps", "req/s", 5), ("errors", "Err", 3), ("slo", "SLO", 3),
+               ("wrk", "wrk p99", 7), ("host", "Host", 10)]

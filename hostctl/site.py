@@ -124,6 +124,7 @@ class Defaults:
     interval: float = check(positive, default=1.0)  # seconds between agent updates
     timeout: float = check(positive, default=5.0)  # per-request timeout, seconds
     scale_timeout: float = check(positive, default=30.0)  # waking workers can take a while, seconds
+    slo_p99_ms: float = check(positive, default=50.0)  # a service breaks its SLO when its p99 is above this
     keepalive: float = check(positive, default=5.0)  # SSH keepalive interval, seconds
     known_hosts: str = check(_non_empty, default="~/.ssh/known_hosts")
     ssh_config: str = check(_non_empty, default="~/.ssh/config")  # OpenSSH client config, read if present
