@@ -60,7 +60,8 @@ async def until(pilot, predicate: Callable[[], bool], timeout: float = 10.0) -> 
 
 
 def cell(app: DittoApp, table: type, row: str, column: str) -> str:
-    return app.query_one(table).get_cell(row, column).plain
+    value = app.query_one(table).get_cell(row, column)
+    return getattr(value, "plain", value)
 
 
 async def ready(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
@@ -192,3 +193,24 @@ def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dittotui", "--site", str(tmp_path / "none.toml")],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and proc.stderr.strip() == f"dittotui: {tmp_path / 'none.toml'}: no such file"
+
+
+async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, AgentProcess]) -> None:
+    from dittotui.screens.load import LoadScreen
+    from dittotui.tables import ServicesTable
+
+    app = make_app(agents)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await ready(pilot, app)
+        await until(pilot, lambda: app.query_one(ServicesTable).row_count == len(HOSTS))
+        await select(pilot, app, "mec-a/snp")
+        await pilot.press("w")
+        assert isinstance(app.screen, LoadScreen)
+        app.screen.query_one("#duration").value = "2"
+        await pilot.click("#run")
+        await until(pilot, lambda: "p50" in str(app.screen.query_one("#result").render()), timeout=15)
+        await pilot.press("escape")
+        key = "mec-a/snp/home-timeline"
+        await until(pilot, lambda: cell(app, ServicesTable, key, "wrk").endswith("ms"))
+        assert app.load_results[key].requests > 0 and app.load_results[key].errors == 0
+        assert cell(app, ServicesTable, "mec-b/snp/home-timeline", "wrk") == "-"

@@ -28,7 +28,7 @@ class LoadScreen(ModalScreen[None]):
         super().__init__()
         self.host = host
         self.services = services
-        self._running: asyncio.Task[None] | None = None
+        self._load_task: asyncio.Task[None] | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -49,12 +49,12 @@ class LoadScreen(ModalScreen[None]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "close":
             self.action_close()
-        elif self._running is None:
+        elif self._load_task is None:
             self.start()
 
     def action_close(self) -> None:
-        if self._running is not None:
-            self._running.cancel()
+        if self._load_task is not None:
+            self._load_task.cancel()
         self.dismiss()
 
     def start(self) -> None:
@@ -70,7 +70,7 @@ class LoadScreen(ModalScreen[None]):
 
     @work(exclusive=True)
     async def run_load(self, service: Service, connections: int, duration: int) -> None:
-        self._running = asyncio.current_task()
+        self._load_task = asyncio.current_task()
         bar = self.query_one("#progress", ProgressBar)
         result_label = self.query_one("#result", Label)
         bar.update(total=duration, progress=0)
@@ -84,7 +84,7 @@ class LoadScreen(ModalScreen[None]):
             return
         finally:
             ticker.stop()
-            self._running = None
+            self._load_task = None
         bar.update(progress=duration)
         result_label.update(f"p50 {result.p(50):.1f} ms  p99 {result.p(99):.1f} ms  {result.rps:.0f} req/s  "
                             f"{result.errors} errors")
