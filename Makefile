@@ -5,12 +5,10 @@ BIN := $(VENV)/bin
 APT_PACKAGES := libvirt-dev pkg-config wrk openssh-server openssh-client
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench system-packages clean
+.PHONY: demo test bench screenshots system-packages clean
 
 demo: $(STAMP)
-	$(BIN)/hostctl demo up
-	$(BIN)/hostctl demo status
-	@echo "demo site is running; stop it with: $(BIN)/hostctl demo down"
+	$(BIN)/dittotui
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -19,6 +17,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/demo_latency.py
 	$(BIN)/python bench/scale_latency.py
 	$(BIN)/python bench/link_latency.py
+
+# SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py
 
 # apt-get runs only when a package is missing, so a second run costs nothing.
 system-packages:

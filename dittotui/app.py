@@ -122,8 +122,9 @@ class DittoApp(App[None]):
         self._dirty = True
 
     def _on_audit(self, event: Event) -> None:
-        style = "" if event.ok else "red"
-        self.log_line(format_event(event), style=style, stamp=False)
+        when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
+        line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
+        self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
 
     @property
     def links(self) -> list[HostLink]:

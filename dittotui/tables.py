@@ -90,7 +90,7 @@ class HostsTable(LiveTable):
 
 class CVMTable(LiveTable):
     COLUMNS = [("mark", " ", 1), ("cvm", "CVM", 14), ("host", "Host", 10), ("workers", "Workers", 13),
-               ("cpu", "CPU%", 5), ("security", "Security", 7), ("state", "State", 7), ("boot", "Boot", 4),
+               ("cpu", "CPU%", 5), ("security", "Security", 8), ("state", "State", 7), ("boot", "Boot", 4),
                ("policy", "Policy", 20), ("elastic", "Elastic", 7)]
 
 
