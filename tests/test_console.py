@@ -171,6 +171,7 @@ async def test_filter_sort_detail_and_help(agents: dict[str, AgentProcess]) -> N
         assert isinstance(app.screen, DetailScreen)
         await pilot.pause(0.2)
         assert "sev-snp" in str(app.screen.query_one("#facts").render())
+        assert [p.id for p in app.screen.query(".latency-plot")] == ["p99-home-timeline"]
         await pilot.press("escape")
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)

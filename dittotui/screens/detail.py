@@ -1,4 +1,4 @@
-"""One CVM in detail: what it is, and its worker and CPU history."""
+"""One CVM in detail: what it is, and its worker, CPU and latency history."""
 
 from __future__ import annotations
 
@@ -35,12 +35,19 @@ class DetailScreen(Screen[None]):
             yield Sparkline([], id="workers-plot")
             yield Label("CPU % (last 10 min)", classes="plot-title")
             yield Sparkline([], id="cpu-plot")
+            for service in self.services():
+                yield Label(f"p99 ms of {service}, probed (last 10 min)", classes="plot-title")
+                yield Sparkline([], id=f"p99-{service}", classes="latency-plot")
         yield Footer()
 
     def on_mount(self) -> None:
         self.title = f"{self.ref.key}"
         self.refresh_detail()
         self.set_interval(1.0, self.refresh_detail)
+
+    def services(self) -> list[str]:
+        snap = self.link.snapshot
+        return [s.name for s in snap.services if s.cvm == self.ref.cvm] if snap else []
 
     def cvm(self) -> CVM | None:
         snap = self.link.snapshot
@@ -58,7 +65,7 @@ class DetailScreen(Screen[None]):
             scaled = f"\nlast scaled {when} by {cvm.scaled_by}"
         flags = ", ".join(cvm.policy_flags) or "-"
         facts.update(
-            f"[b]{cvm.name}[/b] on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
+            f"[b]{cvm.name}[/b]  on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
             f"security [b]{cvm.security.value}[/b]  policy {cvm.policy:#x} ({flags})\n"
             f"vCPUs: boot {cvm.boot_vcpus}, online {cvm.online_vcpus}, max {cvm.max_vcpus}   "
             f"workers [b]{cvm.workers_active}/{cvm.workers_max}[/b] via driver '{cvm.driver}'   "
@@ -67,6 +74,9 @@ class DetailScreen(Screen[None]):
         series = self.history.of(self.ref.key)
         self.query_one("#workers-plot", Sparkline).data = list(series.workers)
         self.query_one("#cpu-plot", Sparkline).data = list(series.cpu)
+        for plot in self.query(".latency-plot").results(Sparkline):
+            service = (plot.id or "").removeprefix("p99-")
+            plot.data = list(self.history.p99.get(f"{self.ref.key}/{service}", ()))
 
     def action_scale(self, step: int) -> None:
         self.app.scale_cvms([self.ref], step)  # type: ignore[attr-defined]
