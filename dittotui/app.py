@@ -290,7 +290,7 @@ class DittoApp(App[None]):
 
     def action_sort(self) -> None:
         table = self.focused if isinstance(self.focused, LiveTable) else self.cvm_table
-        keys = [key for key, _label, _width in table.COLUMNS]
+        keys = [column[0] for column in table.COLUMNS]
         current = keys.index(table.sort_column) if table.sort_column in keys else -1
         table.sort_by(keys[(current + 1) % len(keys)])
         self.notify(f"sorted by {table.sort_column}")

@@ -1,32 +1,39 @@
-"""DataTables fed whole keyed rows that touch only the cells that changed (fixed widths, no re-measuring)."""
+"""DataTables synced from keyed rows of raw values: a cell is rendered and updated only when its value changed.
+
+Columns have fixed widths, so an update never re-measures the table.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.widgets import DataTable
 
 from dittotui.rows import Row
 
+Render = Callable[[Any], Text | str]
 
-def _signature(cell: Text | str) -> tuple[str, str]:
-    return (cell.plain, str(cell.style) + repr(cell.spans)) if isinstance(cell, Text) else (cell, "")
+STATE_STYLE = {"fresh": "green", "stale": "bold yellow", "connecting": "red"}
+SECURITY_STYLE = {"sev-snp": "bold magenta", "sev-es": "magenta", "sev": "cyan", "none": "dim"}
+SPARKS = "▁▂▃▄▅▆▇█"
+BAR_WIDTH = 8
 
 
 class LiveTable(DataTable):
-    """A table whose rows are synced from a dict of key -> row; sortable by any column."""
+    """A table whose rows are synced from a dict of key -> raw row; sortable by any column."""
 
-    COLUMNS: ClassVar[list[tuple[str, str, int]]] = []  # (key, label, width)
+    COLUMNS: ClassVar[list[tuple[str, str, int, Render]]] = []  # (key, label, width, render)
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
-        self._shown: dict[str, tuple[tuple[str, str], ...]] = {}
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._shown: dict[str, Row] = {}
         self.sort_column: str | None = None
         self.sort_reverse = False
 
     def on_mount(self) -> None:
-        for key, label, width in self.COLUMNS:
+        for key, label, width, _render in self.COLUMNS:
             self.add_column(label, width=width, key=key)
 
     @property
@@ -38,25 +45,22 @@ class LiveTable(DataTable):
 
     def sync(self, rows: dict[str, Row]) -> None:
         """Add new rows, update changed cells, remove rows that are gone."""
-        changed = False
+        reorder = False
         for key in [k for k in self._shown if k not in rows]:
             self.remove_row(key)
             del self._shown[key]
-            changed = True
-        columns = [key for key, _label, _width in self.COLUMNS]
         for key, row in rows.items():
-            signature = tuple(_signature(cell) for cell in row)
             old = self._shown.get(key)
             if old is None:
-                self.add_row(*row, key=key)
-                changed = True
-            elif old != signature:
-                for column, cell, before, after in zip(columns, row, old, signature):
+                self.add_row(*(render(v) for (_k, _l, _w, render), v in zip(self.COLUMNS, row)), key=key)
+                reorder = True
+            elif old != row:
+                for (column, _label, _width, render), before, after in zip(self.COLUMNS, old, row):
                     if before != after:
-                        self.update_cell(key, column, cell)
-                        changed |= column == self.sort_column
-            self._shown[key] = signature
-        if changed and self.sort_column is not None:
+                        self.update_cell(key, column, render(after))
+                        reorder |= column == self.sort_column
+            self._shown[key] = row
+        if reorder and self.sort_column is not None:
             self._apply_sort()
 
     def sort_by(self, column: str) -> None:
@@ -74,27 +78,114 @@ class LiveTable(DataTable):
 
 
 def _sort_key(cell: Text | str) -> tuple[int, float | str]:
-    """Numbers sort as numbers (a workers bar by its count), everything else as text."""
+    """Numbers sort as numbers (a workers bar by its count, `stale 12s` by its age), the rest as text."""
     text = cell.plain if isinstance(cell, Text) else cell
-    number = text.strip().split(" ")[-1].split("/")[0]
+    number = text.strip().split(" ")[-1].split("/")[0].rstrip("sm")
     try:
         return (0, float(number))
     except ValueError:
         return (1, text.lower())
 
 
+def plain(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:5.1f}"
+
+
+def state(value: tuple[str, int | None]) -> Text:
+    """`live`, `stale 12s` (the age of the last data) or `connecting`."""
+    name, age = value
+    label = "live" if name == "fresh" else f"stale {age}s" if name == "stale" and age is not None else name
+    return Text(label, style=STATE_STYLE[name])
+
+
+def capacity(value: tuple[int | None, int | None, str]) -> Text:
+    used, cpus, error = value
+    if error:
+        return Text(error[:80], style="yellow" if used is not None else "red")
+    return Text(f"{used}/{cpus}", style="bold red" if used and cpus and used > cpus else "")
+
+
+def yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
+def name(value: tuple[str, bool]) -> Text:
+    text, stale = value
+    return Text(text, style="dim" if stale else "bold")
+
+
+def host_name(value: tuple[str, bool]) -> Text:
+    text, stale = value
+    return Text(text, style="dim" if stale else "")
+
+
+def workers(value: tuple[int, int]) -> Text:
+    """`███░░░░░ 3/8`: active workers of the CVM's maximum."""
+    active, maximum = value
+    filled = round(BAR_WIDTH * active / maximum) if maximum else 0
+    return Text("█" * filled, style="green") + Text("░" * (BAR_WIDTH - filled), style="dim") + Text(f" {active}/{maximum}")
+
+
+def security(value: str) -> Text:
+    return Text(value, style=SECURITY_STYLE.get(value, ""))
+
+
+def run_state(value: str) -> Text:
+    return Text(value, style="green" if value == "running" else "yellow")
+
+
+def mark(value: bool) -> Text | str:
+    return Text("●", style="bold yellow") if value else " "
+
+
+def p99(value: tuple[float | None, bool]) -> Text | str:
+    latency, breach = value
+    return "-" if latency is None else Text(f"{latency:.1f}", style="bold red" if breach else "")
+
+
+def sparkline(value: tuple[tuple[float, ...], float] | tuple[()]) -> Text:
+    """The recent values as block characters, scaled to the SLO or the largest value."""
+    if not value:
+        return Text("")
+    values, ceiling = value
+    top = max([ceiling, *values]) or 1.0
+    return Text("".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in values), style="cyan")
+
+
+def errors(value: int | None) -> Text | str:
+    return "-" if value is None else Text(str(value), style="red" if value else "")
+
+
+def slo(value: bool | None) -> Text | str:
+    return "" if value is None else Text("!", style="bold red") if value else Text("ok", style="green")
+
+
+def wrk_p99(value: tuple[float, int] | None) -> Text | str:
+    return "-" if value is None else Text(f"{value[0]:.0f}ms", style="red" if value[1] else "")
+
+
+def gib(value: int | None) -> str:
+    return "-" if value is None else f"{value}G"
+
+
 class HostsTable(LiveTable):
-    COLUMNS = [("host", "Host", 12), ("state", "State", 14), ("cpu", "CPU%", 5), ("mem", "Mem", 5),
-               ("snp", "SNP", 3), ("capacity", "vCPUs used/cap", 28)]
+    COLUMNS = [("host", "Host", 12, plain), ("state", "State", 14, state), ("cpu", "CPU%", 5, number),
+               ("mem", "Mem", 5, gib), ("snp", "SNP", 3, yes_no), ("capacity", "vCPUs used/cap", 28, capacity)]
 
 
 class CVMTable(LiveTable):
-    COLUMNS = [("mark", " ", 1), ("cvm", "CVM", 14), ("host", "Host", 10), ("workers", "Workers", 13),
-               ("cpu", "CPU%", 5), ("security", "Security", 8), ("state", "State", 7), ("boot", "Boot", 4),
-               ("policy", "Policy", 20), ("elastic", "Elastic", 7)]
+    COLUMNS = [("mark", " ", 1, mark), ("cvm", "CVM", 14, name), ("host", "Host", 10, host_name),
+               ("workers", "Workers", 13, workers), ("cpu", "CPU%", 5, number), ("security", "Security", 8, security),
+               ("state", "State", 7, run_state), ("boot", "Boot", 4, plain), ("policy", "Policy", 20, plain),
+               ("elastic", "Elastic", 7, plain)]
 
 
 class ServicesTable(LiveTable):
-    COLUMNS = [("service", "Service", 13), ("cvm", "CVM", 14), ("p50", "p50", 5), ("p99", "p99", 6),
-               ("trend", "p99 trend", 10), ("rps", "req/s", 5), ("errors", "Err", 3), ("slo", "SLO", 3),
-               ("wrk", "wrk p99", 7), ("host", "Host", 10)]
+    COLUMNS = [("service", "Service", 13, plain), ("cvm", "CVM", 14, plain), ("p50", "p50", 5, number),
+               ("p99", "p99", 6, p99), ("trend", "p99 trend", 10, sparkline), ("rps", "req/s", 5, number),
+               ("errors", "Err", 3, errors), ("slo", "SLO", 3, slo), ("wrk", "wrk p99", 7, wrk_p99),
+               ("host", "Host", 10, plain)]

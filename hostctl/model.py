@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from collections.abc import Callable
 from typing import Any, Self, TypeVar
 
 from hostctl.security import SecurityType, decode_policy
@@ -34,9 +36,7 @@ class Model:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        hints = typing.get_type_hints(cls)
-        kwargs = {f.name: _load(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data}  # type: ignore[arg-type]
-        return cls(**kwargs)
+        return cls(**{name: load(data[name]) for name, load in _loaders(cls) if name in data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -58,26 +58,32 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _load(hint: Any, value: Any) -> Any:
+@functools.cache
+def _loaders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """Each field's name and converter, resolved once per class (type hints are slow to evaluate)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, _loader(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def _loader(hint: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _load(inner, value)
+        load_inner = _loader(inner)
+        return lambda v: None if v is None else load_inner(v)
     if origin is list:
-        (inner,) = typing.get_args(hint)
-        return [_load(inner, v) for v in value]
+        load_item = _loader(typing.get_args(hint)[0])
+        return lambda v: [load_item(x) for x in v]
     if origin is dict:
-        _, inner = typing.get_args(hint)
-        return {k: _load(inner, v) for k, v in value.items()}
+        load_value = _loader(typing.get_args(hint)[1])
+        return lambda v: {k: load_value(x) for k, x in v.items()}
     if isinstance(hint, type) and issubclass(hint, Model):
-        return hint.from_dict(value)
+        return hint.from_dict
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return hint(value)
-    if hint is float and isinstance(value, int):
-        return float(value)
-    return value
+        return hint
+    if hint is float:
+        return lambda v: float(v) if type(v) is int else v
+    return lambda v: v
 
 
 @dataclass
