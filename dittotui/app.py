@@ -6,6 +6,7 @@ that coalesces whatever arrived since the last one and touches only cells that c
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, RichLog
 
 from dittotui.history import History
-from dittotui.rows import CVMRef, cvm_rows, host_row, service_rows
+from dittotui.rows import CVMRef, Row, cvm_rows, host_row, service_rows
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
@@ -66,7 +67,9 @@ class DittoApp(App[None]):
         self.load_results: dict[str, WrkResult] = {}
         self._dirty = True
         self._states: dict[str, LinkState] = {}
-        self._seen: dict[str, float] = {}  # the snapshot time last recorded into history, per host
+        self._rows: dict[str, tuple[tuple[object, ...], dict[str, Row]]] = {}  # per host: (version, rows)
+        self._marks_version = 0
+        self._frozen = False
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
     def compose(self) -> ComposeResult:
@@ -125,6 +128,8 @@ class DittoApp(App[None]):
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
+        self._dirty = True
+        self.call_later(self.tick)  # an action's result shows now, not at the next tick
 
     @property
     def links(self) -> list[HostLink]:
@@ -147,18 +152,33 @@ class DittoApp(App[None]):
             if not self._dirty:
                 return
             self._dirty = False
+            rows: dict[str, Row] = {}
             for link in links:
-                if link.snapshot is not None and link.state is LinkState.FRESH and link.snapshot.ts != self._seen.get(link.name):
-                    self._seen[link.name] = link.snapshot.ts
-                    for cvm in link.snapshot.cvms:
-                        self.history.record(link.name, cvm)
-                    for s in link.snapshot.services:
-                        if (live := s.latency.get("10s")) is not None and live.count:
-                            self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
-            self.cvm_table.sync(cvm_rows(links, filter_text=self.filter_text, marks=self.marks))
+                rows.update(self._cvm_rows(link))
+            self.cvm_table.sync(rows)
             slo = self.fleet.site.defaults.slo_p99_ms if self.fleet else 50.0
             self.services_table.sync(service_rows(links, self.load_results, self.history.p99, slo_ms=slo,
                                                   filter_text=self.filter_text))
+
+    def _cvm_rows(self, link: HostLink) -> dict[str, Row]:
+        """A host's CVM rows, rebuilt only when its data, state, the filter or the marks changed."""
+        snap = link.snapshot
+        version = (snap.ts if snap else None, link.state, self.filter_text, self._marks_version)
+        cached = self._rows.get(link.name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if snap is not None and link.state is LinkState.FRESH and (cached is None or cached[0][0] != snap.ts):
+            for cvm in snap.cvms:
+                self.history.record(link.name, cvm)
+            for s in snap.services:
+                if (live := s.latency.get("10s")) is not None and live.count:
+                    self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
+        rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
+        self._rows[link.name] = (version, rows)
+        if not self._frozen and self.fleet and all(link.snapshot for link in self.links):
+            gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
+            self._frozen = True
+        return rows
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:
@@ -228,6 +248,7 @@ class DittoApp(App[None]):
         if key is None:
             return
         self.marks.symmetric_difference_update({key})
+        self._marks_version += 1
         self._dirty = True
         self.tick()
         self.cvm_table.action_cursor_down()
@@ -324,4 +345,5 @@ class DittoApp(App[None]):
 
     def _clear_marks(self) -> None:
         self.marks.clear()
+        self._marks_version += 1
         self._dirty = True

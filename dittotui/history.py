@@ -14,8 +14,8 @@ SAMPLES = 600  # ten minutes at one sample a second
 class Series:
     """One CVM's recent samples, oldest first."""
 
-    workers: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    workers: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    cpu: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # whole percent: small ints cost no memory
 
 
 class History:
@@ -28,7 +28,7 @@ class History:
     def record(self, host: str, cvm: CVM) -> None:
         s = self.series.setdefault(f"{host}/{cvm.name}", Series())
         s.workers.append(cvm.workers_active)
-        s.cpu.append(cvm.cpu_percent)
+        s.cpu.append(round(cvm.cpu_percent))
 
     def record_p99(self, key: str, p99: float) -> None:
         """A service's probed p99, keyed `host/cvm/service`."""

@@ -52,23 +52,21 @@ def matches(text: str, *fields: str) -> bool:
     return all(word in haystack for word in text.lower().split())
 
 
-def cvm_rows(links: Iterable[HostLink], *, filter_text: str = "", marks: set[str] = frozenset()) -> dict[str, Row]:
-    """mark, (CVM, stale), (host, stale), (active, max workers), CPU %, security, state, boot, policy flags,
-    elastic policy."""
+def cvm_rows(link: HostLink, *, filter_text: str = "", marks: set[str] = frozenset()) -> dict[str, Row]:
+    """One host's CVMs: mark, (CVM, stale), (host, stale), (active, max workers), CPU %, security, state, boot,
+    policy flags, elastic policy."""
     rows: dict[str, Row] = {}
-    for link in links:
-        if link.snapshot is None:
+    if link.snapshot is None:
+        return rows
+    stale = link.state is not LinkState.FRESH
+    elastic = "off" if "policy" in link.hello.get("methods", []) else "-"
+    for cvm in link.snapshot.cvms:
+        key = f"{link.name}/{cvm.name}"
+        if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
-        stale = link.state is not LinkState.FRESH
-        elastic = "off" if "policy" in link.hello.get("methods", []) else "-"
-        for cvm in link.snapshot.cvms:
-            key = f"{link.name}/{cvm.name}"
-            if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
-                continue
-            flags = ",".join(f for f in cvm.policy_flags if f != "reserved-1") if cvm.security.confidential else "-"
-            rows[key] = (key in marks, (cvm.name, stale), (link.name, stale),
-                         (cvm.workers_active, cvm.workers_max), cvm.cpu_percent, cvm.security.value,
-                         cvm.state.value, cvm.boot_vcpus, flags or "-", elastic)
+        flags = ",".join(f for f in cvm.policy_flags if f != "reserved-1") if cvm.security.confidential else "-"
+        rows[key] = (key in marks, (cvm.name, stale), (link.name, stale), (cvm.workers_active, cvm.workers_max),
+                     cvm.cpu_percent, cvm.security.value, cvm.state.value, cvm.boot_vcpus, flags or "-", elastic)
     return rows
 
 

@@ -212,7 +212,8 @@ class Session:
             sent_host, sent_cvms, sent_services = host, cvms, services
             self._nudge.clear()
             try:
-                await asyncio.wait_for(self._nudge.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._nudge.wait()
             except TimeoutError:
                 pass
 

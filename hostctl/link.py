@@ -112,7 +112,8 @@ class HostLink:
     async def ready(self, timeout: float) -> None:
         """Wait until the first connection attempt has ended (fresh data or an error)."""
         try:
-            await asyncio.wait_for(self._tried.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._tried.wait()
         except TimeoutError:
             self.error = self.error or f"no answer within {timeout:g} s"
 
@@ -151,6 +152,8 @@ class HostLink:
                 self.error = _describe(e)
             finally:
                 await self._drop()
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError
             self._tried.set()
             failures = 0 if was_fresh else failures + 1
             self._set_state(LinkState.STALE if self.snapshot else LinkState.CONNECTING, self.error)
@@ -160,7 +163,9 @@ class HostLink:
     async def _follow(self) -> bool:
         """Connect, say hello, take a snapshot, subscribe, then watch for staleness until the link ends."""
         self.attempts += 1
-        reader, writer = await asyncio.wait_for(self._open(), self.defaults.timeout + 1)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation, and stop() would hang.
+        async with asyncio.timeout(self.defaults.timeout + 1):
+            reader, writer = await self._open()
         client = rpc.Client(reader, writer)
         client.on_notification(self._on_notification)
         self._client = client

@@ -134,7 +134,8 @@ class Client:
         self._pending[rid] = future
         try:
             await self._peer.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             self._pending.pop(rid, None)
 
@@ -155,6 +156,7 @@ class Client:
         reason: Exception = ConnectionError("connection closed by the agent")
         try:
             while line := await self._reader.readline():
+                await asyncio.sleep(0)  # a backlog of buffered lines must not starve the other links
                 message = json.loads(line)
                 if "id" not in message and "method" in message:
                     for callback in self._notifications:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 
@@ -49,10 +50,10 @@ SNP_POLICY_BITS: dict[int, str] = {
 SNP_DEFAULT_POLICY = 0x30000
 
 
-def decode_policy(security: SecurityType, policy: int) -> list[str]:
-    """Name the flags set in `policy` for this security type (unknown bits as `bit-N`)."""
+@functools.lru_cache(maxsize=1024)
+def _decode(security: SecurityType, policy: int) -> tuple[str, ...]:
     if security is SecurityType.NONE:
-        return []
+        return ()
     names = SNP_POLICY_BITS if security is SecurityType.SEV_SNP else SEV_POLICY_BITS
     first = 16 if security is SecurityType.SEV_SNP else 0
     flags = [names.get(bit, f"bit-{bit}") for bit in range(first, 64) if policy >> bit & 1]
@@ -60,4 +61,9 @@ def decode_policy(security: SecurityType, policy: int) -> list[str]:
         major, minor = policy >> 8 & 0xFF, policy & 0xFF
         if major or minor:
             flags.insert(0, f"abi>={major}.{minor}")
-    return flags
+    return tuple(flags)
+
+
+def decode_policy(security: SecurityType, policy: int) -> list[str]:
+    """Name the flags set in `policy` for this security type (unknown bits as `bit-N`)."""
+    return list(_decode(security, policy))
