@@ -28,7 +28,8 @@ class LiveTable(DataTable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._shown: dict[str, Row] = {}
+        self._shown: dict[str, Row] = {}  # what the cells show
+        self._pending: dict[str, Row] = {}  # newer values for rows off screen
         self.sort_column: str | None = None
         self.sort_reverse = False
 
@@ -44,24 +45,52 @@ class LiveTable(DataTable):
         return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
 
     def sync(self, rows: dict[str, Row]) -> None:
-        """Add new rows, update changed cells, remove rows that are gone."""
-        reorder = False
+        """Add new rows, remove rows that are gone, and keep the newest values of the rest.
+
+        Changed cells are updated at once for rows on screen (or for all rows while sorted); the others wait
+        until they scroll into view, so a fleet of thousands of rows costs only what is visible.
+        """
         for key in [k for k in self._shown if k not in rows]:
             self.remove_row(key)
             del self._shown[key]
+            self._pending.pop(key, None)
+        added = False
         for key, row in rows.items():
             old = self._shown.get(key)
             if old is None:
                 self.add_row(*(render(v) for (_k, _l, _w, render), v in zip(self.COLUMNS, row)), key=key)
-                reorder = True
+                self._shown[key] = row
+                added = True
             elif old != row:
-                for (column, _label, _width, render), before, after in zip(self.COLUMNS, old, row):
-                    if before != after:
-                        self.update_cell(key, column, render(after))
-                        reorder |= column == self.sort_column
+                self._pending[key] = row
+            else:
+                self._pending.pop(key, None)
+        self.apply_visible(force=added)
+
+    def apply_visible(self, *, force: bool = False) -> None:
+        """Update the cells of pending rows that are on screen (all of them while sorted)."""
+        if not self._pending:
+            if force and self.sort_column is not None:
+                self._apply_sort()
+            return
+        everything = self.sort_column is not None or len(self._shown) <= 200
+        top = int(self.scroll_y)
+        low, high = top - 2, top + self.size.height + 2
+        reorder = force
+        for key in [k for k in self._pending if everything or low <= self.get_row_index(k) <= high]:
+            row = self._pending.pop(key)
+            for (column, _label, _width, render), before, after in zip(self.COLUMNS, self._shown[key], row):
+                if before != after:
+                    self.update_cell(key, column, render(after))
+                    reorder |= column == self.sort_column
             self._shown[key] = row
         if reorder and self.sort_column is not None:
             self._apply_sort()
+
+    def value(self, key: str, column: str) -> object:
+        """The newest raw value of a cell, whether or not it is on screen yet."""
+        row = self._pending.get(key) or self._shown[key]
+        return row[[c[0] for c in self.COLUMNS].index(column)]
 
     def sort_by(self, column: str) -> None:
         """Sort by `column`; asking again reverses the order."""

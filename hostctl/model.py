@@ -31,6 +31,8 @@ class DomainState(StrEnum):
 class Model:
     """Mixin: lossless conversion to and from JSON-compatible dicts."""
 
+    __slots__ = ()
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
@@ -86,7 +88,7 @@ def _loader(hint: Any) -> Callable[[Any], Any]:
     return lambda v: v
 
 
-@dataclass
+@dataclass(slots=True)
 class Host(Model):
     """One hypervisor host as its agent sees it."""
 
@@ -102,7 +104,7 @@ class Host(Model):
     libvirt_version: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class CVM(Model):
     """A (confidential) VM with worker vCPUs beyond its boot set."""
 
@@ -132,7 +134,7 @@ class CVM(Model):
         return max(0, self.max_vcpus - self.boot_vcpus)
 
 
-@dataclass
+@dataclass(slots=True)
 class Latency(Model):
     """A service's probed latency over one window (milliseconds)."""
 
@@ -146,7 +148,7 @@ class Latency(Model):
     max: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Service(Model):
     """An HTTP endpoint served by a CVM, with its probed latency per window (`10s`, `60s`) when probed."""
 
@@ -156,7 +158,7 @@ class Service(Model):
     latency: dict[str, Latency] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Event(Model):
     """An audit record: who did what to which CVM, the state before and after, and why."""
 
@@ -171,7 +173,7 @@ class Event(Model):
     ts: float = field(default_factory=time.time)
 
 
-@dataclass
+@dataclass(slots=True)
 class Snapshot(Model):
     """A host with everything on it, as one consistent picture."""
 
