@@ -26,7 +26,10 @@ class History:
         self.p99: dict[str, deque[float]] = {}
 
     def record(self, host: str, cvm: CVM) -> None:
-        s = self.series.setdefault(f"{host}/{cvm.name}", Series())
+        key = f"{host}/{cvm.name}"
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series()
         s.workers.append(cvm.workers_active)
         s.cpu.append(round(cvm.cpu_percent))
 

@@ -6,12 +6,14 @@ row per tick, not a styled cell.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hostctl.link import HostLink, LinkState
 from hostctl.model import DomainState
+from hostctl.security import SecurityType, decode_policy
 from hostctl.wrk import WrkResult
 
 Row = tuple[Any, ...]
@@ -46,6 +48,12 @@ def host_row(link: HostLink) -> Row:
     return (link.name, state, h.cpu_percent, h.memory_mib // 1024, h.sev_snp, (used, h.cpus, link.error))
 
 
+@functools.lru_cache(maxsize=1024)
+def policy_text(security: SecurityType, policy: int) -> str:
+    """The policy's named flags, without the always-set reserved bit."""
+    return ",".join(f for f in decode_policy(security, policy) if f != "reserved-1") or "-"
+
+
 def matches(text: str, *fields: str) -> bool:
     """Case-insensitive substring filter over a row's fields (every word must match)."""
     haystack = " ".join(fields).lower()
@@ -64,9 +72,9 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: set[str] = frozens
         key = f"{link.name}/{cvm.name}"
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
-        flags = ",".join(f for f in cvm.policy_flags if f != "reserved-1") if cvm.security.confidential else "-"
         rows[key] = (key in marks, (cvm.name, stale), (link.name, stale), (cvm.workers_active, cvm.workers_max),
-                     cvm.cpu_percent, cvm.security.value, cvm.state.value, cvm.boot_vcpus, flags or "-", elastic)
+                     cvm.cpu_percent, cvm.security.value, cvm.state.value, cvm.boot_vcpus,
+                     policy_text(cvm.security, cvm.policy), elastic)
     return rows
 
 

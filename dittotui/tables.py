@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from dittotui.rows import Row
@@ -73,11 +74,15 @@ class LiveTable(DataTable):
             if force and self.sort_column is not None:
                 self._apply_sort()
             return
-        everything = self.sort_column is not None or len(self._shown) <= 200
-        top = int(self.scroll_y)
-        low, high = top - 2, top + self.size.height + 2
         reorder = force
-        for key in [k for k in self._pending if everything or low <= self.get_row_index(k) <= high]:
+        if self.sort_column is not None or len(self._pending) <= 200:
+            keys = list(self._pending)
+        else:
+            top = int(self.scroll_y)
+            rows = range(max(0, top - 2), min(self.row_count, top + self.size.height + 2))
+            on_screen = (self.coordinate_to_cell_key(Coordinate(r, 0)).row_key.value for r in rows)
+            keys = [k for k in on_screen if k in self._pending]
+        for key in keys:
             row = self._pending.pop(key)
             for (column, _label, _width, render), before, after in zip(self.COLUMNS, self._shown[key], row):
                 if before != after:
