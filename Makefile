@@ -17,6 +17,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/demo_latency.py
 	$(BIN)/python bench/scale_latency.py
 	$(BIN)/python bench/link_latency.py
+	$(BIN)/python bench/console_fleet.py
 
 # SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
 screenshots: $(STAMP)
