@@ -157,21 +157,18 @@ class DittoApp(App[None]):
             if not self._dirty:
                 return
             self._dirty = False
-            rows: dict[str, Row] = {}
-            for link in links:
-                rows.update(self._cvm_rows(link))
-            self.cvm_table.sync(rows)
+            self.cvm_table.sync_groups({link.name: rows for link in links if (rows := self._cvm_rows(link)) is not None})
             slo = self.fleet.site.defaults.slo_p99_ms if self.fleet else 50.0
             self.services_table.sync(service_rows(links, self.load_results, self.history.p99, slo_ms=slo,
                                                   filter_text=self.filter_text))
 
-    def _cvm_rows(self, link: HostLink) -> dict[str, Row]:
-        """A host's CVM rows, rebuilt only when its data, state, the filter or the marks changed."""
+    def _cvm_rows(self, link: HostLink) -> dict[str, Row] | None:
+        """A host's CVM rows when its data, state, the filter or the marks changed since the last call, else None."""
         snap = link.snapshot
         version = (snap.ts if snap else None, link.state, self.filter_text, self._marks_version)
         cached = self._rows.get(link.name)
         if cached is not None and cached[0] == version:
-            return cached[1]
+            return None
         if snap is not None and link.state is LinkState.FRESH and (cached is None or cached[0][0] != snap.ts):
             for cvm in snap.cvms:
                 self.history.record(link.name, cvm)

@@ -31,6 +31,7 @@ class LiveTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._shown: dict[str, Row] = {}  # what the cells show
         self._pending: dict[str, Row] = {}  # newer values for rows off screen
+        self._groups: dict[str, set[str]] = {}  # group (host) -> its row keys, for sync_groups
         self.sort_column: str | None = None
         self.sort_reverse = False
 
@@ -52,9 +53,21 @@ class LiveTable(DataTable):
         until they scroll into view, so a fleet of thousands of rows costs only what is visible.
         """
         for key in [k for k in self._shown if k not in rows]:
-            self.remove_row(key)
-            del self._shown[key]
-            self._pending.pop(key, None)
+            self._remove(key)
+        self.apply_visible(force=self._merge(rows))
+
+    def sync_groups(self, groups: dict[str, dict[str, Row]]) -> None:
+        """Like `sync`, for only the groups (hosts) whose rows may have changed; other groups stay as they are."""
+        added = False
+        for group, rows in groups.items():
+            for key in self._groups.get(group, set()) - rows.keys():
+                self._remove(key)
+            self._groups[group] = set(rows)
+            added |= self._merge(rows)
+        self.apply_visible(force=added)
+
+    def _merge(self, rows: dict[str, Row]) -> bool:
+        """Add new rows, queue changed ones; True when a row was added."""
         added = False
         for key, row in rows.items():
             old = self._shown.get(key)
@@ -66,7 +79,12 @@ class LiveTable(DataTable):
                 self._pending[key] = row
             else:
                 self._pending.pop(key, None)
-        self.apply_visible(force=added)
+        return added
+
+    def _remove(self, key: str) -> None:
+        self.remove_row(key)
+        del self._shown[key]
+        self._pending.pop(key, None)
 
     def apply_visible(self, *, force: bool = False) -> None:
         """Update the cells of pending rows that are on screen (all of them while sorted)."""
