@@ -54,7 +54,6 @@ from textual.screen import Screen  # noqa: E402
 from dittotui.app import DittoApp  # noqa: E402
 from dittotui.session import DemoSession  # noqa: E402
 from dittotui.tables import CVMTable  # noqa: E402
-from hostctl import model  # noqa: E402
 from hostctl.link import HostLink, LinkState  # noqa: E402
 from hostctl.site import demo_site  # noqa: E402
 
@@ -518,12 +517,12 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
         f"- Console process: CPU **{fmt(s['cpu'], 0)}%** of one core (its {args.hosts} links included), RSS "
         f"**{fmt(s['rss'], 0)} MiB** at the end (max {fmt(s['rss_max'], 0)}; {r['rss_before']:.0f} MiB before the "
         f"console started). Agents' process: {fmt(s['agent_cpu'], 0)}% CPU.",
-        f"- Links shown fresh, sampled at each tick: "
+        "- Links shown fresh, sampled at each tick: "
         + (f"min {min(fresh)}, mean {sum(fresh) / len(fresh):.0f} of {args.hosts}" if fresh else "no tick ran")
         + f". The benchmark's own coroutine woke {r['resumed_late_s']:.1f} s after the window ended; unread updates "
         f"in the links' buffers then: {r['backlog_mib']:.1f} MiB (the agents stop {r['profile_s']:g} s after the "
         "window).",
-        f"- Quitting: " + (f"`action_quit()` did not return within 15 s: {len(r['quit_hung'])} link task(s) did not "
+        "- Quitting: " + (f"`action_quit()` did not return within 15 s: {len(r['quit_hung'])} link task(s) did not "
                            f"end on their first cancel ({', '.join(r['quit_hung'][:5])}"
                            f"{' ...' if len(r['quit_hung']) > 5 else ''}); "
                            + ("a second cancel ended them." if r["quit_ended"] else "even a second cancel did not.")

@@ -67,7 +67,8 @@ class DittoApp(App[None]):
         self.load_results: dict[str, WrkResult] = {}
         self._dirty = True
         self._states: dict[str, LinkState] = {}
-        self._rows: dict[str, tuple[tuple[object, ...], dict[str, Row]]] = {}  # per host: (version, rows)
+        self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
+        self._recorded: dict[str, float] = {}  # per host: the update last sampled into history
         self._marks_version = 0
         self._frozen = False
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
@@ -140,7 +141,7 @@ class DittoApp(App[None]):
 
     def tick(self) -> None:
         """Apply whatever arrived since the last tick, in one batch."""
-        if not self.hosts_table.is_attached:  # shutting down
+        if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
         links = self.links
         with self.batch_update():
@@ -157,30 +158,35 @@ class DittoApp(App[None]):
             if not self._dirty:
                 return
             self._dirty = False
+            for link in links:
+                self._record_history(link)
             self.cvm_table.sync_groups({link.name: rows for link in links if (rows := self._cvm_rows(link)) is not None})
-            slo = self.fleet.site.defaults.slo_p99_ms if self.fleet else 50.0
-            self.services_table.sync(service_rows(links, self.load_results, self.history.p99, slo_ms=slo,
+            self.services_table.sync(service_rows(links, self.load_results, self.history.p99,
+                                                  slo_ms=self.fleet.site.defaults.slo_p99_ms,
                                                   filter_text=self.filter_text))
+        if not self._frozen and all(link.snapshot for link in links):
+            gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
+            self._frozen = True
+
+    def _record_history(self, link: HostLink) -> None:
+        """Sample a live host's CVMs and services once per update it sends."""
+        snap = link.snapshot
+        if snap is None or link.state is not LinkState.FRESH or self._recorded.get(link.name) == snap.ts:
+            return
+        self._recorded[link.name] = snap.ts
+        for cvm in snap.cvms:
+            self.history.record(link.name, cvm)
+        for s in snap.services:
+            if (live := s.latency.get("10s")) is not None and live.count:
+                self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
 
     def _cvm_rows(self, link: HostLink) -> dict[str, Row] | None:
         """A host's CVM rows when its data, state, the filter or the marks changed since the last call, else None."""
-        snap = link.snapshot
-        version = (snap.ts if snap else None, link.state, self.filter_text, self._marks_version)
-        cached = self._rows.get(link.name)
-        if cached is not None and cached[0] == version:
+        version = (link.snapshot.ts if link.snapshot else None, link.state, self.filter_text, self._marks_version)
+        if self._row_versions.get(link.name) == version:
             return None
-        if snap is not None and link.state is LinkState.FRESH and (cached is None or cached[0][0] != snap.ts):
-            for cvm in snap.cvms:
-                self.history.record(link.name, cvm)
-            for s in snap.services:
-                if (live := s.latency.get("10s")) is not None and live.count:
-                    self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
-        rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
-        self._rows[link.name] = (version, rows)
-        if not self._frozen and self.fleet and all(link.snapshot for link in self.links):
-            gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
-            self._frozen = True
-        return rows
+        self._row_versions[link.name] = version
+        return cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:
@@ -206,7 +212,7 @@ class DittoApp(App[None]):
     def link_of(self, ref: CVMRef) -> HostLink | None:
         return self.fleet.links.get(ref.host) if self.fleet else None
 
-    def _confirm_bulk(self, refs: list[CVMRef], what: str, then: callable) -> None:  # type: ignore[valid-type]
+    def _confirm_bulk(self, refs: list[CVMRef], what: str, then: Callable[[], None]) -> None:
         if len(refs) <= 1:
             then()
             return

@@ -110,11 +110,6 @@ class LiveTable(DataTable):
         if reorder and self.sort_column is not None:
             self._apply_sort()
 
-    def value(self, key: str, column: str) -> object:
-        """The newest raw value of a cell, whether or not it is on screen yet."""
-        row = self._pending.get(key) or self._shown[key]
-        return row[[c[0] for c in self.COLUMNS].index(column)]
-
     def sort_by(self, column: str) -> None:
         """Sort by `column`; asking again reverses the order."""
         self.sort_reverse = not self.sort_reverse if self.sort_column == column else False

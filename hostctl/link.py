@@ -190,10 +190,7 @@ class HostLink:
         entry = self.entry
         if entry.ssh is None:
             assert entry.socket is not None
-            try:
-                return await asyncio.open_unix_connection(entry.socket, limit=rpc.MAX_LINE)
-            except OSError as e:
-                raise LinkError(f"cannot reach agent socket {entry.socket}: {e.strerror or e}") from None
+            return await rpc.open_unix(entry.socket)
         known_hosts = Path(self.defaults.known_hosts).expanduser()
         if not known_hosts.is_file():
             raise LinkError(f"known_hosts file {known_hosts} does not exist; host keys are always verified")

@@ -11,11 +11,9 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from hostctl.security import SecurityType, decode_policy
-
-T = TypeVar("T")
 
 
 class DomainState(StrEnum):

@@ -178,10 +178,23 @@ class Client:
                     future.set_exception(reason)
 
 
+async def open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The streams of a connection to an agent's unix socket, or a HostctlError naming the socket."""
+    try:
+        return await asyncio.open_unix_connection(path, limit=MAX_LINE)
+    except OSError as e:
+        raise HostctlError(f"cannot reach agent socket {path}: {e.strerror or e}") from None
+
+
 async def connect_unix(path: str) -> Client:
     """Connect to an agent listening on a unix socket."""
+    return Client(*await open_unix(path))
+
+
+async def call_unix(path: str, method: str, *, timeout: float = 10.0, **params: Any) -> Any:
+    """One request on a connection of its own to an agent's unix socket."""
+    client = await connect_unix(path)
     try:
-        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
-    except OSError as e:
-        raise HostctlError(f"cannot reach agent at {path}: {e.strerror or e}") from None
-    return Client(reader, writer)
+        return await client.call(method, timeout=timeout, **params)
+    finally:
+        await client.close()

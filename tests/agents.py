@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from conftest import ROOT
 from hostctl import rpc
+from hostctl.errors import HostctlError
 from hostctl.demo.launcher import HostProcess
 
 CONFIG = """
@@ -68,13 +70,9 @@ class AgentProcess:
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
         for _ in range(200):
             if self.socket.exists():
-                try:
-                    client = await rpc.connect_unix(str(self.socket))
-                    await client.call("hello", timeout=1)
-                    await client.close()
+                with contextlib.suppress(HostctlError, OSError, TimeoutError):
+                    await rpc.call_unix(str(self.socket), "hello", timeout=1)
                     return
-                except Exception:
-                    pass
             await asyncio.sleep(0.05)
         raise RuntimeError(f"agent {self.name} did not start")
 

@@ -44,11 +44,7 @@ def make_app(agents: dict[str, AgentProcess], **kwargs: object) -> DittoApp:
 
 async def online_vcpus(agent: AgentProcess, cvm: str = "snp") -> int:
     """What the host itself reports, asked through its agent."""
-    client = await rpc.connect_unix(str(agent.socket))
-    try:
-        snapshot = await client.call("snapshot")
-    finally:
-        await client.close()
+    snapshot = await rpc.call_unix(str(agent.socket), "snapshot")
     return next(c["online_vcpus"] for c in snapshot["cvms"] if c["name"] == cvm)
 
 

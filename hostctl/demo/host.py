@@ -52,7 +52,8 @@ class DemoHost:
             await service.start()
         if self._traffic_on and self.config.traffic.peak_rps > 0:
             for i, service in enumerate(self.services.values()):
-                targets = [(url, e.weight) for e, url in zip(self.config.endpoints, service.urls().values())]
+                urls = service.urls()
+                targets = [(urls[e.name], e.weight) for e in self.config.endpoints]
                 traffic = BackgroundTraffic(
                     targets,
                     base_rps=self.config.traffic.base_rps,

@@ -140,12 +140,8 @@ async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None
             raise HostctlError(f"demo host {proc.name} exited with status {child.returncode}: {_tail(proc.log)}")
         if proc.socket.exists():
             with contextlib.suppress(HostctlError, OSError, TimeoutError):
-                client = await rpc.connect_unix(str(proc.socket))
-                try:
-                    await client.call("hello", timeout=2)
-                    return
-                finally:
-                    await client.close()
+                await rpc.call_unix(str(proc.socket), "hello", timeout=2)
+                return
         await asyncio.sleep(0.1)
     raise HostctlError(f"demo host {proc.name} did not answer within {START_TIMEOUT:.0f} s: {_tail(proc.log)}")
 
@@ -178,11 +174,7 @@ async def status(runtime: Path) -> list[dict[str, Any]]:
             entry["error"] = "not running"
         else:
             try:
-                client = await rpc.connect_unix(str(proc.socket))
-                try:
-                    entry["snapshot"] = await client.call("snapshot", timeout=5)
-                finally:
-                    await client.close()
+                entry["snapshot"] = await rpc.call_unix(str(proc.socket), "snapshot", timeout=5)
             except (HostctlError, TimeoutError) as e:
                 entry["error"] = str(e) or "timed out"
         results.append(entry)
