@@ -1,0 +1,18 @@
+-- DeathStarBench social network: read a user's home timeline (GET the target URL with user_id, start, stop).
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("seed", counter)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
+function request()
+  local user_id = math.random(1, 962)
+  local start = math.random(0, 100)
+  local path = string.format("%s?user_id=%d&start=%d&stop=%d", wrk.path, user_id, start, start + 10)
+  return wrk.format("GET", path)
+end
