@@ -1,7 +1,8 @@
 """The host agent: owns one host and speaks JSON-RPC 2.0 (one object per line) over stdio or a unix socket.
 
-Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes), `scale`, `audit`.
-Every scale, applied or refused, is in the audit log on disk before its reply is sent.
+Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes), `scale`, `audit`,
+`policies` (the configured elastic policies) and `policy` (a CVM's elastic state; with `name` and/or `enabled`
+it changes it). Every scale, applied or refused, is in the audit log on disk before its reply is sent.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 from hostctl import __version__, rpc
 from hostctl.audit import AuditLog
 from hostctl.backend import LibvirtHost
-from hostctl.model import Event, Service
+from hostctl.elastic import ElasticRunner, PolicySpec, state_path
+from hostctl.model import Event, Service, Snapshot
+from hostctl.policies import Probe
 from hostctl.probe import Prober
 
 PROTOCOL_VERSION = 1
-MUTATING = frozenset({"scale"})
+MUTATING = frozenset({"scale", "policy"})
+READ_FORMS = {"policy": frozenset({"cvm", "who"})}  # a mutating method called with only these params reads
 
 # Parameter schemas: name -> (type, required, (min, max) or None).
 Schema = dict[str, tuple[type, bool, tuple[float, float] | None]]
@@ -42,11 +46,18 @@ SCHEMAS: dict[str, Schema] = {
         "why": (str, False, None),
     },
     "audit": {"limit": (int, False, (1, 100_000))},
+    "policies": {},
+    "policy": {
+        "cvm": (str, True, None),
+        "name": (str, False, None),
+        "enabled": (bool, False, None),
+        "who": (str, False, None),
+    },
 }
 
 
 class Agent:
-    """One host's agent: the backend, its services, the audit log and the CPU sampler."""
+    """One host's agent: the backend, its services, the audit log, the sampler and the elastic policies."""
 
     def __init__(
         self,
@@ -57,6 +68,7 @@ class Agent:
         readonly: bool = False,
         interval: float = 1.0,
         probe_rate: float = 2.0,
+        policies: dict[str, PolicySpec] | None = None,
     ) -> None:
         self.host = host
         self.audit = audit
@@ -64,18 +76,22 @@ class Agent:
         self.interval = interval
         self.services = services
         self.prober = Prober(services, rate=probe_rate)
+        self.elastic = ElasticRunner(host, policies or {}, state_file=state_path(audit.path),
+                                     record=self._on_event, probes=self._probes)
         self._sessions: set[Session] = set()
         self._sampler: asyncio.Task[None] | None = None
         host.on_event(self._on_event)
 
     def start(self) -> None:
-        """Start sampling CPU and probing services (the host is already open)."""
+        """Start sampling, probing services and the elastic policies that were on (the host is already open)."""
+        self.elastic.start()
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
         self.prober.start()
 
     async def stop(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
+        await self.elastic.stop()
         for session in self._sessions:
             session.close()
         await self.prober.stop()
@@ -84,6 +100,12 @@ class Agent:
     def service_list(self) -> list[Service]:
         """The host's services with their probed latency."""
         return [replace(s, latency=self.prober.latency(s)) for s in self.services()]
+
+    def snapshot(self) -> Snapshot:
+        """The host with its services' latency and each CVM's elastic state."""
+        snapshot = self.host.snapshot(self.service_list())
+        snapshot.cvms = [replace(c, elastic=self.elastic.state(c.name)) for c in snapshot.cvms]
+        return snapshot
 
     async def serve_stdio(self) -> None:
         """Serve one peer on stdin/stdout (the form run by `ssh host hostctl agent --stdio`)."""
@@ -118,9 +140,22 @@ class Agent:
             session.push(event)
 
     async def _sample_forever(self) -> None:
+        """Sample every `interval`, or at the shortest interval of a policy that is on; a failed sample is
+        skipped (the policies then see their samples age and hold)."""
         while True:
-            await asyncio.sleep(self.interval)
-            await self.host.sample()
+            await asyncio.sleep(min(self.interval, self.elastic.sample_interval() or self.interval))
+            try:
+                await self.host.sample()
+            except Exception:  # libvirt gone or a CVM vanished mid-sample: the next tick tries again
+                continue
+            self.elastic.observe()
+
+    def _probes(self, cvm: str, now: float) -> list[Probe]:
+        """The latency probes of the CVM's services over the prober's shortest window, on the wall clock."""
+        offset = now - time.monotonic()
+        probes = [Probe(s.at + offset, s.ms, s.ok) for key, windows in self.prober.windows.items()
+                  if key.rpartition("/")[0] == cvm for s in windows[0].samples]
+        return sorted(probes, key=lambda p: p.ts)
 
 
 class Session:
@@ -138,7 +173,7 @@ class Session:
     def methods(self) -> dict[str, rpc.Method]:
         handlers = {
             "hello": self.hello, "snapshot": self.snapshot, "subscribe": self.subscribe,
-            "scale": self.scale, "audit": self.audit,
+            "scale": self.scale, "audit": self.audit, "policies": self.policies, "policy": self.policy,
         }
         return {name: _checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
 
@@ -164,7 +199,7 @@ class Session:
         }
 
     async def snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.agent.host.snapshot(self.agent.service_list()).to_dict()
+        return self.agent.snapshot().to_dict()
 
     async def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         interval = params.get("interval", self.agent.interval)
@@ -180,6 +215,16 @@ class Session:
         )
         return event.to_dict()
 
+    async def policies(self, params: dict[str, Any]) -> list[dict[str, str]]:
+        return self.agent.elastic.describe()
+
+    async def policy(self, params: dict[str, Any]) -> dict[str, Any]:
+        cvm = params["cvm"]
+        who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
+        state = self.agent.elastic.choose(cvm, name=params.get("name"), enabled=params.get("enabled"), who=who)
+        return {"cvm": cvm, "policy": state.policy, "enabled": state.enabled, "decision": state.decision,
+                "reason": state.reason, "ts": state.ts}
+
     async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
         return [e.to_dict() for e in events]
@@ -191,7 +236,7 @@ class Session:
         sent_services: list[dict[str, Any]] | None = None
         seq = 0
         while True:
-            snapshot = self.agent.host.snapshot(self.agent.service_list())
+            snapshot = self.agent.snapshot()
             host = snapshot.host.to_dict()
             cvms = {c.name: c.to_dict() for c in snapshot.cvms}
             services = [s.to_dict() for s in snapshot.services]
@@ -223,7 +268,8 @@ def _checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
     schema = SCHEMAS[name]
 
     async def method(params: dict[str, Any]) -> Any:
-        if readonly and name in MUTATING:
+        given = {key for key, value in params.items() if value is not None}
+        if readonly and name in MUTATING and not given <= READ_FORMS.get(name, frozenset()):
             raise rpc.RpcError(rpc.REFUSED, f"agent is read-only: {name} refused; nothing changed")
         return await fn(_validate(name, schema, params))
 

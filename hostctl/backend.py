@@ -68,6 +68,7 @@ class LibvirtHost:
         driver_options: dict[str, dict[str, Any]] | None = None,
         capabilities: dict[str, bool] | None = None,
         cpu_source: Callable[[str], float] | None = None,
+        concurrency_source: Callable[[str], float | None] | None = None,
     ) -> None:
         self.uri = uri
         self.name = name
@@ -75,6 +76,7 @@ class LibvirtHost:
         self._driver_options = driver_options or {}
         self._capabilities = capabilities
         self._cpu_source = cpu_source
+        self._concurrency_source = concurrency_source
         self._drivers: dict[str, drivers.WorkerDriver] = {}
         self._driver_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt")
@@ -161,7 +163,11 @@ class LibvirtHost:
         self._event_listeners.append(callback)
 
     async def sample(self) -> None:
-        """Sample CPU use: per CVM from CPU-time deltas (or the cpu_source), for the host from psutil."""
+        """Sample CPU use: per CVM from CPU-time deltas (or the cpu_source), for the host from psutil.
+
+        With a concurrency_source, each CVM's `concurrency` is its mean requests in flight or queued since the
+        previous sample; without one it stays None (the host does not know it).
+        """
         usage = await self._run(self._sample_blocking)
         for name, pct in usage.items():
             if self._cpu_source is not None:
@@ -169,6 +175,9 @@ class LibvirtHost:
             cvm = self._cvms.get(name)
             if cvm is not None and pct is not None:
                 cvm.cpu_percent = round(pct, 1)
+            if cvm is not None and self._concurrency_source is not None:
+                concurrency = self._concurrency_source(name)
+                cvm.concurrency = None if concurrency is None else round(concurrency, 2)
         host = self.host
         if is_local_hypervisor(self.uri):
             host.cpu_percent = psutil.cpu_percent()
@@ -366,8 +375,9 @@ class LibvirtHost:
 
     def _store(self, cvm: CVM) -> None:
         old = self._cvms.get(cvm.name)
-        if old is not None:
-            cvm.cpu_percent = old.cpu_percent  # fresh reads carry no CPU sample
+        if old is not None:  # fresh reads carry no samples
+            cvm.cpu_percent = old.cpu_percent
+            cvm.concurrency = old.concurrency
         if old != cvm:
             self._cvms[cvm.name] = cvm
             self._changed(cvm.name)

@@ -20,6 +20,7 @@ from hostctl.audit import default_path as audit_default_path
 from hostctl.backend import LibvirtHost
 from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
+from hostctl.elastic import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
 from hostctl.model import Snapshot
 from hostctl.render import format_scale, format_snapshot
@@ -57,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     agent_opts.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     agent_opts.add_argument("--probe-rate", type=float, default=2.0,
                             help="latency probes per second per service (default 2; 0: off)")
+    agent_opts.add_argument("--policies", type=Path, default=None, metavar="DIR",
+                            help="elastic policy files (default: the configs/policies shipped with hostctl, "
+                                 "if present)")
     agent = sub.add_parser("agent", parents=[agent_opts], help="serve one peer on stdin/stdout (run over SSH)")
     agent.add_argument("--stdio", action="store_true", required=True)
     serve = sub.add_parser("serve", parents=[agent_opts], help="serve on a unix socket (long-running, systemd)")
@@ -74,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     serve_host = demo.add_parser("serve-host", parents=[runtime])
     serve_host.add_argument("name")
     serve_host.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve_host.add_argument("--policies", type=Path, default=None, metavar="DIR")
     return p
 
 
@@ -124,10 +129,11 @@ async def _agent(args: argparse.Namespace) -> int:
     """Run the agent for the host at --uri until its peer leaves (stdio) or SIGTERM (socket)."""
     if not args.uri:
         raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+    policies = _policies(args.policies)
     host = LibvirtHost(args.uri)
     await host.open()
     agent = Agent(host, audit=AuditLog(args.audit or audit_default_path()), readonly=args.readonly,
-                  interval=args.interval, probe_rate=args.probe_rate)
+                  interval=args.interval, probe_rate=args.probe_rate, policies=policies)
     agent.start()
     try:
         if args.command == "agent":
@@ -146,9 +152,16 @@ async def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policies(directory: Path | None) -> dict[str, PolicySpec]:
+    """The policies in `directory`, or the shipped ones (none when hostctl was installed without them)."""
+    if directory is None:
+        return load_policies(DEFAULT_POLICIES) if DEFAULT_POLICIES.is_dir() else {}
+    return load_policies(directory)
+
+
 async def _demo(args: argparse.Namespace) -> int:
     if args.demo == "serve-host":
-        await launcher.serve_host(args.config, args.name, args.runtime)
+        await launcher.serve_host(args.config, args.name, args.runtime, policies=_policies(args.policies))
     elif args.demo == "up":
         print("\n".join(await launcher.up(args.config, args.runtime)))
         print(f"site file: {launcher.site_file(args.runtime)}")

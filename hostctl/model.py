@@ -103,6 +103,18 @@ class Host(Model):
 
 
 @dataclass(slots=True)
+class Elastic(Model):
+    """A CVM's elastic policy as its agent runs it: which one, on or off, and its last decision with the reason."""
+
+    policy: str
+    enabled: bool = False
+    decision: str = ""  # "up 2→3", "down 3→2" or "hold"
+    reason: str = ""
+    ts: float | None = None
+    alert: bool = False  # the last decision held for want of data or capacity
+
+
+@dataclass(slots=True)
 class CVM(Model):
     """A (confidential) VM with worker vCPUs beyond its boot set."""
 
@@ -118,6 +130,8 @@ class CVM(Model):
     cpu_percent: float = 0.0
     scaled_by: str = ""
     scaled_at: float | None = None
+    concurrency: float | None = None  # mean requests in flight or queued over the last sample; None: unknown
+    elastic: Elastic | None = None
 
     @property
     def policy_flags(self) -> list[str]:

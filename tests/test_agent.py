@@ -88,7 +88,8 @@ async def test_subscribe_sends_changes_not_snapshots(served: Served) -> None:
     assert set(updates[0]["cvms"]) == {"snp", "es", "sev", "plain"} and "host" in updates[0]
     quiet = updates[-1]
     assert all(set(c) <= {"cpu_percent", "name", "uuid", "state", "security", "policy", "boot_vcpus",
-                          "max_vcpus", "online_vcpus", "driver", "scaled_by", "scaled_at"} for c in quiet["cvms"].values())
+                          "max_vcpus", "online_vcpus", "driver", "scaled_by", "scaled_at", "concurrency", "elastic"}
+               for c in quiet["cvms"].values())
     updates.clear()
     await client.call("scale", cvm="snp", target=3, expect=2, who="alice")
     for _ in range(50):

@@ -26,6 +26,7 @@ class DemoHost:
             driver_options={"emulated": {"wake_ms": config.driver.wake_ms, "park_ms": config.driver.park_ms}},
             capabilities={"sev": True, "sev_es": True, "sev_snp": spec.sev_snp},
             cpu_source=self._cpu_percent,
+            concurrency_source=self._concurrency,
         )
         seed = random.Random(spec.name)
         self.services = {
@@ -88,3 +89,7 @@ class DemoHost:
     def _cpu_percent(self, name: str) -> float:
         service = self.services.get(name)
         return service.cpu_percent() if service is not None else 0.0
+
+    def _concurrency(self, name: str) -> float | None:
+        service = self.services.get(name)
+        return service.concurrency() if service is not None else None

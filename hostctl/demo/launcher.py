@@ -20,6 +20,7 @@ from hostctl.agent import Agent
 from hostctl.audit import AuditLog
 from hostctl.demo import config as demo_config
 from hostctl.demo.host import DemoHost
+from hostctl.elastic import PolicySpec
 from hostctl.errors import HostctlError
 
 START_TIMEOUT = 15.0
@@ -71,8 +72,9 @@ class HostProcess:
         return pid
 
 
-async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
-    """The body of one demo host process: run the host and its agent until SIGTERM or SIGINT."""
+async def serve_host(config_path: Path, name: str, runtime: Path, *,
+                     policies: dict[str, PolicySpec] | None = None) -> None:
+    """The body of one demo host process: run the host and its agent (with `policies`) until SIGTERM or SIGINT."""
     config = demo_config.load(config_path)
     try:
         spec = config.host(name)
@@ -82,7 +84,7 @@ async def serve_host(config_path: Path, name: str, runtime: Path) -> None:
     host = DemoHost(config, spec, runtime)
     await host.start()
     agent = Agent(host.backend, audit=AuditLog(proc.audit), services=host.service_list,
-                  interval=config.sample_interval, probe_rate=config.probe_rate)
+                  interval=config.sample_interval, probe_rate=config.probe_rate, policies=policies)
     agent.start()
     server = await agent.serve_unix(proc.socket)
     stop = asyncio.Event()

@@ -43,7 +43,7 @@ class Slots:
 
     Waiters are served FIFO. Raising the capacity admits waiters at once; lowering it lets
     in-flight holders finish while new entrants wait. Busy time is integrated as
-    slot-seconds (in-flight count x elapsed monotonic time).
+    slot-seconds (in-flight count x elapsed monotonic time), queueing likewise (waiting count x time).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -53,6 +53,8 @@ class Slots:
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy = 0.0
+        self._busy_total = 0.0
+        self._queued_total = 0.0
         self._mark = time.monotonic()
 
     @property
@@ -81,6 +83,7 @@ class Slots:
             self._adjust(+1)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tick()
         self._waiters.append(fut)
         try:
             await fut
@@ -88,6 +91,7 @@ class Slots:
             if fut.done() and not fut.cancelled():
                 self.release()  # the slot was handed over just before the cancellation landed
             elif fut in self._waiters:  # _wake() may already have discarded it
+                self._tick()
                 self._waiters.remove(fut)
             raise
 
@@ -104,6 +108,11 @@ class Slots:
         busy, self._busy = self._busy, 0.0
         return busy
 
+    def totals(self) -> tuple[float, float]:
+        """Request-seconds in flight and queued since creation (never reset; readers keep their own marks)."""
+        self._tick()
+        return self._busy_total, self._queued_total
+
     async def __aenter__(self) -> None:
         await self.acquire()
 
@@ -113,12 +122,18 @@ class Slots:
         self.release()
 
     def _adjust(self, delta: int) -> None:
-        now = time.monotonic()
-        self._busy += self._in_flight * (now - self._mark)
-        self._mark = now
+        self._tick()
         self._in_flight += delta
 
+    def _tick(self) -> None:
+        now = time.monotonic()
+        elapsed, self._mark = now - self._mark, now
+        self._busy += self._in_flight * elapsed
+        self._busy_total += self._in_flight * elapsed
+        self._queued_total += len(self._waiters) * elapsed
+
     def _wake(self) -> None:
+        self._tick()
         while self._waiters and self._in_flight < self._capacity:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -152,6 +167,7 @@ class CVMService:
         self._requests = {e.name: 0 for e in self.endpoints}
         self._errors = {e.name: 0 for e in self.endpoints}
         self._cpu_mark = time.monotonic()
+        self._demand_mark = (time.monotonic(), 0.0)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
 
@@ -206,6 +222,13 @@ class CVMService:
         if capacity == 0 or elapsed <= 0:
             return 0.0
         return min(100.0, max(0.0, busy / (elapsed * capacity) * 100.0))
+
+    def concurrency(self) -> float:
+        """Mean requests in flight or queued since the previous call (the demand a concurrency policy reads)."""
+        now = time.monotonic()
+        busy, queued = self._slots.totals()
+        (then, before), self._demand_mark = self._demand_mark, (now, busy + queued)
+        return (busy + queued - before) / (now - then) if now > then else 0.0
 
     def urls(self) -> dict[str, str]:
         """Endpoint name -> full URL."""

@@ -1,0 +1,220 @@
+"""Elastic policies: pure decisions over a CVM's recent samples (no I/O, no clock; `now` is given).
+
+Each policy answers how many online vCPUs (boot + active workers) the CVM should have, with the reason, or
+None when it lacks the data to say (the guard then holds). Every online vCPU serves requests, so "per worker"
+below means per online vCPU.
+
+- `threshold` (Ditto-like): mean CPU use of the online vCPUs over the last sample interval; above `high` wake
+  enough workers to bring it back to `target`, below `low` park down towards it.
+- `slo`: p99 of the CVM's probed request latency over `window_s`; above `target_ms` add workers in proportion
+  to the excess, below `down_below` x target for `down_after_s` park one.
+- `concurrency` (Knative-like): mean requests in flight or queued over a stable window, divided by the target
+  per worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio`
+  times the current count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hostctl.config import check, positive
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sampler tick for one CVM: online vCPUs, CPU use (%) and concurrency over the tick (None: unknown)."""
+
+    ts: float
+    online: int
+    cpu: float | None = None
+    concurrency: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One latency probe of one of the CVM's services: when it was sent, how long it took, and whether it worked."""
+
+    ts: float
+    ms: float
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """Everything a policy may look at: the time, the CVM's online vCPUs, its samples and probes (oldest first)."""
+
+    now: float
+    current: int
+    samples: Sequence[Sample] = ()
+    probes: Sequence[Probe] = ()
+
+    def recent(self, seconds: float) -> list[Sample]:
+        """Samples of the last `seconds`; at least the newest one (a window shorter than a tick still sees it)."""
+        window = [s for s in self.samples if s.ts > self.now - seconds]
+        return window or list(self.samples[-1:])
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A policy's answer: the online vCPUs it wants (None: no data to decide on) and why."""
+
+    desired: int | None
+    reason: str
+
+
+class Policy(Protocol):
+    """A decision function with its own sample interval."""
+
+    interval: float
+
+    @property
+    def horizon(self) -> float:
+        """Seconds of samples the policy looks back over."""
+
+    def decide(self, signals: Signals) -> Want: ...
+
+    def describe(self) -> str: ...
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _percent(value: float) -> str | None:
+    return None if 0 < value <= 100 else "must be in (0, 100]"
+
+
+def _probe_window(value: float) -> str | None:
+    return None if 0 < value <= 10 else "must be in (0, 10]: the agent keeps 10 s of probes"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """CPU bands: wake workers above `high` %, park them below `low` %, sized to bring use back to `target` %."""
+
+    interval: float = check(positive, default=0.5)
+    high: float = check(_percent, default=70.0)
+    low: float = check(_percent, default=30.0)
+    target: float = check(_percent, default=50.0)
+
+    def __post_init__(self) -> None:
+        if not self.low < self.target < self.high:
+            raise ValueError(f"need low < target < high, got {self.low:g} / {self.target:g} / {self.high:g}")
+
+    @property
+    def horizon(self) -> float:
+        return self.interval
+
+    def decide(self, signals: Signals) -> Want:
+        cpus = [s.cpu for s in signals.recent(self.interval) if s.cpu is not None]
+        if not cpus:
+            return Want(None, "no CPU samples")
+        cpu = sum(cpus) / len(cpus)
+        current = signals.current
+        sized = math.ceil(cpu / self.target * current - 1e-9)
+        if cpu > self.high:
+            return Want(max(current + 1, sized), f"CPU {cpu:.0f}% > {self.high:g}%")
+        if cpu < self.low:
+            return Want(min(current - 1, sized), f"CPU {cpu:.0f}% < {self.low:g}%")
+        return Want(current, f"CPU {cpu:.0f}% within {self.low:g}..{self.high:g}%")
+
+    def describe(self) -> str:
+        return (f"CPU bands every {self.interval:g} s: up above {self.high:g}%, down below {self.low:g}%, "
+                f"sized for {self.target:g}%")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Keep the p99 of the CVM's probed latency under `target_ms`."""
+
+    interval: float = check(positive, default=0.5)
+    target_ms: float = check(positive, default=50.0)
+    window_s: float = check(_probe_window, default=3.0)
+    down_below: float = check(_fraction, default=0.4)
+    down_after_s: float = check(_probe_window, default=6.0)
+    min_probes: int = check(positive, default=4)
+
+    @property
+    def horizon(self) -> float:
+        return 0.0  # it reads probes, not samples
+
+    def decide(self, signals: Signals) -> Want:
+        now = signals.now
+        recent = [p for p in signals.probes if p.ts > now - self.window_s]
+        if len(recent) < self.min_probes:
+            return Want(None, f"{len(recent)} latency probes in {self.window_s:g} s (need {self.min_probes})")
+        p99 = _p99(recent)
+        current = signals.current
+        if p99 > self.target_ms:
+            excess = min(p99 / self.target_ms, 4.0) - 1
+            return Want(current + max(1, math.ceil(current * excess)),
+                        f"p99 {_ms(p99)} > {self.target_ms:g} ms")
+        calm = [p for p in signals.probes if p.ts > now - self.down_after_s]
+        floor = self.down_below * self.target_ms
+        settled = bool(calm) and min(p.ts for p in calm) <= now - 0.8 * self.down_after_s
+        if settled and _p99(calm) < floor:
+            return Want(current - 1, f"p99 {_ms(_p99(calm))} < {floor:g} ms for {self.down_after_s:g} s")
+        return Want(current, f"p99 {_ms(p99)} within target {self.target_ms:g} ms")
+
+    def describe(self) -> str:
+        return (f"p99 latency under {self.target_ms:g} ms (over {self.window_s:g} s), "
+                f"down after {self.down_after_s:g} s below {self.down_below * self.target_ms:g} ms")
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """Requests in flight or queued per online vCPU, held at `target` (Knative-like stable and panic windows)."""
+
+    interval: float = check(positive, default=0.2)
+    target: float = check(positive, default=0.7)
+    stable_s: float = check(positive, default=6.0)
+    panic_s: float = check(positive, default=0.6)
+    panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=1.5)
+
+    def __post_init__(self) -> None:
+        if not self.panic_s < self.stable_s:
+            raise ValueError(f"need panic_s < stable_s, got {self.panic_s:g} and {self.stable_s:g}")
+
+    @property
+    def horizon(self) -> float:
+        return self.stable_s
+
+    def decide(self, signals: Signals) -> Want:
+        stable = _mean_concurrency(signals.recent(self.stable_s))
+        panic = _mean_concurrency(signals.recent(self.panic_s))
+        if stable is None or panic is None:
+            return Want(None, "no concurrency samples")
+        want_stable = math.ceil(stable / self.target - 1e-9)
+        want_panic = math.ceil(panic / self.target - 1e-9)
+        current = signals.current
+        if want_panic > max(current, want_stable) and want_panic >= self.panic_ratio * current:
+            return Want(want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s "
+                                    f"/ {self.target:g} per vCPU")
+        return Want(want_stable, f"{stable:.2f} in flight over {self.stable_s:g} s / {self.target:g} per vCPU")
+
+    def describe(self) -> str:
+        return (f"{self.target:g} requests in flight per vCPU over {self.stable_s:g} s, "
+                f"panic up over {self.panic_s:g} s")
+
+
+KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
+    "threshold": Threshold, "slo": Slo, "concurrency": Concurrency,
+}
+
+
+def _mean_concurrency(samples: Sequence[Sample]) -> float | None:
+    values = [s.concurrency for s in samples if s.concurrency is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _p99(probes: Sequence[Probe]) -> float:
+    """The 99th percentile latency; a failed probe counts as infinitely slow."""
+    ms = sorted(p.ms if p.ok else math.inf for p in probes)
+    return ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+
+
+def _ms(value: float) -> str:
+    return "failing" if math.isinf(value) else f"{value:.0f} ms"
