@@ -55,6 +55,36 @@ class _VerifyingClient(asyncssh.SSHClient):
         return False
 
 
+async def connect_ssh(destination: str, defaults: Defaults,
+                      tunnel: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+    """An SSH connection to `destination` whose host key known_hosts trusts (a refusal names the key's
+    fingerprint), honouring the OpenSSH client config named by `defaults`."""
+    known_hosts = Path(defaults.known_hosts).expanduser()
+    if not known_hosts.is_file():
+        raise LinkError(f"known_hosts file {known_hosts} does not exist; host keys are always verified")
+    user, host, port = parse_destination(destination)
+    options: dict[str, Any] = {
+        "known_hosts": str(known_hosts),
+        "keepalive_interval": defaults.keepalive,
+        "keepalive_count_max": 3,
+        "connect_timeout": defaults.timeout,
+    }
+    if user:
+        options["username"] = user
+    if port:
+        options["port"] = port
+    if tunnel is not None:
+        options["tunnel"] = tunnel
+    ssh_config = Path(defaults.ssh_config).expanduser()
+    if ssh_config.is_file():
+        options["config"] = [str(ssh_config)]
+    verifier = _VerifyingClient()
+    try:
+        return await asyncssh.connect(host, client_factory=lambda: verifier, **options)
+    except asyncssh.HostKeyNotVerifiable:
+        raise LinkError(_key_refusal(destination, known_hosts, verifier)) from None
+
+
 class HostLink:
     """The console's (or CLI's) link to one host agent."""
 
@@ -149,7 +179,7 @@ class HostLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every failure of one host stays with that host
-                self.error = _describe(e)
+                self.error = describe(e)
             finally:
                 await self._drop()
             if (task := asyncio.current_task()) is not None and task.cancelling():
@@ -191,41 +221,13 @@ class HostLink:
         if entry.ssh is None:
             assert entry.socket is not None
             return await rpc.open_unix(entry.socket)
-        known_hosts = Path(self.defaults.known_hosts).expanduser()
-        if not known_hosts.is_file():
-            raise LinkError(f"known_hosts file {known_hosts} does not exist; host keys are always verified")
         if entry.jump:
-            self._tunnel = await self._ssh(entry.jump, known_hosts)
-        self._conn = await self._ssh(entry.ssh, known_hosts, tunnel=self._tunnel)
+            self._tunnel = await connect_ssh(entry.jump, self.defaults)
+        self._conn = await connect_ssh(entry.ssh, self.defaults, tunnel=self._tunnel)
         if entry.socket:
             return await self._conn.open_unix_connection(entry.socket)
         process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
         return process.stdout, process.stdin
-
-    async def _ssh(self, destination: str, known_hosts: Path,
-                   tunnel: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
-        """An SSH connection whose host key known_hosts trusts (the refusal names the key's fingerprint)."""
-        user, host, port = parse_destination(destination)
-        options: dict[str, Any] = {
-            "known_hosts": str(known_hosts),
-            "keepalive_interval": self.defaults.keepalive,
-            "keepalive_count_max": 3,
-            "connect_timeout": self.defaults.timeout,
-        }
-        if user:
-            options["username"] = user
-        if port:
-            options["port"] = port
-        if tunnel is not None:
-            options["tunnel"] = tunnel
-        ssh_config = Path(self.defaults.ssh_config).expanduser()
-        if ssh_config.is_file():
-            options["config"] = [str(ssh_config)]
-        verifier = _VerifyingClient()
-        try:
-            return await asyncssh.connect(host, client_factory=lambda: verifier, **options)
-        except asyncssh.HostKeyNotVerifiable:
-            raise LinkError(_key_refusal(destination, known_hosts, verifier)) from None
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
@@ -308,7 +310,8 @@ def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient
             f"update {known_hosts}")
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """One line saying what went wrong with a connection."""
     if isinstance(error, HostctlError):
         return str(error)
     if isinstance(error, TimeoutError):

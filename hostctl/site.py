@@ -199,12 +199,23 @@ class LoadGenerator:
 
 
 @dataclass
+class LoadBounds:
+    """Hard upper bounds on every wrk run (the `[load]` table); a request beyond one is refused."""
+
+    max_threads: int = check(positive, default=8)
+    max_connections: int = check(positive, default=512)
+    max_duration_s: int = check(positive, default=300)
+    max_timeout_s: int = check(positive, default=10)
+
+
+@dataclass
 class Site:
     """The whole inventory. `source` is the file it came from (set by `load`/`write`, not a TOML key)."""
 
     defaults: Defaults = field(default_factory=Defaults)
     hosts: list[HostEntry] = field(default_factory=list)
     load_generators: list[LoadGenerator] = field(default_factory=list)
+    load: LoadBounds = field(default_factory=LoadBounds)
 
     # Not a dataclass field (no annotation): build() never sees it, so a TOML key `source` is unknown,
     # and it takes no part in equality.
@@ -223,6 +234,14 @@ class Site:
                 return h
         known = ", ".join(h.name for h in self.hosts)
         raise HostctlError(f"{self.source or 'site'}: unknown host {name!r} (known: {known})")
+
+    def load_generator(self, name: str) -> LoadGenerator:
+        """The load generator called `name`; HostctlError naming the known ones otherwise."""
+        for g in self.load_generators:
+            if g.name == name:
+                return g
+        known = ", ".join(g.name for g in self.load_generators) or "none"
+        raise HostctlError(f"{self.source or 'site'}: unknown load generator {name!r} (known: {known})")
 
     def services_of(self, host: str, cvm: str) -> list[ServiceEntry]:
         """The services of CVM `cvm` on host `host` (empty if it has none); unknown host raises HostctlError."""

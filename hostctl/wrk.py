@@ -201,21 +201,21 @@ async def watch(running: asyncio.Future[object], duration_s: float, progress: Pr
         await asyncio.wait([running], timeout=tick)
 
 
-async def run(url: str, params: Params | None = None, *, progress: Progress | None = None,
+async def run(url: str, params: Params | None = None, *, progress: Progress | None = None, binary: str = "wrk",
               **options: float | int | str | None) -> WrkResult:
-    """Run wrk on this machine against `url` (no checks of target or bounds: see `hostctl.loadgen`).
+    """Run `binary` on this machine against `url` (no checks of target or bounds: see `hostctl.loadgen`).
 
     `params` or keyword options (threads, connections, duration_s, timeout_s, script). Cancelling kills wrk.
     """
     params = params or Params(**options)  # type: ignore[arg-type]
-    binary = shutil.which("wrk")
-    if binary is None:
-        raise HostctlError("wrk is not installed on this machine (apt-get install wrk)")
+    found = shutil.which(binary)
+    if found is None:
+        raise HostctlError(f"wrk is not installed on this machine ({binary} not found; apt-get install wrk)")
     with tempfile.TemporaryDirectory(prefix="hostctl-wrk-") as tmp:
         script = Path(tmp) / "run.lua"
         script.write_text(script_text(params.script), encoding="utf-8")
         proc = await asyncio.create_subprocess_exec(
-            binary, *params.args(str(script), url), stdin=asyncio.subprocess.DEVNULL,
+            found, *params.args(str(script), url), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         output = asyncio.ensure_future(proc.communicate())
         try:

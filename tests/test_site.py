@@ -56,7 +56,7 @@ def test_unknown_host_lists_the_known_ones() -> None:
         (("timeout = 5.0", 'timeout = "soon"'), r"site\.toml: defaults\.timeout: expected a number, got 'soon'"),
         (("keepalive = 5.0", "keepalive = 0"), r"site\.toml: defaults\.keepalive: 0\.0 must be > 0"),
         (("\n[defaults]\n", '\nsource = "x"\n[defaults]\n'),
-         r"site\.toml: source: unknown key \(known: defaults, hosts, load_generators\)"),
+         r"site\.toml: source: unknown key \(known: defaults, hosts, load, load_generators\)"),
         (('wrk = "/usr/local/bin/wrk"', 'wrk = "/usr/local/bin/wrk"\nthreads = 4'),
          r"site\.toml: load_generators\[0\]\.threads: unknown key"),
         (('ssh = "regional-1"\n', ""), r"site\.toml: hosts\[2\]: host 'regional-1': give ssh = \"user@host\" or "

@@ -197,7 +197,7 @@ async def test_wrk_killed_mid_run_is_a_clear_error(service: CVMService) -> None:
 
 async def test_missing_wrk_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(HostctlError, match=r"wrk is not installed on this machine \(apt-get install wrk\)"):
+    with pytest.raises(HostctlError, match=r"wrk is not installed on this machine \(wrk not found; apt-get install wrk\)"):
         await wrk.run("http://127.0.0.1:1/", duration_s=1)
 
 
