@@ -219,11 +219,15 @@ class Session:
         return self.agent.elastic.describe()
 
     async def policy(self, params: dict[str, Any]) -> dict[str, Any]:
-        cvm = params["cvm"]
+        cvm, name = params["cvm"], params.get("name")
+        known = self.agent.elastic.policies
+        if name is not None and name not in known:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"policy: unknown policy {name!r} "
+                                                   f"(known: {', '.join(known) or 'none'})"[:300])
         who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
-        state = self.agent.elastic.choose(cvm, name=params.get("name"), enabled=params.get("enabled"), who=who)
+        state = self.agent.elastic.choose(cvm, name=name, enabled=params.get("enabled"), who=who)
         return {"cvm": cvm, "policy": state.policy, "enabled": state.enabled, "decision": state.decision,
-                "reason": state.reason, "ts": state.ts}
+                "reason": state.reason, "ts": state.ts, "alert": state.alert}
 
     async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
