@@ -365,19 +365,18 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
                            and table.row_count > 0, 60, "demo site fresh", app=app)
             await pilot.pause(0.5)
             # A CVM with room both ways: plus/minus alternate, so the count stays within boot..max.
-            key = next(k for k in sorted(table._shown) if 0 < workers_of(table, k)[0] < workers_of(table, k)[1])
+            key = next(k for k in sorted(table.keys) if 0 < workers_of(table, k)[0] < workers_of(table, k)[1])
             res["cvm"] = key
             changed_at: list[float] = []
-            original_update_cell = table.update_cell
+            original_sync_groups = table.sync_groups
 
-            def update_cell(row_key: Any, column_key: Any, value: Any, **kw: Any) -> None:
-                original_update_cell(row_key, column_key, value, **kw)
-                row = getattr(row_key, "value", row_key)
-                column = getattr(column_key, "value", column_key)
-                if row == key and column == "workers":
+            def sync_groups(groups: dict[str, Any]) -> None:
+                before = workers_of(table, key)
+                original_sync_groups(groups)
+                if workers_of(table, key) != before:
                     changed_at.append(time.perf_counter())
 
-            table.update_cell = update_cell  # type: ignore[method-assign]
+            table.sync_groups = sync_groups  # type: ignore[method-assign]
             rng = random.Random(7)
             probes.reset(time.perf_counter(), float("inf"))  # for the garbage-collection pauses during the presses
             for i in range(args.presses):
@@ -415,13 +414,9 @@ PROFILE_FUNCS = [
     # (label, file suffix, function name); the first TICK_ROWS run inside the tick
     ("`DittoApp.tick` (all of it)", "dittotui/app.py", "tick"),
     ("  `cvm_rows` (build every CVM row)", "dittotui/rows.py", "cvm_rows"),
-    ("    `cvm_row`", "dittotui/rows.py", "cvm_row"),
-    ("      `workers_bar`", "dittotui/rows.py", "workers_bar"),
     ("      `decode_policy` (`CVM.policy_flags`)", "hostctl/security.py", "decode_policy"),
-    ("  `LiveTable.sync` (CVM + hosts + services)", "dittotui/tables.py", "sync"),
-    ("    `_signature` (per cell)", "dittotui/tables.py", "_signature"),
-    ("    `DataTable.update_cell`", "widgets/_data_table.py", "update_cell"),
-    ("      `Widget.refresh` (called by update_cell)", "textual/widget.py", "refresh"),
+    ("  `LiveTable._apply` (sync the CVM, host and service rows)", "dittotui/tables.py", "_apply"),
+    ("    `Widget.refresh` (changed lines on screen)", "textual/widget.py", "refresh"),
     ("  `host_row`", "dittotui/rows.py", "host_row"),
     ("  `History.record`", "dittotui/history.py", "record"),
     ("`HostLink._on_notification` (apply updates)", "hostctl/link.py", "_on_notification"),
@@ -429,9 +424,10 @@ PROFILE_FUNCS = [
     ("    `typing.get_type_hints`", "typing.py", "get_type_hints"),
     ("`json.loads` (rpc reader)", "json/__init__.py", "loads"),
     ("`Screen._on_timer_update` (layout + render)", "textual/screen.py", "_on_timer_update"),
-    ("  `DataTable.render_line`", "widgets/_data_table.py", "render_line"),
+    ("  `LiveTable.render_line`", "dittotui/tables.py", "render_line"),
+    ("    `LiveTable._line` (render a changed row)", "dittotui/tables.py", "_line"),
 ]
-TICK_ROWS = 11
+TICK_ROWS = 7
 
 
 def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
@@ -591,7 +587,7 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         f"driver: 40 ms to wake / 15 ms to park one worker). Cursor on `{demo['cvm']}`, `plus` and `minus` "
         f"alternating, {len(c)} presses, each after a random pause so presses fall at any phase of the 0.25 s "
         "refresh tick. Time from `pilot.press` to the row's workers cell showing the new count (the moment "
-        "`update_cell` ran for it; checked with `table.get_cell(key, 'workers')`), and to the end of the first "
+        "sync that changed it returned; checked with `table.get_cell(key, 'workers')`), and to the end of the first "
         "screen update that started after it (headless render).",
         "",
         "| measure | p50 | p99 | max |",

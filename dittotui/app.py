@@ -7,6 +7,7 @@ that coalesces whatever arrived since the last one and touches only cells that c
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -16,7 +17,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, RichLog
+from textual.widgets import Footer, Header, Input, RichLog
 
 from dittotui.history import History
 from dittotui.rows import CVMRef, Row, cvm_rows, host_row, service_rows
@@ -33,6 +34,9 @@ from hostctl.model import Event, Service
 from hostctl.render import format_event
 from hostctl.site import Site
 from hostctl.wrk import WrkResult
+
+
+FRAME_BUDGET_S = 0.015  # a tick stops rebuilding rows after this long; the rest follow a moment later
 
 
 class DittoApp(App[None]):
@@ -68,8 +72,11 @@ class DittoApp(App[None]):
         self._dirty = True
         self._states: dict[str, LinkState] = {}
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
+        self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
+        self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
+        self._results_version = 0
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into history
-        self._marks_version = 0
+        self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
@@ -140,14 +147,13 @@ class DittoApp(App[None]):
         return list(self.fleet.links.values()) if self.fleet else []
 
     def tick(self) -> None:
-        """Apply whatever arrived since the last tick, in one batch."""
+        """Apply whatever arrived since the last tick, in one batch that stays within a frame's budget."""
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
+        started = time.perf_counter()
         links = self.links
         with self.batch_update():
-            self.hosts_table.sync({link.name: host_row(link) for link in links})
-            self.cvm_table.apply_visible()  # rows scrolled into view since the last tick
-            self.services_table.apply_visible()
+            self.hosts_table.sync({link.name: self._host_row(link) for link in links})
             for link in links:
                 if self._states.get(link.name) != link.state:
                     self._states[link.name] = link.state
@@ -155,18 +161,48 @@ class DittoApp(App[None]):
                         self.log_line(f"{link.name}: live", style="green")
                     elif link.error:
                         self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
-            if not self._dirty:
-                return
-            self._dirty = False
-            for link in links:
-                self._record_history(link)
-            self.cvm_table.sync_groups({link.name: rows for link in links if (rows := self._cvm_rows(link)) is not None})
-            self.services_table.sync(service_rows(links, self.load_results, self.history.p99,
-                                                  slo_ms=self.fleet.site.defaults.slo_p99_ms,
-                                                  filter_text=self.filter_text))
+            if self._dirty:
+                self._dirty = False
+                self._sync_hosts(links, self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
         if not self._frozen and all(link.snapshot for link in links):
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
+
+    def _sync_hosts(self, links: list[HostLink], slo_ms: float, *, deadline: float) -> None:
+        """Bring the CVM and service rows up to date, the longest-waiting hosts first, until `deadline`.
+
+        Hosts left over when the budget is spent are synced by another tick a moment later, so one tick never
+        holds the screen for a whole fleet's worth of changes.
+        """
+        cvms: dict[str, dict[str, Row]] = {}
+        services: dict[str, dict[str, Row]] = {}
+        for link in sorted(links, key=lambda link: self._synced_at.get(link.name, 0.0)):
+            version = (link.snapshot.ts if link.snapshot else None, link.state, self.filter_text,
+                       self._mark_versions.get(link.name, 0), self._results_version)
+            if self._row_versions.get(link.name) == version:
+                continue
+            if cvms and time.perf_counter() > deadline:
+                self._dirty = True
+                self.set_timer(FRAME_BUDGET_S, self.tick)
+                break
+            self._row_versions[link.name] = version
+            self._synced_at[link.name] = time.perf_counter()
+            self._record_history(link)
+            cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
+            services[link.name] = service_rows(link, self.load_results, self.history.p99,
+                                               slo_ms=slo_ms,
+                                               filter_text=self.filter_text)
+        self.cvm_table.sync_groups(cvms)
+        self.services_table.sync_groups(services)
+
+    def _host_row(self, link: HostLink) -> Row:
+        """A host's row, rebuilt only when its data, state, age or error changed."""
+        age = None if link.age is None or link.state is LinkState.FRESH else int(link.age)
+        version = (link.snapshot.ts if link.snapshot else None, link.state, age, link.error)
+        cached = self._host_rows.get(link.name)
+        if cached is None or cached[0] != version:
+            cached = self._host_rows[link.name] = (version, host_row(link))
+        return cached[1]
 
     def _record_history(self, link: HostLink) -> None:
         """Sample a live host's CVMs and services once per update it sends."""
@@ -174,19 +210,10 @@ class DittoApp(App[None]):
         if snap is None or link.state is not LinkState.FRESH or self._recorded.get(link.name) == snap.ts:
             return
         self._recorded[link.name] = snap.ts
-        for cvm in snap.cvms:
-            self.history.record(link.name, cvm)
+        self.history.record(link.name, snap.cvms)
         for s in snap.services:
             if (live := s.latency.get("10s")) is not None and live.count:
                 self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
-
-    def _cvm_rows(self, link: HostLink) -> dict[str, Row] | None:
-        """A host's CVM rows when its data, state, the filter or the marks changed since the last call, else None."""
-        version = (link.snapshot.ts if link.snapshot else None, link.state, self.filter_text, self._marks_version)
-        if self._row_versions.get(link.name) == version:
-            return None
-        self._row_versions[link.name] = version
-        return cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:
@@ -196,6 +223,7 @@ class DittoApp(App[None]):
     def record_load(self, host: str, service: Service, result: WrkResult) -> None:
         """Keep a wrk result next to its service."""
         self.load_results[f"{host}/{service.cvm}/{service.name}"] = result
+        self._results_version += 1
         self.log_line(f"wrk {host}/{service.cvm}/{service.name}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
                       f"{result.rps:.0f} req/s, {result.errors} errors")
         self._dirty = True
@@ -256,8 +284,7 @@ class DittoApp(App[None]):
         if key is None:
             return
         self.marks.symmetric_difference_update({key})
-        self._marks_version += 1
-        self._dirty = True
+        self._marks_changed([key])
         self.tick()
         self.cvm_table.action_cursor_down()
 
@@ -289,9 +316,9 @@ class DittoApp(App[None]):
         version = link.hello.get("agent", "?")
         self.notify(f"{link.name}: its agent (hostctl {version}) offers no elastic policies", severity="warning")
 
-    @on(DataTable.RowSelected, "#cvms")
-    def open_detail(self, event: DataTable.RowSelected) -> None:
-        ref = CVMRef.parse(event.row_key.value or "")
+    @on(LiveTable.RowSelected, "#cvms")
+    def open_detail(self, event: LiveTable.RowSelected) -> None:
+        ref = CVMRef.parse(event.key)
         link = self.link_of(ref)
         if link is not None:
             self.push_screen(DetailScreen(ref, link, self.history))
@@ -352,6 +379,11 @@ class DittoApp(App[None]):
         yield SystemCommand("Help", "Keys and columns", self.action_help)
 
     def _clear_marks(self) -> None:
-        self.marks.clear()
-        self._marks_version += 1
+        marked, self.marks = self.marks, set()
+        self._marks_changed(marked)
+
+    def _marks_changed(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            host = CVMRef.parse(key).host
+            self._mark_versions[host] = self._mark_versions.get(host, 0) + 1
         self._dirty = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hostctl.model import CVM
@@ -22,20 +23,24 @@ class History:
     """Samples every CVM the console has seen, keyed `host/cvm`."""
 
     def __init__(self) -> None:
-        self.series: dict[str, Series] = {}
+        self.hosts: dict[str, dict[str, Series]] = {}  # host -> CVM name -> its samples
         self.p99: dict[str, deque[float]] = {}
 
-    def record(self, host: str, cvm: CVM) -> None:
-        key = f"{host}/{cvm.name}"
-        s = self.series.get(key)
-        if s is None:
-            s = self.series[key] = Series()
-        s.workers.append(cvm.workers_active)
-        s.cpu.append(round(cvm.cpu_percent))
+    def record(self, host: str, cvms: Iterable[CVM]) -> None:
+        """One sample of each of a host's CVMs."""
+        series = self.hosts.setdefault(host, {})
+        for cvm in cvms:
+            s = series.get(cvm.name)
+            if s is None:
+                s = series[cvm.name] = Series()
+            s.workers.append(cvm.workers_active)
+            s.cpu.append(round(cvm.cpu_percent))
 
     def record_p99(self, key: str, p99: float) -> None:
         """A service's probed p99, keyed `host/cvm/service`."""
         self.p99.setdefault(key, deque(maxlen=SAMPLES)).append(p99)
 
     def of(self, key: str) -> Series:
-        return self.series.get(key) or Series()
+        """The samples of CVM `host/cvm` (empty when it was never seen)."""
+        host, _, cvm = key.partition("/")
+        return self.hosts.get(host, {}).get(cvm) or Series()

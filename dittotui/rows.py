@@ -7,7 +7,7 @@ row per tick, not a styled cell.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,23 +78,23 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: set[str] = frozens
     return rows
 
 
-def service_rows(links: Iterable[HostLink], results: dict[str, WrkResult], history: dict[str, Sequence[float]],
+def service_rows(link: HostLink, results: dict[str, WrkResult], history: dict[str, Sequence[float]],
                  *, slo_ms: float, filter_text: str = "") -> dict[str, Row]:
-    """service, CVM, probed p50, (p99, breach), p99 trend, req/s, errors, breach, last wrk (p99, errors), host."""
+    """One host's services: service, CVM, probed p50, (p99, breach), p99 trend, req/s, errors, breach,
+    last wrk (p99, errors), host."""
     rows: dict[str, Row] = {}
-    for link in links:
-        if link.snapshot is None:
+    if link.snapshot is None:
+        return rows
+    for s in link.snapshot.services:
+        key = f"{link.name}/{s.cvm}/{s.name}"
+        if filter_text and not matches(filter_text, link.name, s.cvm, s.name):
             continue
-        for s in link.snapshot.services:
-            key = f"{link.name}/{s.cvm}/{s.name}"
-            if filter_text and not matches(filter_text, link.name, s.cvm, s.name):
-                continue
-            live = s.latency.get("10s")
-            probed: Row = (None, (None, False), (), None, None, None)
-            if live is not None and live.count:
-                breach = live.p99 > slo_ms
-                trend = tuple(list(history.get(key, ()))[-10:])
-                probed = (live.p50, (live.p99, breach), (trend, slo_ms), live.rps, live.errors, breach)
-            r = results.get(key)
-            rows[key] = (s.name, s.cvm, *probed, (r.p(99), r.errors) if r is not None else None, link.name)
+        live = s.latency.get("10s")
+        probed: Row = (None, (None, False), (), None, None, None)
+        if live is not None and live.count:
+            breach = live.p99 > slo_ms
+            trend = tuple(list(history.get(key, ()))[-10:])
+            probed = (live.p50, (live.p99, breach), (trend, slo_ms), live.rps, live.errors, breach)
+        r = results.get(key)
+        rows[key] = (s.name, s.cvm, *probed, (r.p(99), r.errors) if r is not None else None, link.name)
     return rows

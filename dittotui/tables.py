@@ -1,137 +1,350 @@
-"""DataTables synced from keyed rows of raw values: a cell is rendered and updated only when its value changed.
+"""Live tables on Textual's line API: rows are kept as raw values and drawn only while on screen.
 
-Columns have fixed widths, so an update never re-measures the table.
+A row's line is rendered when its values change and cached; scrolling, the cursor and zebra stripes are styles
+applied when a line is painted. A table of 10,000 CVMs therefore costs what its visible lines cost, and a sync
+touches only the rows whose values changed. Columns have fixed widths: nothing is ever re-measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual.coordinate import Coordinate
-from textual.widgets import DataTable
+from textual import events
+from textual.binding import Binding
+from textual.geometry import Region, Size, Spacing
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from dittotui.rows import Row
 
 Render = Callable[[Any], Text | str]
+Column = tuple[str, str, int, Render]  # key, label, width, render
 
 STATE_STYLE = {"fresh": "green", "stale": "bold yellow", "connecting": "red"}
 SECURITY_STYLE = {"sev-snp": "bold magenta", "sev-es": "magenta", "sev": "cyan", "none": "dim"}
 SPARKS = "▁▂▃▄▅▆▇█"
 BAR_WIDTH = 8
+PADDING = 1  # cells of space on each side of a column
+PAD = " " * PADDING
 
 
-class LiveTable(DataTable):
-    """A table whose rows are synced from a dict of key -> raw row; sortable by any column."""
+class LiveTable(ScrollView, can_focus=True):
+    """Rows synced from a dict of key -> raw row, a row cursor that stays on its row, sortable by any column."""
 
-    COLUMNS: ClassVar[list[tuple[str, str, int, Render]]] = []  # (key, label, width, render)
+    COLUMNS: ClassVar[list[Column]] = []
+    BINDINGS = [
+        Binding("enter", "select", "Open", show=False),
+        Binding("up", "cursor(-1)", show=False),
+        Binding("down", "cursor(1)", show=False),
+        Binding("pageup", "page(-1)", show=False),
+        Binding("pagedown", "page(1)", show=False),
+        Binding("home", "cursor(-1_000_000_000)", show=False),
+        Binding("end", "cursor(1_000_000_000)", show=False),
+        Binding("left", "scroll_left", show=False),
+        Binding("right", "scroll_right", show=False),
+    ]
+    COMPONENT_CLASSES = {"live-table--header", "live-table--cursor", "live-table--even-row"}
+    DEFAULT_CSS = """
+    LiveTable {
+        background: $surface;
+        color: $foreground;
+        height: auto;
+        max-height: 100%;
+        & > .live-table--header { text-style: bold; background: $panel; color: $foreground; }
+        & > .live-table--even-row { background: $surface-lighten-1 50%; }
+        &:dark > .live-table--even-row { background: $surface-darken-1 40%; }
+        & > .live-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .live-table--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+            & > .live-table--header { background-tint: $foreground 5%; }
+        }
+    }
+    """
+
+    class RowSelected(Message):
+        """Enter (or a click on the cursor's row) on a row."""
+
+        def __init__(self, table: LiveTable, key: str) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+        @property
+        def control(self) -> LiveTable:
+            return self.table
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._shown: dict[str, Row] = {}  # what the cells show
-        self._pending: dict[str, Row] = {}  # newer values for rows off screen
+        super().__init__(**kwargs)
+        self._rows: dict[str, Row] = {}  # key -> newest raw values
+        self._order: list[str] = []  # keys as shown, top to bottom
+        self._index: dict[str, int] | None = None  # key -> position in _order (rebuilt after a reorder)
+        self._lines: dict[str, Strip] = {}  # key -> its rendered line (unstyled, full width)
+        self._sort_keys: dict[str, Any] = {}  # key -> sort key of its value in the sort column
         self._groups: dict[str, set[str]] = {}  # group (host) -> its row keys, for sync_groups
+        self._cursor_key: str | None = None
+        self.cursor_row = 0
         self.sort_column: str | None = None
         self.sort_reverse = False
+        self._width = sum(width + 2 * PADDING for _k, _l, width, _r in self.COLUMNS)
+        self._keys = [key for key, _l, _w, _r in self.COLUMNS]
+        self._paint_styles: tuple[Style, ...] = ()  # base, even, cursor, even + cursor, header: set per paint
 
-    def on_mount(self) -> None:
-        for key, label, width, _render in self.COLUMNS:
-            self.add_column(label, width=width, key=key)
+    # -- queries ----------------------------------------------------------------------------------
+
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def keys(self) -> list[str]:
+        """Row keys in the order shown."""
+        return list(self._order)
 
     @property
     def selected_key(self) -> str | None:
         """The key of the row under the cursor."""
-        if not self.row_count:
-            return None
-        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return self._cursor_key
+
+    def get_row_index(self, key: str) -> int:
+        return self._positions()[key]
+
+    def get_cell(self, key: str, column: str) -> Text | str:
+        """The cell as rendered from the row's newest values."""
+        _key, _label, _width, render = self.COLUMNS[self._keys.index(column)]
+        return render(self._rows[key][self._keys.index(column)])
+
+    # -- syncing ----------------------------------------------------------------------------------
 
     def sync(self, rows: dict[str, Row]) -> None:
-        """Add new rows, remove rows that are gone, and keep the newest values of the rest.
-
-        Changed cells are updated at once for rows on screen (or for all rows while sorted); the others wait
-        until they scroll into view, so a fleet of thousands of rows costs only what is visible.
-        """
-        for key in [k for k in self._shown if k not in rows]:
-            self._remove(key)
-        self.apply_visible(force=self._merge(rows))
+        """Show exactly `rows`: add new ones, drop those that are gone, redraw those whose values changed."""
+        gone = self._rows.keys() - rows.keys()
+        self._apply([rows], gone)
 
     def sync_groups(self, groups: dict[str, dict[str, Row]]) -> None:
         """Like `sync`, for only the groups (hosts) whose rows may have changed; other groups stay as they are."""
-        added = False
+        gone: set[str] = set()
         for group, rows in groups.items():
-            for key in self._groups.get(group, set()) - rows.keys():
-                self._remove(key)
+            gone |= self._groups.get(group, set()) - rows.keys()
             self._groups[group] = set(rows)
-            added |= self._merge(rows)
-        self.apply_visible(force=added)
+        self._apply(groups.values(), gone)
 
-    def _merge(self, rows: dict[str, Row]) -> bool:
-        """Add new rows, queue changed ones; True when a row was added."""
-        added = False
-        for key, row in rows.items():
-            old = self._shown.get(key)
-            if old is None:
-                self.add_row(*(render(v) for (_k, _l, _w, render), v in zip(self.COLUMNS, row)), key=key)
-                self._shown[key] = row
-                added = True
-            elif old != row:
-                self._pending[key] = row
-            else:
-                self._pending.pop(key, None)
-        return added
+    def _apply(self, batches: Iterable[dict[str, Row]], gone: set[str]) -> None:
+        sort_at = self._keys.index(self.sort_column) if self.sort_column is not None else None
+        changed: list[str] = []
+        added = reorder = False
+        for rows in batches:
+            for key, row in rows.items():
+                old = self._rows.get(key)
+                if old == row:
+                    continue
+                self._rows[key] = row
+                self._lines.pop(key, None)
+                if old is None:
+                    self._order.append(key)
+                    added = True
+                else:
+                    changed.append(key)
+                if sort_at is not None and (old is None or old[sort_at] != row[sort_at]):
+                    self._sort_keys[key] = _sort_key(row[sort_at])
+                    reorder = True
+        for key in gone:
+            del self._rows[key]
+            self._lines.pop(key, None)
+            self._sort_keys.pop(key, None)
+        if gone:
+            self._order = [key for key in self._order if key in self._rows]
+        if added or gone or reorder:
+            self._reorder(sort=reorder)
+        elif changed:
+            self._refresh_rows(changed)
 
-    def _remove(self, key: str) -> None:
-        self.remove_row(key)
-        del self._shown[key]
-        self._pending.pop(key, None)
+    def _reorder(self, *, sort: bool) -> None:
+        if sort and self.sort_column is not None:
+            self._order.sort(key=self._sort_keys.__getitem__, reverse=self.sort_reverse)
+        self._index = None
+        self.virtual_size = Size(self._width, len(self._order) + 1)
+        self._follow_cursor()
+        self.refresh()
 
-    def apply_visible(self, *, force: bool = False) -> None:
-        """Update the cells of pending rows that are on screen (all of them while sorted)."""
-        if not self._pending:
-            if force and self.sort_column is not None:
-                self._apply_sort()
-            return
-        reorder = force
-        if self.sort_column is not None or len(self._pending) <= 200:
-            keys = list(self._pending)
-        else:
-            top = int(self.scroll_y)
-            rows = range(max(0, top - 2), min(self.row_count, top + self.size.height + 2))
-            on_screen = (self.coordinate_to_cell_key(Coordinate(r, 0)).row_key.value for r in rows)
-            keys = [k for k in on_screen if k in self._pending]
+    def _refresh_rows(self, keys: list[str]) -> None:
+        """Repaint the lines of these rows that are on screen."""
+        positions = self._positions()
+        top = int(self.scroll_y)
+        bottom = top + self.size.height
         for key in keys:
-            row = self._pending.pop(key)
-            for (column, _label, _width, render), before, after in zip(self.COLUMNS, self._shown[key], row):
-                if before != after:
-                    self.update_cell(key, column, render(after))
-                    reorder |= column == self.sort_column
-            self._shown[key] = row
-        if reorder and self.sort_column is not None:
-            self._apply_sort()
+            if top <= positions[key] < bottom:
+                self.refresh_line(positions[key] + 1)
+
+    def _positions(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {key: i for i, key in enumerate(self._order)}
+        return self._index
+
+    # -- sorting ----------------------------------------------------------------------------------
 
     def sort_by(self, column: str) -> None:
         """Sort by `column`; asking again reverses the order."""
         self.sort_reverse = not self.sort_reverse if self.sort_column == column else False
         self.sort_column = column
-        self._apply_sort()
+        at = self._keys.index(column)
+        self._sort_keys = {key: _sort_key(row[at]) for key, row in self._rows.items()}
+        self._reorder(sort=True)
 
-    def _apply_sort(self) -> None:
-        assert self.sort_column is not None
-        self.sort(self.sort_column, key=_sort_key, reverse=self.sort_reverse)
+    # -- the cursor -------------------------------------------------------------------------------
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        self.sort_by(event.column_key.value or "")
+    def move_cursor(self, *, row: int) -> None:
+        """Put the cursor on row `row` (clamped) and scroll it into view."""
+        if not self._order:
+            return
+        self.cursor_row = max(0, min(row, len(self._order) - 1))
+        self._cursor_key = self._order[self.cursor_row]
+        self.refresh()
+        self._scroll_to_cursor()
+
+    def _follow_cursor(self) -> None:
+        """After rows moved: keep the cursor on its row (or on the same line when its row is gone)."""
+        if not self._order:
+            self._cursor_key, self.cursor_row = None, 0
+            return
+        if self._cursor_key in self._rows:
+            self.cursor_row = self._positions()[self._cursor_key]
+        else:
+            self.cursor_row = min(self.cursor_row, len(self._order) - 1)
+            self._cursor_key = self._order[self.cursor_row]
+        self._scroll_to_cursor()
+
+    def _scroll_to_cursor(self) -> None:
+        top = int(self.scroll_y)
+        visible = max(1, self.size.height - 1)
+        if not top <= self.cursor_row < top + visible:
+            self.scroll_to_region(Region(int(self.scroll_x), self.cursor_row + 1, 1, 1), spacing=Spacing(top=1),
+                                  animate=False, force=True, immediate=True)
+
+    def action_cursor(self, step: int) -> None:
+        self.move_cursor(row=self.cursor_row + step)
+
+    def action_cursor_down(self) -> None:
+        self.action_cursor(1)
+
+    def action_page(self, direction: int) -> None:
+        self.action_cursor(direction * max(1, self.size.height - 2))
+
+    def action_select(self) -> None:
+        if self._cursor_key is not None:
+            self.post_message(self.RowSelected(self, self._cursor_key))
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        if offset.y == 0:
+            x = offset.x + int(self.scroll_x)
+            for key, _label, width, _render in self.COLUMNS:
+                x -= width + 2 * PADDING
+                if x < 0:
+                    self.sort_by(key)
+                    return
+            return
+        row = offset.y - 1 + int(self.scroll_y)
+        if row < len(self._order):
+            again = row == self.cursor_row
+            self.move_cursor(row=row)
+            if again:
+                self.action_select()
+
+    # -- painting ---------------------------------------------------------------------------------
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """Resolve the row styles once per paint, not once per line."""
+        even, cursor = (self.get_component_rich_style(f"live-table--{name}") for name in ("even-row", "cursor"))
+        base = self.rich_style
+        self._paint_styles = (base, base + even, base + cursor, base + even + cursor,
+                              self.get_component_rich_style("live-table--header"))
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        scroll_x, scroll_y = self.scroll_offset
+        base, even, cursor, even_cursor, header = self._paint_styles
+        if y == 0:
+            return self._header().crop_extend(scroll_x, scroll_x + width, header).apply_style(header)
+        row = y - 1 + scroll_y
+        if row >= len(self._order):
+            return Strip.blank(width, base)
+        key = self._order[row]
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = self._line([render(v) for (_k, _l, _w, render), v
+                                                  in zip(self.COLUMNS, self._rows[key])])
+        if row == self.cursor_row:
+            style = even_cursor if row % 2 == 0 else cursor
+        else:
+            style = even if row % 2 == 0 else base
+        return line.crop_extend(scroll_x, scroll_x + width, style).apply_style(style)
+
+    def _header(self) -> Strip:
+        labels = []
+        for key, label, _width, _render in self.COLUMNS:
+            arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_column else ""
+            labels.append(label + arrow)
+        return self._line(labels)
+
+    def _line(self, cells: list[Text | str]) -> Strip:
+        """One line of cells, each cropped or padded to its column's width."""
+        console = self.app.console
+        segments: list[Segment] = []
+        for (_key, _label, width, _render), cell in zip(self.COLUMNS, cells):
+            if isinstance(cell, str) or not cell.spans:  # one style: one segment, no Text machinery
+                text, style = (cell, None) if isinstance(cell, str) else (cell.plain, console.get_style(cell.style))
+                segments.append(Segment(f"{PAD}{_fit(text, width)}{PAD}", style or None))
+                continue
+            key = (width, cell.plain, tuple(cell.spans), cell.style)
+            rendered = _STYLED_CELLS.get(key)
+            if rendered is None:
+                text = cell.copy()
+                text.truncate(width, overflow="ellipsis", pad=True)
+                if len(_STYLED_CELLS) > 4096:
+                    _STYLED_CELLS.clear()
+                rendered = _STYLED_CELLS[key] = [
+                    Segment(PAD), *Segment.apply_style(text.render(console), console.get_style(text.style)), Segment(PAD)]
+            segments.extend(rendered)
+        return Strip(segments, self._width)
 
 
-def _sort_key(cell: Text | str) -> tuple[int, float | str]:
-    """Numbers sort as numbers (a workers bar by its count, `stale 12s` by its age), the rest as text."""
-    text = cell.plain if isinstance(cell, Text) else cell
-    number = text.strip().split(" ")[-1].split("/")[0].rstrip("sm")
-    try:
-        return (0, float(number))
-    except ValueError:
-        return (1, text.lower())
+_STYLED_CELLS: dict[tuple[Any, ...], list[Segment]] = {}  # multi-style cells (workers bars) by content: few differ
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` padded to `width` cells, or cut with an ellipsis."""
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    return set_cell_size(text, width - 1) + "…"
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers as numbers, text case-folded, tuples element by element, missing values last."""
+    if value is None:
+        return (3, 0)
+    if isinstance(value, (bool, int, float)):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value.lower())
+    return (2, tuple(_sort_key(v) for v in value))
 
 
 def plain(value: Any) -> str:
@@ -174,7 +387,7 @@ def workers(value: tuple[int, int]) -> Text:
     """`███░░░░░ 3/8`: active workers of the CVM's maximum."""
     active, maximum = value
     filled = round(BAR_WIDTH * active / maximum) if maximum else 0
-    return Text("█" * filled, style="green") + Text("░" * (BAR_WIDTH - filled), style="dim") + Text(f" {active}/{maximum}")
+    return Text.assemble(("█" * filled, "green"), ("░" * (BAR_WIDTH - filled), "dim"), f" {active}/{maximum}")
 
 
 def security(value: str) -> Text:

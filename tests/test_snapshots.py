@@ -181,7 +181,7 @@ def unsteady(app: DittoApp) -> str | None:
     """
     links = app.links
     expected = [f"{link.name}/{c.name}" for link in links for c in link.snapshot.cvms]  # type: ignore[union-attr]
-    rows = [row.key.value for row in app.query_one(CVMTable).ordered_rows]
+    rows = app.query_one(CVMTable).keys
     lines = [strip.text.rstrip() for strip in app.query_one("#events", RichLog).lines]
     live = [f"{CLOCK:%H:%M:%S} {link.name}: live" for link in links]
     if rows != expected or lines != live:
