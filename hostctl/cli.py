@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hostctl import __version__, sitecli
+from hostctl import __version__, experiment, sitecli, wrk
 from hostctl.agent import Agent
 from hostctl.audit import AuditLog
 from hostctl.audit import default_path as audit_default_path
@@ -22,8 +22,12 @@ from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.elastic import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
+from hostctl.link import Fleet
+from hostctl.loadgen import check_bounds, load_host
 from hostctl.model import Snapshot
 from hostctl.render import format_scale, format_snapshot
+from hostctl.runs import RunLog
+from hostctl.site import Site
 from hostctl.site import load as load_site
 
 
@@ -51,6 +55,21 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=50, help="events per host (default 50)")
     audit.add_argument("--follow", action="store_true", help="then print new events as they happen")
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    experiment = sub.add_parser("experiment", help="run a load experiment over the site's CVMs (with --site)")
+    experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    overhead = experiments.add_parser(
+        "security-overhead", help="the same wrk load against comparable CVMs of each security type, one after the "
+                                  "other: p50/p90/p99 and the increase over plain, saved as Markdown and CSV")
+    overhead.add_argument("--out", type=Path, default=Path("."), help="folder for the tables (default: here)")
+    overhead.add_argument("--duration", type=int, default=10, metavar="S", help="seconds per run (default 10)")
+    overhead.add_argument("--connections", type=int, default=8, metavar="N", help="wrk connections (default 8)")
+    overhead.add_argument("--threads", type=int, default=2, metavar="N", help="wrk threads (default 2)")
+    overhead.add_argument("--timeout", type=int, default=2, metavar="S", help="wrk request timeout (default 2)")
+    overhead.add_argument("--script", default="home-timeline", metavar="NAME",
+                          help=f"shipped wrk script: {', '.join(wrk.SCRIPTS)} (default home-timeline)")
+    overhead.add_argument("--load-host", metavar="NAME", help="a load generator of the site (default: this machine)")
+    overhead.add_argument("--history", type=Path, help="run history file (default: XDG state dir)")
 
     agent_opts = argparse.ArgumentParser(add_help=False)
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
@@ -105,6 +124,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _demo(args)
     if args.command in ("agent", "serve"):
         return await _agent(args)
+    if args.command == "experiment":
+        if args.site is None:
+            raise HostctlError("experiment runs over a site: pass --site FILE (the demo's is printed by demo up)")
+        return await _experiment(args, load_site(args.site))
     if args.site is not None:
         return await sitecli.run(args, load_site(args.site))
     if args.command == "audit":
@@ -122,6 +145,35 @@ async def _dispatch(args: argparse.Namespace) -> int:
         else:
             event = await host.scale(args.cvm, args.target, expect=args.expect, who=_who(), why=args.why)
             print(format_scale(event))
+    return 0
+
+
+async def _experiment(args: argparse.Namespace, site: Site) -> int:
+    """`experiment security-overhead`: run it over the site's links, print the table and save it."""
+    params = wrk.Params(threads=args.threads, connections=args.connections, duration_s=args.duration,
+                        timeout_s=args.timeout, script=args.script)
+    check_bounds(params, site.load)
+    host = load_host(site, args.load_host)
+    shown = ""
+
+    async def progress(what: str, fraction: float) -> None:
+        nonlocal shown
+        if what != shown:
+            shown = what
+            print(f"[{fraction:4.0%}] {what}", file=sys.stderr, flush=True)
+
+    fleet = Fleet(site)
+    fleet.start()
+    try:
+        await fleet.ready()
+        report = await experiment.security_overhead(
+            site, lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot is not None},
+            params, host=host, progress=progress, history=RunLog(args.history))
+    finally:
+        await fleet.stop()
+    markdown, table = report.save(args.out)
+    print(report.markdown())
+    print(f"saved: {markdown} and {table}")
     return 0
 
 
