@@ -1,4 +1,5 @@
-"""Run wrk against one of a CVM's services from this machine, with a progress bar and the result."""
+"""Run wrk against one of a CVM's services: script, load host, connections and duration within the site's bounds,
+with a progress bar, cancel, and the result (kept next to the service and in the run history)."""
 
 from __future__ import annotations
 
@@ -11,81 +12,138 @@ from textual.screen import ModalScreen
 from textual.validation import Integer
 from textual.widgets import Button, Input, Label, ProgressBar, Select
 
-from hostctl import wrk
+from hostctl import loadgen, wrk
 from hostctl.errors import HostctlError
 from hostctl.model import Service
-
-MAX_CONNECTIONS = 256
-MAX_DURATION = 300
+from hostctl.runs import RunLog
+from hostctl.site import LoadBounds, Site
 
 
 class LoadScreen(ModalScreen[None]):
-    """Pick a service, connections and duration; the result is kept next to the service."""
+    """Pick a service, script, load host, connections and duration; escape or Cancel stops a run."""
 
-    BINDINGS = [("escape", "close", "Close")]
+    BINDINGS = [("escape", "close", "Cancel a run / close")]
+    DEFAULT_CSS = "LoadScreen #result { width: 100%; }"  # long errors wrap instead of being cut
 
-    def __init__(self, host: str, services: list[Service]) -> None:
+    def __init__(self, host: str, services: list[Service], history: RunLog | None = None) -> None:
         super().__init__()
         self.host = host
         self.services = services
+        self.history = history or RunLog()
         self._load_task: asyncio.Task[None] | None = None
 
+    @property
+    def site(self) -> Site | None:
+        fleet = getattr(self.app, "fleet", None)
+        return fleet.site if fleet is not None else None
+
+    @property
+    def bounds(self) -> LoadBounds:
+        return self.site.load if self.site is not None else LoadBounds()
+
     def compose(self) -> ComposeResult:
+        first = self.services[0]
+        script = first.name if first.name in wrk.SCRIPTS else "home-timeline"
+        hosts = loadgen.load_hosts(self.site) if self.site is not None else [loadgen.THIS_MACHINE]
+        bounds = self.bounds
         with Vertical(id="dialog"):
-            yield Label(f"wrk load on {self.host}/{self.services[0].cvm}", id="question")
-            yield Select([(s.name, s.url) for s in self.services], value=self.services[0].url, allow_blank=False,
-                         id="service")
+            yield Label(f"wrk load on {self.host}/{first.cvm}", id="question")
+            yield Select([(s.name, s.url) for s in self.services], value=first.url, allow_blank=False, id="service")
+            with Horizontal(classes="fields"):
+                yield Label("script")
+                yield Select([(s, s) for s in wrk.SCRIPTS], value=script, allow_blank=False, id="script")
+                yield Label("from")
+                yield Select([(h, h) for h in hosts], value=hosts[0], allow_blank=False, id="load-host")
             with Horizontal(classes="fields"):
                 yield Label("connections")
-                yield Input("16", id="connections", validators=[Integer(1, MAX_CONNECTIONS)])
+                yield Input(str(min(16, bounds.max_connections)), id="connections",
+                            validators=[Integer(1, bounds.max_connections)])
                 yield Label("seconds")
-                yield Input("10", id="duration", validators=[Integer(1, MAX_DURATION)])
+                yield Input(str(min(10, bounds.max_duration_s)), id="duration",
+                            validators=[Integer(1, bounds.max_duration_s)])
             yield ProgressBar(total=1, show_eta=False, id="progress")
             yield Label("", id="result")
             with Horizontal(id="buttons"):
                 yield Button("Run", variant="warning", id="run")
+                yield Button("Cancel", variant="error", id="cancel", disabled=True)
                 yield Button("Close", variant="primary", id="close")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "close":
-            self.action_close()
+            self.cancel_run()
+            self.dismiss()
+        elif event.button.id == "cancel":
+            self.cancel_run()
         elif self._load_task is None:
             self.start()
 
     def action_close(self) -> None:
+        """Escape: stop a running wrk, else close the dialog."""
+        if self._load_task is not None:
+            self.cancel_run()
+        else:
+            self.dismiss()
+
+    def cancel_run(self) -> None:
         if self._load_task is not None:
             self._load_task.cancel()
-        self.dismiss()
 
     def start(self) -> None:
+        bounds = self.bounds
         inputs = [self.query_one("#connections", Input), self.query_one("#duration", Input)]
-        invalid = [i for i in inputs if not i.is_valid]
-        if invalid:
+        if any(not i.is_valid for i in inputs):
             self.query_one("#result", Label).update(
-                f"connections must be 1..{MAX_CONNECTIONS} and seconds 1..{MAX_DURATION}")
+                f"connections must be 1..{bounds.max_connections} and seconds 1..{bounds.max_duration_s} "
+                "(the site's [load] bounds)")
             return
         url = self.query_one("#service", Select).value
         service = next(s for s in self.services if s.url == url)
-        self.run_load(service, int(inputs[0].value), int(inputs[1].value))
+        connections = int(inputs[0].value)
+        params = wrk.Params(threads=max(1, min(2, connections, bounds.max_threads)), connections=connections,
+                            duration_s=int(inputs[1].value), script=str(self.query_one("#script", Select).value))
+        self.run_load(service, params, str(self.query_one("#load-host", Select).value))
 
     @work(exclusive=True)
-    async def run_load(self, service: Service, connections: int, duration: int) -> None:
+    async def run_load(self, service: Service, params: wrk.Params, load_host: str) -> None:
         self._load_task = asyncio.current_task()
         bar = self.query_one("#progress", ProgressBar)
         result_label = self.query_one("#result", Label)
-        bar.update(total=duration, progress=0)
-        result_label.update(f"running wrk -c{connections} -d{duration}s on {service.name}...")
-        ticker = self.set_interval(1.0, lambda: bar.advance(1))
+        cancel = self.query_one("#cancel", Button)
+        bar.update(total=params.duration_s, progress=0)
+        result_label.update(f"running {params.describe()} from {load_host}...")
+        cancel.disabled = False
+
+        async def progress(elapsed: float, total: float) -> None:
+            bar.update(total=total, progress=elapsed)
+
         try:
-            result = await wrk.run(service.url, threads=min(4, connections), connections=connections,
-                                   duration_s=duration)
+            site = self.site
+            if site is None:
+                raise HostctlError("no site is open: nothing to aim load at")
+            targets = loadgen.Targets(site, self._reported())
+            record = await loadgen.run_load(site, targets, service.url, params,
+                                            host=loadgen.load_host(site, load_host), progress=progress,
+                                            history=self.history, why="console")
         except HostctlError as e:
             result_label.update(f"[red]{e}[/red]")
             return
+        except asyncio.CancelledError:
+            if self.is_attached:
+                result_label.update("cancelled: wrk was stopped, nothing recorded")
+                bar.update(progress=0)
+            raise
         finally:
-            ticker.stop()
             self._load_task = None
-        bar.update(progress=duration)
-        result_label.update(f"p50 {result.p(50):.1f} ms  p99 {result.p(99):.1f} ms  {result.rps:.0f} req/s  "
-                            f"{result.errors} errors")
+            if self.is_attached:
+                cancel.disabled = True
+        result = record.result
+        bar.update(progress=params.duration_s)
+        result_label.update(f"p50 {result.p(50):.1f} ms  p90 {result.p(90):.1f} ms  p99 {result.p(99):.1f} ms  "
+                            f"{result.rps:.0f} req/s  {result.errors} errors")
         self.app.record_load(self.host, service, result)  # type: ignore[attr-defined]
+
+    def _reported(self) -> dict[str, list[Service]]:
+        """The services each host's agent reports (the inventory of a host whose site entry lists none)."""
+        fleet = getattr(self.app, "fleet", None)
+        links = fleet.links.values() if fleet is not None else []
+        return {link.name: link.snapshot.services for link in links if link.snapshot is not None}
