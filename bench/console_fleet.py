@@ -51,6 +51,7 @@ import psutil  # noqa: E402
 import textual  # noqa: E402
 from textual.screen import Screen  # noqa: E402
 
+import dittotui.app as app_module  # noqa: E402
 from dittotui.app import DittoApp  # noqa: E402
 from dittotui.session import DemoSession  # noqa: E402
 from dittotui.tables import CVMTable  # noqa: E402
@@ -85,6 +86,7 @@ class Probes:
         self.render_ms: list[float] = []
         self.notify_ms: list[float] = []
         self.age_ms: list[float] = []  # now - the update's ts, when it is applied
+        self.rows_age_ms: list[float] = []  # now - a host's data ts, when the console rebuilds its rows
         self.notify_cvms = 0
         self.profile_ticks = 0
         self.gc_ms: dict[int, list[float]] = {0: [], 1: [], 2: []}  # pause per collection, by generation
@@ -98,6 +100,7 @@ class Probes:
     def reset(self, start: float, end: float) -> None:
         self.start, self.end = start, end
         self.ticks, self.render_ms, self.notify_ms, self.age_ms, self.fresh = [], [], [], [], []
+        self.rows_age_ms = []
         self.notify_cvms = 0
         self.gc_ms = {0: [], 1: [], 2: []}
 
@@ -148,6 +151,13 @@ class Probes:
             elif probes.start <= probes._gc_start < probes.end:
                 probes.gc_ms[info["generation"]].append((t - probes._gc_start) * 1000)
 
+        def timed_cvm_rows(link: HostLink, **kw: Any) -> Any:
+            if link.snapshot is not None and probes.recording(time.perf_counter()):
+                probes.rows_age_ms.append((time.time() - link.snapshot.ts) * 1000)
+            return original_cvm_rows(link, **kw)
+
+        original_cvm_rows = app_module.cvm_rows
+        app_module.cvm_rows = timed_cvm_rows  # type: ignore[assignment]
         gc.callbacks.append(gc_pause)
         Screen._on_timer_update = timed_render  # type: ignore[method-assign]
         HostLink._on_notification = timed_notification  # type: ignore[method-assign]
@@ -313,6 +323,7 @@ async def fleet_part(args: argparse.Namespace, probes: Probes, window: float, pr
             res["rss_now"] = psutil.Process().memory_info().rss / 2**20
             res["ticks"], res["render_ms"], res["notify_ms"] = probes.ticks, probes.render_ms, probes.notify_ms
             res["age_ms"], res["notify_cvms"], res["fresh"] = probes.age_ms, probes.notify_cvms, probes.fresh
+            res["rows_age_ms"] = probes.rows_age_ms
             res["gc_ms"] = probes.gc_ms
             res["lag"] = [ms for t, ms in lag if w0 <= t < w1]
             res["backlog_mib"] = sum(len(getattr(getattr(link._client, "_reader", None), "_buffer", b""))
@@ -499,6 +510,7 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
         row("screen update (layout + render, headless)", r["render_ms"]),
         row("applying one host's update (`_on_notification`)", r["notify_ms"], digits=2),
         row("age of an update when applied (now − agent `ts`)", r["age_ms"], digits=0),
+        row("age of a host's data when its rows are rebuilt (now − agent `ts`)", r["rows_age_ms"], digits=0),
         row("event-loop lag (10 ms sleep overshoot)", r["lag"]),
         "",
         f"- Per second: {len(every) / w:.2f} ticks ({len(dirty) / w:.2f} dirty; the app asks for 4), "
