@@ -82,6 +82,8 @@ class Params:
     def __post_init__(self) -> None:
         for name in ("threads", "connections", "duration_s", "timeout_s"):
             value = getattr(self, name)
+            if type(value) is float and value.is_integer():  # 5.0 seconds is 5 seconds
+                object.__setattr__(self, name, value := int(value))
             if type(value) is not int or value < 1:
                 raise HostctlError(f"wrk {name} = {value!r} must be a whole number >= 1")
         if self.connections < self.threads:

@@ -55,6 +55,10 @@ def test_corpus_garbage_is_a_clear_error(name: str) -> None:
 # --- parameters and scripts ----------------------------------------------------------------------------
 
 
+def test_whole_float_seconds_are_whole_seconds() -> None:
+    assert wrk.Params(duration_s=5.0).args("s.lua", "http://x/")[2] == "-d5s"
+
+
 def test_args_are_a_list_without_a_shell() -> None:
     params = wrk.Params(threads=2, connections=16, duration_s=3, timeout_s=1, script="mixed")
     assert params.args("/tmp/s.lua", "http://127.0.0.1:1/x") == [
@@ -197,7 +201,7 @@ async def test_wrk_killed_mid_run_is_a_clear_error(service: CVMService) -> None:
 
 async def test_missing_wrk_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(HostctlError, match=r"wrk is not installed on this machine \(wrk not found; apt-get install wrk\)"):
+    with pytest.raises(HostctlError, match=r"not installed on this machine \(wrk not found; apt-get install wrk\)"):
         await wrk.run("http://127.0.0.1:1/", duration_s=1)
 
 
