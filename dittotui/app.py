@@ -25,12 +25,13 @@ from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
+from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
 from hostctl import rpc
 from hostctl.errors import HostctlError
 from hostctl.link import Fleet, HostLink, LinkState
-from hostctl.model import Event, Service
+from hostctl.model import Elastic, Event, Service
 from hostctl.render import format_event
 from hostctl.site import Site
 from hostctl.wrk import WrkResult
@@ -303,18 +304,66 @@ class DittoApp(App[None]):
         self.push_screen(LoadScreen(link.name, services))
 
     def action_toggle_policy(self) -> None:
-        self._policy_unavailable()
+        """Switch the elastic policy of the selected (or marked) CVMs on, or off when all of them run it."""
+        refs = self._policy_targets()
+        if not refs:
+            return
+        states = [self._elastic_of(ref) for ref in refs]
+        enabled = not all(e is not None and e.enabled for e in states)
+        verb = "Switch the elastic policy on" if enabled else "Switch the elastic policy off"
+        self._confirm_bulk(refs, verb, lambda: self.set_policy(refs, enabled=enabled))
 
     def action_pick_policy(self) -> None:
-        self._policy_unavailable()
+        """Choose which policy the selected (or marked) CVMs run, from what their agent offers."""
+        refs = self._policy_targets()
+        if refs:
+            self.pick_policy(refs)
 
-    def _policy_unavailable(self) -> None:
-        refs = self.selected()[:1]
-        link = self.link_of(refs[0]) if refs else None
-        if link is None:
+    def _policy_targets(self) -> list[CVMRef]:
+        """The selected CVMs whose agents run policies; says why when there are none."""
+        if self.readonly:
+            self.notify("read-only session: nothing changed", severity="warning")
+            return []
+        refs = self.selected()
+        offered = [ref for ref in refs if (link := self.link_of(ref)) and "policy" in link.hello.get("methods", [])]
+        if refs and not offered:
+            link = self.link_of(refs[0])
+            agent = link.hello.get("agent", "?") if link else "?"
+            self.notify(f"{refs[0].host}: its agent (hostctl {agent}) offers no elastic policies", severity="warning")
+        return offered
+
+    def _elastic_of(self, ref: CVMRef) -> Elastic | None:
+        link = self.link_of(ref)
+        cvm = next((c for c in link.snapshot.cvms if c.name == ref.cvm), None) if link and link.snapshot else None
+        return cvm.elastic if cvm else None
+
+    @work(group="policy")
+    async def pick_policy(self, refs: list[CVMRef]) -> None:
+        link = self.link_of(refs[0])
+        assert link is not None
+        try:
+            policies = await link.call("policies")
+        except (HostctlError, rpc.RpcError) as e:
+            self.log_line(f"{link.name}: cannot list policies: {e}", style="red")
             return
-        version = link.hello.get("agent", "?")
-        self.notify(f"{link.name}: its agent (hostctl {version}) offers no elastic policies", severity="warning")
+        current = self._elastic_of(refs[0])
+        what = refs[0].key if len(refs) == 1 else f"{len(refs)} marked CVMs"
+        name = await self.push_screen_wait(PolicyScreen(what, policies, current.policy if current else None))
+        if name is not None:
+            self.set_policy(refs, name=name)
+
+    @work(group="policy")
+    async def set_policy(self, refs: list[CVMRef], *, enabled: bool | None = None, name: str | None = None) -> None:
+        """Ask each CVM's agent to change its policy; the agent audits it, and the result arrives as an event."""
+        for ref in refs:
+            link = self.link_of(ref)
+            if link is None:
+                continue
+            params = {k: v for k, v in (("enabled", enabled), ("name", name)) if v is not None}
+            try:
+                await link.call("policy", cvm=ref.cvm, who=link.who, **params)
+            except (HostctlError, rpc.RpcError) as e:
+                self.log_line(f"{ref.key}: policy not changed: {e}", style="red")
 
     @on(LiveTable.RowSelected, "#cvms")
     def open_detail(self, event: LiveTable.RowSelected) -> None:

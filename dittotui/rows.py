@@ -61,20 +61,21 @@ def matches(text: str, *fields: str) -> bool:
 
 
 def cvm_rows(link: HostLink, *, filter_text: str = "", marks: set[str] = frozenset()) -> dict[str, Row]:
-    """One host's CVMs: mark, (CVM, stale), (host, stale), (active, max workers), CPU %, security, state, boot,
-    policy flags, elastic policy."""
+    """One host's CVMs: mark, (CVM, stale), (host, stale), (active, max workers), CPU %, (elastic policy, on, alert),
+    security, state, boot, (last decision, reason, alert), launch policy flags."""
     rows: dict[str, Row] = {}
     if link.snapshot is None:
         return rows
     stale = link.state is not LinkState.FRESH
-    elastic = "off" if "policy" in link.hello.get("methods", []) else "-"
     for cvm in link.snapshot.cvms:
         key = f"{link.name}/{cvm.name}"
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
+        e = cvm.elastic
         rows[key] = (key in marks, (cvm.name, stale), (link.name, stale), (cvm.workers_active, cvm.workers_max),
-                     cvm.cpu_percent, cvm.security.value, cvm.state.value, cvm.boot_vcpus,
-                     policy_text(cvm.security, cvm.policy), elastic)
+                     cvm.cpu_percent, None if e is None else (e.policy, e.enabled, e.alert), cvm.security.value,
+                     cvm.state.value, cvm.boot_vcpus, None if e is None else (e.decision, e.reason, e.alert),
+                     policy_text(cvm.security, cvm.policy))
     return rows
 
 

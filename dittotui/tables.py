@@ -416,6 +416,25 @@ def sparkline(value: tuple[tuple[float, ...], float] | tuple[()]) -> Text:
     return Text("".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in values), style="cyan")
 
 
+def elastic(value: tuple[str, bool, bool] | None) -> Text | str:
+    """`● threshold` when the policy runs, `○ threshold` when it is off; yellow when it holds for want of data."""
+    if value is None:
+        return "-"
+    policy, enabled, alert = value
+    if not enabled:
+        return Text(f"○ {policy}", style="dim")
+    return Text(f"● {policy}", style="bold yellow" if alert else "bold green")
+
+
+def decision(value: tuple[str, str, bool] | None) -> Text | str:
+    """The policy's last decision and its reason."""
+    if value is None or not value[0]:
+        return "-"
+    label, reason, alert = value
+    style = "bold yellow" if alert else "green" if label.startswith("up") else "cyan" if label.startswith("down") else ""
+    return Text.assemble((label, style), f" {reason}" if reason else "")
+
+
 def errors(value: int | None) -> Text | str:
     return "-" if value is None else Text(str(value), style="red" if value else "")
 
@@ -439,9 +458,9 @@ class HostsTable(LiveTable):
 
 class CVMTable(LiveTable):
     COLUMNS = [("mark", " ", 1, mark), ("cvm", "CVM", 14, name), ("host", "Host", 10, host_name),
-               ("workers", "Workers", 13, workers), ("cpu", "CPU%", 5, number), ("security", "Security", 8, security),
-               ("state", "State", 7, run_state), ("boot", "Boot", 4, plain), ("policy", "Policy", 20, plain),
-               ("elastic", "Elastic", 7, plain)]
+               ("workers", "Workers", 13, workers), ("cpu", "CPU%", 5, number), ("elastic", "Elastic", 15, elastic),
+               ("security", "Security", 8, security), ("state", "State", 7, run_state), ("boot", "Boot", 4, plain),
+               ("decision", "Last decision", 36, decision), ("policy", "Launch policy", 20, plain)]
 
 
 class ServicesTable(LiveTable):

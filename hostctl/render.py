@@ -41,6 +41,7 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
     if as_json:
         return event.to_json()
     when = datetime.fromtimestamp(event.ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    outcome = "ok" if event.ok else "REFUSED"
-    return (f"{when} {event.host}/{event.cvm} {event.action} {event.before}->{event.after} {outcome} "
+    outcome = "ok" if event.ok else "ALERT" if event.action == "alert" else "REFUSED"
+    change = f" {event.before}->{event.after}" if event.before is not None or event.after is not None else ""
+    return (f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} "
             f"by {event.who}" + (f": {event.why}" if event.why else ""))

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from textual.widgets import OptionList
 
 from agents import AgentProcess
 from dittotui.app import DittoApp
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
+from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable, HostsTable
 from hostctl import rpc
@@ -87,6 +89,37 @@ async def test_plus_wakes_a_worker_on_the_host(agents: dict[str, AgentProcess]) 
         assert "mec-b/snp scale 2->3 ok" in log and "mec-b/snp scale 3->2 ok" in log
 
 
+async def policy_of(agent: AgentProcess, cvm: str = "snp") -> dict[str, object]:
+    """The CVM's elastic policy as its agent reports it."""
+    return await rpc.call_unix(str(agent.socket), "policy", cvm=cvm)
+
+
+async def test_p_picks_and_a_toggles_the_policy_on_the_host(agents: dict[str, AgentProcess]) -> None:
+    app = make_app(agents)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, "mec-b/snp")
+        assert (await policy_of(agents["mec-b"]))["enabled"] is False
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, PolicyScreen))
+        options = app.screen.query_one(OptionList)
+        options.highlighted = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == "slo")
+        await pilot.press("enter")
+        await until(pilot, lambda: "slo" in cell(app, CVMTable, "mec-b/snp", "elastic"))
+        state = await policy_of(agents["mec-b"])
+        assert state["policy"] == "slo" and state["enabled"] is False  # picking does not switch it on
+        await pilot.press("a")
+        await until(pilot, lambda: cell(app, CVMTable, "mec-b/snp", "elastic").startswith("●"))
+        state = await policy_of(agents["mec-b"])
+        assert state["enabled"] is True and state["policy"] == "slo"
+        assert (await policy_of(agents["mec-a"]))["enabled"] is False
+        await pilot.press("a")
+        await until(pilot, lambda: cell(app, CVMTable, "mec-b/snp", "elastic").startswith("○"))
+        assert (await policy_of(agents["mec-b"]))["enabled"] is False
+        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        assert "mec-b/snp policy ok" in log and "(slo on)" in log and "(slo off)" in log
+
+
 async def test_a_refusal_is_shown_in_the_log(agents: dict[str, AgentProcess]) -> None:
     app = make_app(agents)
     async with app.run_test(size=(120, 36)) as pilot:
@@ -107,6 +140,11 @@ async def test_readonly_console_changes_nothing(agents: dict[str, AgentProcess])
         await pilot.pause(0.5)
         assert await online_vcpus(agents["mec-a"]) == 2 and await online_vcpus(agents["mec-b"]) == 2
         assert any("read-only session: scale refused" in str(line.text) for line in app.query_one("#events").lines)
+        await pilot.press("a")
+        await pilot.press("p")
+        await pilot.pause(0.5)
+        assert not isinstance(app.screen, PolicyScreen)
+        assert (await policy_of(agents["mec-a"]))["enabled"] is False
 
 
 async def test_a_killed_agent_turns_stale_and_keys_still_work(agents: dict[str, AgentProcess]) -> None:

@@ -19,7 +19,7 @@ compare-and-set: a retry never applies twice.
 | `+` / `-` | wake / park one worker on the selected (or marked) CVMs |
 | `space` | mark or unmark the selected CVM; actions then apply to all marked, after a confirm |
 | `w` | run wrk load against the selected CVM's service |
-| `a` / `p` | toggle / pick the elastic policy of the selected CVM |
+| `a` / `p` | switch the elastic policy of the selected (or marked) CVMs on or off / pick which one |
 | `enter` | CVM detail: worker and CPU history |
 | `/` | filter CVMs and services (every word must match); `escape` clears |
 | `s` | sort the focused table by the next column; click a header to sort by it |
@@ -31,6 +31,10 @@ compare-and-set: a retry never applies twice.
 **Hosts**: `live` when data arrives on time; `stale` with the age of the last data when a host stops
 answering (its CVMs dim); `connecting` with the reason when it was never reached.
 **vCPUs used/cap**: online vCPUs of running CVMs against the host's CPUs.
+**Elastic**: the CVM's policy, run by its host's agent (so it keeps working with no console attached):
+`●` on, `○` off, yellow when it holds for want of fresh data or host capacity. **Last decision**: what the
+policy last did and why; every decision is also in the audit log. A manual `+`/`-` pauses the policy for
+that CVM for a grace time: the operator wins.
 """
 
 
