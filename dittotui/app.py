@@ -6,6 +6,7 @@ that coalesces whatever arrived since the last one and touches only cells that c
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from hostctl.errors import HostctlError
 from hostctl.link import Fleet, HostLink, LinkState
 from hostctl.model import Elastic, Event, Service
 from hostctl.render import format_event
+from hostctl.runs import RunLog, RunRecord
 from hostctl.site import Site
 from hostctl.wrk import WrkResult
 
@@ -59,7 +61,7 @@ class DittoApp(App[None]):
     ]
 
     def __init__(self, *, site: Site | None = None, demo: DemoSession | None = None, readonly: bool = False,
-                 refresh: float = 0.25) -> None:
+                 refresh: float = 0.25, runs: RunLog | None = None) -> None:
         super().__init__()
         self.site = site
         self.demo = demo
@@ -69,7 +71,9 @@ class DittoApp(App[None]):
         self.history = History()
         self.marks: set[str] = set()
         self.filter_text = ""
-        self.load_results: dict[str, WrkResult] = {}
+        self.load_results: dict[str, WrkResult] = {}  # per service: the last wrk result
+        self.runs = runs or RunLog()
+        self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
         self._dirty = True
         self._states: dict[str, LinkState] = {}
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
@@ -132,6 +136,21 @@ class DittoApp(App[None]):
             link.on_update(self._mark_dirty)
             link.on_event(self._on_audit)
         self.fleet.start()
+        self.load_runs()
+
+    @work(exclusive=True, group="runs")
+    async def load_runs(self) -> None:
+        """Read the wrk run history (kept across restarts): each service shows its last result."""
+        history = await asyncio.to_thread(self.runs.read)
+        for problem in history.problems[:5]:
+            self.log_line(f"run history: {problem}", style="yellow")
+        runs: dict[str, list[RunRecord]] = {}
+        for record in history.records:
+            runs.setdefault(record.key, []).append(record)
+        self.run_history = runs
+        self.load_results = {key: records[-1].result for key, records in runs.items()}
+        self._results_version += 1
+        self._dirty = True
 
     def _mark_dirty(self, _link: HostLink) -> None:
         self._dirty = True
@@ -214,7 +233,7 @@ class DittoApp(App[None]):
         self.history.record(link.name, snap.cvms)
         for s in snap.services:
             if (live := s.latency.get("10s")) is not None and live.count:
-                self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99)
+                self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99, snap.ts)
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:
@@ -225,6 +244,7 @@ class DittoApp(App[None]):
         """Keep a wrk result next to its service."""
         self.load_results[f"{host}/{service.cvm}/{service.name}"] = result
         self._results_version += 1
+        self.load_runs()
         self.log_line(f"wrk {host}/{service.cvm}/{service.name}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
                       f"{result.rps:.0f} req/s, {result.errors} errors")
         self._dirty = True
@@ -301,7 +321,7 @@ class DittoApp(App[None]):
         if not services:
             self.notify(f"{refs[0].key} lists no services", severity="warning")
             return
-        self.push_screen(LoadScreen(link.name, services))
+        self.push_screen(LoadScreen(link.name, services, history=self.runs))
 
     def action_toggle_policy(self) -> None:
         """Switch the elastic policy of the selected (or marked) CVMs on, or off when all of them run it."""
@@ -370,7 +390,7 @@ class DittoApp(App[None]):
         ref = CVMRef.parse(event.key)
         link = self.link_of(ref)
         if link is not None:
-            self.push_screen(DetailScreen(ref, link, self.history))
+            self.push_screen(DetailScreen(ref, link, self.history, self.run_history))
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

@@ -24,7 +24,8 @@ class History:
 
     def __init__(self) -> None:
         self.hosts: dict[str, dict[str, Series]] = {}  # host -> CVM name -> its samples
-        self.p99: dict[str, deque[float]] = {}
+        self.p99: dict[str, deque[float]] = {}  # host/cvm/service -> probed p99 (ms)
+        self.p99_at: dict[str, deque[float]] = {}  # ... and when each was taken (Unix time)
 
     def record(self, host: str, cvms: Iterable[CVM]) -> None:
         """One sample of each of a host's CVMs."""
@@ -36,9 +37,10 @@ class History:
             s.workers.append(cvm.workers_active)
             s.cpu.append(round(cvm.cpu_percent))
 
-    def record_p99(self, key: str, p99: float) -> None:
-        """A service's probed p99, keyed `host/cvm/service`."""
+    def record_p99(self, key: str, p99: float, ts: float) -> None:
+        """A service's probed p99 at `ts`, keyed `host/cvm/service`."""
         self.p99.setdefault(key, deque(maxlen=SAMPLES)).append(p99)
+        self.p99_at.setdefault(key, deque(maxlen=SAMPLES)).append(ts)
 
     def of(self, key: str) -> Series:
         """The samples of CVM `host/cvm` (empty when it was never seen)."""

@@ -30,6 +30,12 @@ def make_node(tmp_path: Path, driver: str = "emulated", name: str = "edge-1") ->
     return path
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit logs, policy state and run history of every test (and of the agents it starts) stay in its tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 @pytest.fixture
 async def host(tmp_path: Path):
     """An open LibvirtHost over a generated node whose CVMs use the emulated driver."""

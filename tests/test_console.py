@@ -249,3 +249,12 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
         await until(pilot, lambda: cell(app, ServicesTable, key, "wrk").endswith("ms"))
         assert app.load_results[key].requests > 0 and app.load_results[key].errors == 0
         assert cell(app, ServicesTable, "mec-b/snp/home-timeline", "wrk") == "-"
+
+    restarted = make_app(agents)  # the run history survives a restart of the console
+    async with restarted.run_test(size=(140, 40)) as pilot:
+        await ready(pilot, restarted)
+        await until(pilot, lambda: cell(restarted, ServicesTable, key, "wrk").endswith("ms"))
+        await select(pilot, restarted, "mec-a/snp")
+        await pilot.press("enter")
+        marks = restarted.screen.query_one("#runs-home-timeline")
+        await until(pilot, lambda: "wrk " in str(marks.render()) and "(1 run in the history)" in str(marks.render()))

@@ -1,8 +1,12 @@
-"""One CVM in detail: what it is, and its worker, CPU and latency history."""
+"""One CVM in detail: what it is, its elastic policy, and its worker, CPU and latency history with wrk runs marked."""
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime
+
+from rich.markup import escape
+from rich.text import Text
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -13,6 +17,7 @@ from dittotui.history import History
 from dittotui.rows import CVMRef
 from hostctl.link import HostLink
 from hostctl.model import CVM
+from hostctl.runs import RunRecord
 
 
 class DetailScreen(Screen[None]):
@@ -21,11 +26,12 @@ class DetailScreen(Screen[None]):
     BINDINGS = [("escape,enter", "app.pop_screen", "Back"), ("plus", "scale(1)", "Wake worker"),
                 ("minus", "scale(-1)", "Park worker")]
 
-    def __init__(self, ref: CVMRef, link: HostLink, history: History) -> None:
+    def __init__(self, ref: CVMRef, link: HostLink, history: History, runs: dict[str, list[RunRecord]]) -> None:
         super().__init__()
         self.ref = ref
         self.link = link
         self.history = history
+        self.runs = runs  # host/cvm/service -> its wrk runs, oldest first
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -38,6 +44,7 @@ class DetailScreen(Screen[None]):
             for service in self.services():
                 yield Label(f"p99 ms of {service}, probed (last 10 min)", classes="plot-title")
                 yield Sparkline([], id=f"p99-{service}", classes="latency-plot")
+                yield Static("", id=f"runs-{service}", classes="run-marks")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -64,19 +71,45 @@ class DetailScreen(Screen[None]):
             when = datetime.fromtimestamp(cvm.scaled_at).strftime("%H:%M:%S")
             scaled = f"\nlast scaled {when} by {cvm.scaled_by}"
         flags = ", ".join(cvm.policy_flags) or "-"
+        e = cvm.elastic
+        elastic = "no elastic policy on this host" if e is None else (
+            f"elastic policy [b]{e.policy}[/b] {'on' if e.enabled else 'off'}"
+            + (f"   last decision {escape(e.decision)}: {escape(e.reason)}" if e.decision else ""))
         facts.update(
             f"[b]{cvm.name}[/b]  on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
             f"security [b]{cvm.security.value}[/b]  policy {cvm.policy:#x} ({flags})\n"
             f"vCPUs: boot {cvm.boot_vcpus}, online {cvm.online_vcpus}, max {cvm.max_vcpus}   "
             f"workers [b]{cvm.workers_active}/{cvm.workers_max}[/b] via driver '{cvm.driver}'   "
-            f"CPU {cvm.cpu_percent:.1f}%{scaled}"
+            f"CPU {cvm.cpu_percent:.1f}%{scaled}\n{elastic}"
         )
         series = self.history.of(self.ref.key)
         self.query_one("#workers-plot", Sparkline).data = list(series.workers)
         self.query_one("#cpu-plot", Sparkline).data = list(series.cpu)
         for plot in self.query(".latency-plot").results(Sparkline):
             service = (plot.id or "").removeprefix("p99-")
-            plot.data = list(self.history.p99.get(f"{self.ref.key}/{service}", ()))
+            key = f"{self.ref.key}/{service}"
+            plot.data = list(self.history.p99.get(key, ()))
+            marks = self.query_one(f"#runs-{service}", Static)
+            marks.update(run_marks(list(self.history.p99_at.get(key, ())), self.runs.get(key, []), plot.size.width))
 
     def action_scale(self, step: int) -> None:
         self.app.scale_cvms([self.ref], step)  # type: ignore[attr-defined]
+
+
+def run_marks(sampled_at: list[float], runs: list[RunRecord], width: int) -> Text:
+    """A line under a p99 plot: `▲` where a wrk run started, then the last run's figures."""
+    line = [" "] * width
+    if sampled_at and width:
+        for run in runs:
+            if sampled_at[0] <= run.started <= sampled_at[-1]:
+                index = bisect.bisect_left(sampled_at, run.started)
+                line[min(width - 1, index * width // len(sampled_at))] = "▲"
+    text = Text("".join(line), style="bold yellow")
+    if runs:
+        last = runs[-1]
+        when = datetime.fromtimestamp(last.started).strftime("%H:%M:%S")
+        text.append(f"\nwrk {when} from {last.load_host}: {last.script or 'default'} -c{last.connections} "
+                    f"{last.duration_s}s → p50 {last.result.p(50):.1f} ms, p99 {last.result.p(99):.1f} ms, "
+                    f"{last.result.rps:.0f} req/s, {last.result.errors} errors "
+                    f"({len(runs)} run{'' if len(runs) == 1 else 's'} in the history)", style="")
+    return text
