@@ -24,6 +24,7 @@ from dittotui.history import History
 from dittotui.rows import CVMRef, Row, cvm_rows, host_row, service_rows
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
+from dittotui.screens.experiment import ExperimentScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
@@ -323,6 +324,17 @@ class DittoApp(App[None]):
             return
         self.push_screen(LoadScreen(link.name, services, history=self.runs))
 
+    def action_experiment(self) -> None:
+        if self.readonly:
+            self.notify("read-only session: no load runs", severity="warning")
+            return
+        if self.fleet is None:
+            self.notify("no site is open yet", severity="warning")
+            return
+        links = self.fleet.links
+        self.push_screen(ExperimentScreen(self.fleet.site, lambda: {name: link.snapshot for name, link in links.items()
+                                                                    if link.snapshot is not None}, self.runs))
+
     def action_toggle_policy(self) -> None:
         """Switch the elastic policy of the selected (or marked) CVMs on, or off when all of them run it."""
         refs = self._policy_targets()
@@ -441,6 +453,9 @@ class DittoApp(App[None]):
         yield SystemCommand("Mark CVM", "Mark or unmark the selected CVM", self.action_mark)
         yield SystemCommand("Clear marks", "Unmark every CVM", self._clear_marks)
         yield SystemCommand("Run wrk load", "Load one of the selected CVM's services", self.action_load)
+        yield SystemCommand("Security-overhead experiment",
+                            "The same wrk load on one CVM of each security type: p50/p90/p99 and % over plain",
+                            self.action_experiment)
         yield SystemCommand("Toggle elastic policy", "On/off for the selected CVM", self.action_toggle_policy)
         yield SystemCommand("Pick elastic policy", "Choose the selected CVM's policy", self.action_pick_policy)
         yield SystemCommand("Filter", "Show only matching CVMs and services", self.action_filter)

@@ -258,3 +258,25 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
         await pilot.press("enter")
         marks = restarted.screen.query_one("#runs-home-timeline")
         await until(pilot, lambda: "wrk " in str(marks.render()) and "(1 run in the history)" in str(marks.render()))
+
+
+async def test_the_security_overhead_experiment_runs_from_the_console(agents: dict[str, AgentProcess]) -> None:
+    from dittotui.screens.experiment import ExperimentScreen
+    from hostctl.wrk import Params
+
+    app = make_app(agents)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await ready(pilot, app)
+        app.action_experiment()
+        await until(pilot, lambda: isinstance(app.screen, ExperimentScreen))
+        screen = app.screen
+        screen.params = Params(threads=1, connections=4, duration_s=1, script="home-timeline")
+        await pilot.pause()
+        await pilot.click("#run")
+        await until(pilot, lambda: "saved:" in str(screen.query_one("#step").render()), timeout=30)
+        saved = sorted((app.runs.path.parent / "experiments").glob("security-overhead-*"))
+        assert [p.suffix for p in saved] == [".csv", ".md"]
+        table = saved[1].read_text()  # these agents serve HTTP on their SNP CVM only: the others are left out, and why
+        assert "| SEV-SNP |" in table and "plain left out: no running CVM of this type serves" in table
+        [record] = [r for r in app.runs.read().records if r.why.startswith("experiment")]
+        assert record.labels == {"security": "sev-snp"} and record.result.requests > 0

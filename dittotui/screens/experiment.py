@@ -1,0 +1,80 @@
+"""The security-overhead experiment from the console: the same wrk load against one CVM of each security type."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Markdown, ProgressBar
+
+from hostctl import experiment, wrk
+from hostctl.errors import HostctlError
+from hostctl.loadgen import check_bounds
+from hostctl.model import Snapshot
+from hostctl.runs import RunLog
+from hostctl.site import Site
+
+PARAMS = wrk.Params(threads=2, connections=8, duration_s=10, script="home-timeline")  # as `hostctl experiment`
+
+
+class ExperimentScreen(ModalScreen[None]):
+    """Run, show progress, then the table the study reports; saved as Markdown and CSV next to the run history."""
+
+    BINDINGS = [("escape", "close", "Close")]
+
+    def __init__(self, site: Site, snapshots: Callable[[], Mapping[str, Snapshot]], runs: RunLog) -> None:
+        super().__init__()
+        self.site = site
+        self.snapshots = snapshots
+        self.runs = runs
+        self.folder = runs.path.parent / "experiments"
+        self.params = PARAMS
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Label(f"Security overhead: {self.params.describe()} from this machine against one CVM of each "
+                        f"security type with the same online vCPUs, one after the other "
+                        f"(about {4 * self.params.duration_s} s).", id="question")
+            yield ProgressBar(total=1.0, show_eta=False, id="progress")
+            yield Label("", id="step")
+            yield Markdown("", id="report")
+            with Horizontal(id="buttons"):
+                yield Button("Run", variant="warning", id="run")
+                yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "close":
+            self.action_close()
+        else:
+            event.button.disabled = True
+            self.run_experiment()
+
+    def action_close(self) -> None:
+        self.workers.cancel_all()  # a run in progress stops its wrk; nothing half-done is recorded
+        self.dismiss()
+
+    @work(exclusive=True)
+    async def run_experiment(self) -> None:
+        bar, step = self.query_one("#progress", ProgressBar), self.query_one("#step", Label)
+
+        async def progress(what: str, fraction: float) -> None:
+            bar.update(progress=fraction)
+            step.update(what)
+
+        try:
+            check_bounds(self.params, self.site.load)
+            report = await experiment.security_overhead(self.site, self.snapshots, self.params, progress=progress,
+                                                        history=self.runs)
+            markdown, table = await asyncio.to_thread(report.save, self.folder)
+        except HostctlError as e:
+            step.update(f"[red]{e}[/red]")
+            self.query_one("#run", Button).disabled = False
+            return
+        await self.query_one("#report", Markdown).update(report.markdown())
+        step.update(f"saved: {markdown} and {table.name}")
+        self.app.log_line(f"security-overhead experiment saved: {markdown}")  # type: ignore[attr-defined]
