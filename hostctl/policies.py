@@ -8,9 +8,10 @@ below means per online vCPU.
   enough workers to bring it back to `target`, below `low` park down towards it.
 - `slo`: p99 of the CVM's probed request latency over `window_s`; above `target_ms` add workers in proportion
   to the excess, below `down_below` x target for `down_after_s` park one.
-- `concurrency` (Knative-like): mean requests in flight or queued over a stable window, divided by the target
-  per worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio`
-  times the current count.
+- `concurrency` (Knative-like): mean requests in flight or queued over a stable window, plus `burst` spare
+  requests while the CVM serves traffic (like Knative's target burst capacity), divided by the target per
+  worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio` times the
+  current count. An idle CVM (under `IDLE` requests in flight) keeps no spare: its workers all park.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hostctl.config import check, positive
+from hostctl.config import check, non_negative, positive
+
+IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the agent's own probes stay under it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,7 @@ class Concurrency:
     stable_s: float = check(positive, default=6.0)
     panic_s: float = check(positive, default=0.6)
     panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=1.5)
+    burst: float = check(non_negative, default=0.0)
 
     def __post_init__(self) -> None:
         if not self.panic_s < self.stable_s:
@@ -187,16 +191,21 @@ class Concurrency:
         panic = _mean_concurrency(signals.recent(self.panic_s))
         if stable is None or panic is None:
             return Want(None, "no concurrency samples")
-        want_stable = math.ceil(stable / self.target - 1e-9)
-        want_panic = math.ceil(panic / self.target - 1e-9)
+        want_stable, want_panic = self._size(stable), self._size(panic)
         current = signals.current
+        spare = f" + {self.burst:g} spare" if self.burst and stable >= IDLE else ""
         if want_panic > max(current, want_stable) and want_panic >= self.panic_ratio * current:
-            return Want(want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s "
+            return Want(want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s{spare} "
                                     f"/ {self.target:g} per vCPU")
-        return Want(want_stable, f"{stable:.2f} in flight over {self.stable_s:g} s / {self.target:g} per vCPU")
+        return Want(want_stable, f"{stable:.2f} in flight over {self.stable_s:g} s{spare} / {self.target:g} per vCPU")
+
+    def _size(self, concurrency: float) -> int:
+        spare = self.burst if concurrency >= IDLE else 0.0
+        return math.ceil((concurrency + spare) / self.target - 1e-9)
 
     def describe(self) -> str:
-        return (f"{self.target:g} requests in flight per vCPU over {self.stable_s:g} s, "
+        burst = f" (+{self.burst:g} spare while serving)" if self.burst else ""
+        return (f"{self.target:g} requests in flight per vCPU{burst} over {self.stable_s:g} s, "
                 f"panic up over {self.panic_s:g} s")
 
 

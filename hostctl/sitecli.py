@@ -1,9 +1,10 @@
-"""`hostctl --site FILE status|scale|audit`: the CLI over the links to a site's agents.
+"""`hostctl --site FILE status|scale|audit|policy`: the CLI over the links to a site's agents.
 
 `status --json` prints `{"hosts": [{"name", "state", "age_s", "error", "snapshot"}]}` where `state` is
 `fresh`, `stale` or `connecting`, `age_s` the seconds since the host's last data (null if none) and `snapshot`
 the host model (null if never reached). Exit status: 0 when every host is fresh, 1 otherwise, 2 on bad input.
-`audit --json` prints one event object per line.
+`audit --json` prints one event object per line. `policy HOST/CVM [--name NAME] [--on|--off]` shows (and sets)
+a CVM's elastic policy; `--json` prints the agent's reply.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ async def run(args: argparse.Namespace, site: Site) -> int:
             return await _status(fleet, as_json=args.json)
         if args.command == "scale":
             return await _scale(fleet, args)
+        if args.command == "policy":
+            return await _policy(fleet, args)
         return await _audit(fleet, args)
     finally:
         await fleet.stop()
@@ -55,13 +58,34 @@ def _host_json(link: HostLink) -> dict[str, object]:
     }
 
 
-async def _scale(fleet: Fleet, args: argparse.Namespace) -> int:
-    host, slash, cvm = args.cvm.partition("/")
+def _host_cvm(text: str) -> tuple[str, str]:
+    host, slash, cvm = text.partition("/")
     if not slash or not host or not cvm:
-        raise HostctlError(f"with --site, name the CVM as HOST/CVM (got {args.cvm!r})")
+        raise HostctlError(f"with --site, name the CVM as HOST/CVM (got {text!r})")
+    return host, cvm
+
+
+async def _scale(fleet: Fleet, args: argparse.Namespace) -> int:
+    host, cvm = _host_cvm(args.cvm)
     link = await _connected(fleet, host)
     event = await link.scale(cvm, args.target, expect=args.expect, why=args.why)
     print(format_scale(event))
+    return 0
+
+
+async def _policy(fleet: Fleet, args: argparse.Namespace) -> int:
+    host, cvm = _host_cvm(args.cvm)
+    link = await _connected(fleet, host)
+    if "policy" not in link.hello.get("methods", []):
+        raise HostctlError(f"{host}: its agent (hostctl {link.hello.get('agent', '?')}) offers no elastic policies")
+    changes = {key: value for key, value in (("name", args.name), ("enabled", args.enabled)) if value is not None}
+    state = await link.call("policy", cvm=cvm, who=link.who, **changes)
+    if args.json:
+        print(json.dumps(state))
+        return 0
+    print(f"{host}/{cvm}: policy {state['policy']} {'on' if state['enabled'] else 'off'}")
+    if state["decision"]:
+        print(f"  last decision: {state['decision']}: {state['reason']}" + ("  (ALERT)" if state.get("alert") else ""))
     return 0
 
 

@@ -126,6 +126,14 @@ def test_concurrency_small_excess_waits_for_the_stable_window() -> None:
     assert policy.decide(Signals(now=6.0, current=4, samples=samples)).desired == 5  # stable ceil(4.1) = 5
 
 
+def test_concurrency_keeps_burst_room_while_serving_and_none_when_idle() -> None:
+    policy = Concurrency(target=0.7, burst=1.2, stable_s=6, panic_s=0.6)
+    serving = policy.decide(Signals(now=6.0, current=1, samples=concurrency_trace(*[0.35] * 30)))
+    assert serving.desired == 3 and "+ 1.2 spare" in serving.reason  # ceil((0.35 + 1.2) / 0.7)
+    idle = policy.decide(Signals(now=6.0, current=3, samples=concurrency_trace(*[0.02] * 30)))
+    assert idle.desired == 1 and "spare" not in idle.reason  # the agent's own probes: idle, park to the floor
+
+
 def test_concurrency_without_samples_holds_and_says_so() -> None:
     samples = [Sample(ts=1.0, online=2, cpu=80.0, concurrency=None)]  # a real host: CPU but no concurrency
     want = Concurrency().decide(Signals(now=1.0, current=2, samples=samples))
