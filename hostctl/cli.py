@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hostctl import __version__, experiment, sitecli, wrk
+from hostctl import __version__, elastic_experiment, experiment, sitecli, wrk
 from hostctl.agent import Agent
 from hostctl.audit import AuditLog
 from hostctl.audit import default_path as audit_default_path
@@ -23,6 +23,7 @@ from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.elastic import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
 from hostctl.link import Fleet
+from hostctl.loadtrace import bursty
 from hostctl.loadgen import check_bounds, load_host
 from hostctl.model import Snapshot
 from hostctl.render import format_scale, format_snapshot
@@ -56,6 +57,14 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--follow", action="store_true", help="then print new events as they happen")
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    policy = sub.add_parser("policy", help="show or set a CVM's elastic policy (with --site)")
+    policy.add_argument("cvm", metavar="HOST/CVM", help="the CVM")
+    onoff = policy.add_mutually_exclusive_group()
+    onoff.add_argument("--on", dest="enabled", action="store_const", const=True, help="switch its policy on")
+    onoff.add_argument("--off", dest="enabled", action="store_const", const=False, help="switch its policy off")
+    policy.add_argument("--name", help="choose this policy (one of the agent's configured policies)")
+    policy.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
+
     experiment = sub.add_parser("experiment", help="run a load experiment over the site's CVMs (with --site)")
     experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     overhead = experiments.add_parser(
@@ -70,6 +79,17 @@ def parser() -> argparse.ArgumentParser:
                           help=f"shipped wrk script: {', '.join(wrk.SCRIPTS)} (default home-timeline)")
     overhead.add_argument("--load-host", metavar="NAME", help="a load generator of the site (default: this machine)")
     overhead.add_argument("--history", type=Path, help="run history file (default: XDG state dir)")
+    elastic = experiments.add_parser(
+        "elastic-vs-fixed", help="replay one bursty trace (open loop, ~150 s per run) against one CVM with fixed-min, "
+                                 "fixed-max and each elastic policy: latency, SLO windows, worker-vCPU-seconds, "
+                                 "scale actions, reaction; saved as Markdown and SVG")
+    elastic.add_argument("--cvm", metavar="HOST/CVM", help="the CVM to load (default: the first running CVM with "
+                                                           "worker vCPUs and a service)")
+    elastic.add_argument("--runs", metavar="A,B,...", help="runs by name (default: fixed-min, fixed-max and every "
+                                                           "policy of the agent)")
+    elastic.add_argument("--scale", type=float, default=1.0, metavar="F",
+                         help="multiply the trace's request rates (default 1: 60 to 480 req/s)")
+    elastic.add_argument("--out", type=Path, default=Path("."), help="folder for the table and plot (default: here)")
 
     agent_opts = argparse.ArgumentParser(add_help=False)
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
@@ -130,8 +150,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _experiment(args, load_site(args.site))
     if args.site is not None:
         return await sitecli.run(args, load_site(args.site))
-    if args.command == "audit":
-        raise HostctlError("audit reads the agents' logs: pass --site FILE")
+    if args.command in ("audit", "policy"):
+        raise HostctlError(f"{args.command} talks to the agents: pass --site FILE")
     if not args.uri:
         raise HostctlError("no host given: pass --uri URI or --site FILE (or set LIBVIRT_DEFAULT_URI)")
     async with LibvirtHost(args.uri) as host:
@@ -150,6 +170,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 async def _experiment(args: argparse.Namespace, site: Site) -> int:
     """`experiment security-overhead`: run it over the site's links, print the table and save it."""
+    if args.experiment == "elastic-vs-fixed":
+        return await _elastic_vs_fixed(args, site)
     params = wrk.Params(threads=args.threads, connections=args.connections, duration_s=args.duration,
                         timeout_s=args.timeout, script=args.script)
     check_bounds(params, site.load)
@@ -174,6 +196,23 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
     markdown, table = report.save(args.out)
     print(report.markdown())
     print(f"saved: {markdown} and {table}")
+    return 0
+
+
+async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
+    """`experiment elastic-vs-fixed`: the comparison of bench/policies.py on any site."""
+    if not args.scale > 0:
+        raise HostctlError(f"--scale {args.scale:g} must be > 0")
+
+    async def progress(what: str) -> None:
+        print(what, file=sys.stderr, flush=True)
+
+    comparison = await elastic_experiment.on_site(
+        site, bursty().scaled(args.scale), cvm=args.cvm, runs=args.runs.split(",") if args.runs else None,
+        progress=progress)
+    markdown, plot = comparison.save(args.out)
+    print(comparison.markdown())
+    print(f"saved: {markdown} and {plot}")
     return 0
 
 

@@ -164,18 +164,27 @@ async def on_site(site: Site, trace: Trace, *, cvm: str | None = None, runs: lis
     fleet.start()
     try:
         await fleet.ready()
-        link, name, url = _target(site, fleet, cvm)
-        if runs is None:
-            has_policies = "policy" in link.hello.get("methods", [])
-            runs = [*FIXED, *([p["name"] for p in await link.call("policies")] if has_policies else [])]
-        return await compare(link, name, url, trace, runs, slo_ms=site.defaults.slo_p99_ms, settle_s=settle_s,
-                             progress=progress)
+        link, name, urls = _target(site, fleet, cvm)
+        known = await _runs(link)
+        for run in runs or []:
+            if run not in known:
+                raise HostctlError(f"{link.name}: unknown run {run!r} (choose from {', '.join(known)})")
+        if not urls:
+            raise HostctlError(f"{link.name}/{name}: no service to send load to (list it in the site file)")
+        return await compare(link, name, urls[0], trace, runs or known, slo_ms=site.defaults.slo_p99_ms,
+                             settle_s=settle_s, progress=progress)
     finally:
         await fleet.stop()
 
 
-def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str, str]:
-    """The link, CVM name and service URL to measure."""
+async def _runs(link: HostLink) -> list[str]:
+    """The runs this host's agent can do: the fixed sizes and its policies."""
+    has_policies = "policy" in link.hello.get("methods", [])
+    return [*FIXED, *([p["name"] for p in await link.call("policies")] if has_policies else [])]
+
+
+def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str, list[str]]:
+    """The link, CVM name and service URLs to measure (with `wanted`, possibly none)."""
     if wanted is not None:
         host, slash, name = wanted.partition("/")
         if not slash or not host or not name:
@@ -189,10 +198,8 @@ def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str
             raise HostctlError(f"{link.name}: not reachable ({link.error or link.state.value})")
         urls = [s.url for s in link.snapshot.services if s.cvm == name]
         urls += [s.url for s in site.services_of(link.name, name)]
-        if urls:
-            return link, name, urls[0]
-        if wanted is not None:
-            raise HostctlError(f"{wanted}: no service to send load to (list it in the site file)")
+        if urls or wanted is not None:
+            return link, name, urls
     raise HostctlError("no running CVM with worker vCPUs and a service on this site")
 
 
@@ -203,11 +210,11 @@ async def compare(link: HostLink, cvm: str, url: str, trace: Trace, runs: list[s
     if first.max_vcpus <= first.boot_vcpus:
         raise HostctlError(f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, "
                            f"max {first.max_vcpus})")
-    has_policies = "policy" in link.hello.get("methods", [])
-    known = [p["name"] for p in await link.call("policies")] if has_policies else []
+    known = await _runs(link)
     for name in runs:
-        if name not in FIXED and name not in known:
-            raise HostctlError(f"{link.name}: unknown run {name!r} (choose from {', '.join([*FIXED, *known])})")
+        if name not in known:
+            raise HostctlError(f"{link.name}: unknown run {name!r} (choose from {', '.join(known)})")
+    has_policies = len(known) > len(FIXED)
     result = Comparison(f"{link.name}/{cvm}", url)
     for i, name in enumerate(runs, start=1):
         if progress is not None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from agents import AgentProcess
-from conftest import make_node
+from conftest import ROOT, make_node
 from hostctl import rpc
+from hostctl import site as sites
 from hostctl.agent import Agent
 from hostctl.audit import AuditLog
 from hostctl.backend import LibvirtHost
@@ -288,3 +290,32 @@ async def test_a_real_agent_process_keeps_its_choice_across_a_restart(tmp_path: 
         assert snp["elastic"]["policy"] == "slo" and snp["elastic"]["enabled"] is True
     finally:
         agent.stop()
+
+
+async def hostctl(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hostctl", *argv, cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    sites.write(sites.demo_site({"edge-1": served.socket}), site)
+    rc, out, _ = await hostctl("--site", str(site), "policy", "edge-1/snp", "--name", "slo", "--on")
+    assert rc == 0 and out.splitlines()[0] == "edge-1/snp: policy slo on"
+    await until(lambda: served.agent.elastic.state("snp").decision != "")  # type: ignore[union-attr]
+    rc, out, _ = await hostctl("--site", str(site), "policy", "edge-1/snp", "--json")
+    reply = json.loads(out)
+    assert rc == 0 and (reply["policy"], reply["enabled"]) == ("slo", True) and reply["decision"] == "hold"
+    rc, _, err = await hostctl("--site", str(site), "policy", "edge-1/snp", "--name", "magic")
+    assert rc == 2 and err.strip().endswith("unknown policy 'magic' (known: concurrency, slo, threshold)")
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = await hostctl("--site", str(site), "policy", "snp", "--off")
+    assert rc == 2 and "name the CVM as HOST/CVM" in err
+    rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp",
+                               "--runs", "fixed-max,magic")
+    assert rc == 2 and "unknown run 'magic' (choose from fixed-min, fixed-max, concurrency, slo, threshold)" in err
+    rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp")
+    assert rc == 2 and "edge-1/snp: no service to send load to" in err
