@@ -74,7 +74,8 @@ class Report:
         lines = [header]
         for row in self.rows:
             increases = [self.increase(row, q) for q in PERCENTILES]
-            lines.append([LABEL[row.choice.security], f"{row.choice.target.host}/{row.choice.target.cvm}", str(row.choice.vcpus),
+            target = row.choice.target
+            lines.append([LABEL[row.choice.security], f"{target.host}/{target.cvm}", str(row.choice.vcpus),
                           str(row.result.requests), f"{row.result.rps:.1f}", str(row.result.errors),
                           *(f"{row.result.p(q):.2f}" for q in PERCENTILES),
                           *("n/a" if i is None else f"{i:+.1f}%" for i in increases)])
