@@ -18,6 +18,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale_latency.py
 	$(BIN)/python bench/link_latency.py
 	$(BIN)/python bench/console_fleet.py
+	$(BIN)/python bench/security_overhead.py
+	$(BIN)/python bench/probe_overhead.py
 
 # SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
 screenshots: $(STAMP)
