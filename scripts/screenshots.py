@@ -8,6 +8,7 @@ use, then presses keys the way an operator would and writes `screenshots/*.svg`:
     load.svg             the wrk dialog after a short real 3 s run (if wrk is installed)
     help.svg             the help screen (`?`)
     confirm.svg          two CVMs marked with space, then `+`: the bulk-action confirmation
+    policy.svg           `p` on a CVM: the elastic policies its host's agent offers
     palette.svg          the command palette (ctrl+p)
     dashboard-80x24.svg  the main screen in an 80x24 terminal
 
@@ -32,6 +33,7 @@ from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
+from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable
 from hostctl.link import LinkState
@@ -39,6 +41,7 @@ from hostctl.link import LinkState
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (140, 40)
 CVM = "mec-1/social-snp"  # the CVM the screenshots act on
+ELASTIC_CVM = "regional-1/social-snp-big"  # the CVM whose elastic policy is switched on (not scaled by hand)
 HISTORY_SECONDS = 10.0  # how much history the detail plots show
 LOAD_SECONDS = 3
 
@@ -69,6 +72,13 @@ def live_with_cpu(app: DittoApp) -> bool:
         return False
     samples = [len(app.history.of(f"{host}/{c.name}").cpu) for host, c in cvms]
     return min(samples) >= 3 and any(c.cpu_percent > 0 for _host, c in cvms)
+
+
+def elastic_on(app: DittoApp, key: str) -> bool:
+    host, _, name = key.partition("/")
+    link = app.fleet.links[host]  # type: ignore[union-attr]
+    cvm = next(c for c in link.snapshot.cvms if c.name == name)  # type: ignore[union-attr]
+    return cvm.elastic is not None and cvm.elastic.enabled
 
 
 def online_vcpus(app: DittoApp, key: str) -> int:
@@ -137,6 +147,17 @@ async def take(out: Path, run_wrk: bool) -> None:
             log("starting the embedded demo site...")
             await wait_until(pilot, "every host live with CPU data", lambda: live_with_cpu(app), timeout=45)
             log(f"all {len(app.links)} hosts live after {time.monotonic() - started:.1f} s")
+
+            # An elastic policy: pick it with `p` (shot), switch it on with `a`; its decisions then show on the dashboard.
+            await move_to(pilot, ELASTIC_CVM)
+            await pilot.press("p")
+            await wait_until(pilot, "the policy dialog", lambda: isinstance(app.screen, PolicyScreen))
+            await pilot.pause(0.3)
+            await shoot(pilot, out, "policy.svg")
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            await pilot.press("a")
+            await wait_until(pilot, "the policy switched on", lambda: elastic_on(app, ELASTIC_CVM), timeout=10)
 
             # Build up history for the detail plots: one worker woken now, another half way through.
             history_start = time.monotonic()
