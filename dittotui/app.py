@@ -311,14 +311,21 @@ class DittoApp(App[None]):
         self.cvm_table.action_cursor_down()
 
     def action_load(self) -> None:
+        """The load dialog for the selected service (services table) or the selected CVM's services."""
         if self.readonly:
             self.notify("read-only session: no load runs", severity="warning")
             return
-        refs = self.selected()[:1]
+        service = None
+        if self.focused is self.services_table and (key := self.services_table.selected_key):
+            ref, _, service = key.rpartition("/")
+            refs = [CVMRef.parse(ref)]
+        else:
+            refs = self.selected()[:1]
         link = self.link_of(refs[0]) if refs else None
         if link is None or link.snapshot is None:
             return
         services = [s for s in link.snapshot.services if s.cvm == refs[0].cvm]
+        services.sort(key=lambda s: s.name != service)  # the chosen service first: the dialog's default
         if not services:
             self.notify(f"{refs[0].key} lists no services", severity="warning")
             return

@@ -249,6 +249,13 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
         await until(pilot, lambda: cell(app, ServicesTable, key, "wrk").endswith("ms"))
         assert app.load_results[key].requests > 0 and app.load_results[key].errors == 0
         assert cell(app, ServicesTable, "mec-b/snp/home-timeline", "wrk") == "-"
+        services = app.query_one(ServicesTable)  # `w` on a service row aims at that service
+        services.focus()
+        services.move_cursor(row=services.get_row_index("mec-b/snp/home-timeline"))
+        await pilot.press("w")
+        assert isinstance(app.screen, LoadScreen) and app.screen.host == "mec-b"
+        assert app.screen.services[0].name == "home-timeline"
+        await pilot.press("escape")
 
     restarted = make_app(agents)  # the run history survives a restart of the console
     async with restarted.run_test(size=(140, 40)) as pilot:
