@@ -1,15 +1,4 @@
 -- DeathStarBench social network: compose a post (POST a small form body to the target URL).
-local counter = 0
-
-function setup(thread)
-  counter = counter + 1
-  thread:set("seed", counter)
-end
-
-function init(args)
-  math.randomseed(os.time() * 1000 + (seed or 0))
-end
-
 local charset = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 local function text(length)

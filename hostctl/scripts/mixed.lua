@@ -1,16 +1,5 @@
 -- DeathStarBench social network mixed workload, chosen per request: 60% home-timeline read,
 -- 30% user-timeline read, 10% compose-post, all on the target's host and port.
-local counter = 0
-
-function setup(thread)
-  counter = counter + 1
-  thread:set("seed", counter)
-end
-
-function init(args)
-  math.randomseed(os.time() * 1000 + (seed or 0))
-end
-
 local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
 
 local function read(path)

@@ -1,5 +1,16 @@
--- Appended to every shipped script: once the run ends, print one JSON line with the full latency
--- distribution (milliseconds) and the error counts, after wrk's own text summary.
+-- Appended to every shipped script: each thread draws its own random requests, and once the run ends one JSON
+-- line gives the full latency distribution (milliseconds) and the error counts, after wrk's own text summary.
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
 local function ms(us)
   return us == us and us / 1000 or 0  -- NaN (no samples) reads 0
 end

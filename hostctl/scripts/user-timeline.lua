@@ -1,15 +1,4 @@
 -- DeathStarBench social network: read the posts of one user (GET the target URL with user_id, start, stop).
-local counter = 0
-
-function setup(thread)
-  counter = counter + 1
-  thread:set("seed", counter)
-end
-
-function init(args)
-  math.randomseed(os.time() * 1000 + (seed or 0))
-end
-
 function request()
   local user_id = math.random(1, 962)
   local start = math.random(0, 100)
