@@ -454,7 +454,8 @@ class DittoApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Wake one worker", "Scale the selected (or marked) CVMs up by one", lambda: self.action_scale(1))
+        yield SystemCommand("Wake one worker", "Scale the selected (or marked) CVMs up by one",
+                            lambda: self.action_scale(1))
         yield SystemCommand("Park one worker", "Scale the selected (or marked) CVMs down by one",
                             lambda: self.action_scale(-1))
         yield SystemCommand("Mark CVM", "Mark or unmark the selected CVM", self.action_mark)

@@ -320,8 +320,8 @@ class LiveTable(ScrollView, can_focus=True):
                 text.truncate(width, overflow="ellipsis", pad=True)
                 if len(_STYLED_CELLS) > 4096:
                     _STYLED_CELLS.clear()
-                rendered = _STYLED_CELLS[key] = [
-                    Segment(PAD), *Segment.apply_style(text.render(console), console.get_style(text.style)), Segment(PAD)]
+                styled = Segment.apply_style(text.render(console), console.get_style(text.style))
+                rendered = _STYLED_CELLS[key] = [Segment(PAD), *styled, Segment(PAD)]
             segments.extend(rendered)
         return Strip(segments, self._width)
 
@@ -431,7 +431,7 @@ def decision(value: tuple[str, str, bool] | None) -> Text | str:
     if value is None or not value[0]:
         return "-"
     label, reason, alert = value
-    style = "bold yellow" if alert else "green" if label.startswith("up") else "cyan" if label.startswith("down") else ""
+    style = "bold yellow" if alert else {"up": "green", "down": "cyan"}.get(label.split(" ")[0], "")
     return Text.assemble((label, style), f" {reason}" if reason else "")
 
 
