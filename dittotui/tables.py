@@ -100,7 +100,8 @@ class LiveTable(ScrollView, can_focus=True):
         self.cursor_row = 0
         self.sort_column: str | None = None
         self.sort_reverse = False
-        self._width = sum(width + 2 * PADDING for _k, _l, width, _r in self.COLUMNS)
+        self._widths = [width for _k, _l, width, _r in self.COLUMNS]  # the last one stretches to fill the table
+        self._width = sum(width + 2 * PADDING for width in self._widths)
         self._keys = [key for key, _l, _w, _r in self.COLUMNS]
         self._paint_styles: tuple[Style, ...] = ()  # base, even, cursor, even + cursor, header: set per paint
 
@@ -254,7 +255,7 @@ class LiveTable(ScrollView, can_focus=True):
             return
         if offset.y == 0:
             x = offset.x + int(self.scroll_x)
-            for key, _label, width, _render in self.COLUMNS:
+            for key, width in zip(self._keys, self._widths):
                 x -= width + 2 * PADDING
                 if x < 0:
                     self.sort_by(key)
@@ -268,6 +269,18 @@ class LiveTable(ScrollView, can_focus=True):
                 self.action_select()
 
     # -- painting ---------------------------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Give the last column whatever width the others leave (a vertical scrollbar's room kept free)."""
+        declared = [width for _k, _l, width, _r in self.COLUMNS]
+        room = event.size.width - self.styles.scrollbar_size_vertical - sum(w + 2 * PADDING for w in declared[:-1])
+        widths = [*declared[:-1], max(declared[-1], room - 2 * PADDING)]
+        if widths != self._widths:
+            self._widths = widths
+            self._width = sum(width + 2 * PADDING for width in widths)
+            self._lines.clear()
+            self.virtual_size = Size(self._width, len(self._order) + 1)
+            self.refresh()
 
     def render_lines(self, crop: Region) -> list[Strip]:
         """Resolve the row styles once per paint, not once per line."""
@@ -308,7 +321,7 @@ class LiveTable(ScrollView, can_focus=True):
         """One line of cells, each cropped or padded to its column's width."""
         console = self.app.console
         segments: list[Segment] = []
-        for (_key, _label, width, _render), cell in zip(self.COLUMNS, cells):
+        for width, cell in zip(self._widths, cells):
             if isinstance(cell, str) or not cell.spans:  # one style: one segment, no Text machinery
                 text, style = (cell, None) if isinstance(cell, str) else (cell.plain, console.get_style(cell.style))
                 segments.append(Segment(f"{PAD}{_fit(text, width)}{PAD}", style or None))
@@ -453,7 +466,7 @@ def gib(value: int | None) -> str:
 
 class HostsTable(LiveTable):
     COLUMNS = [("host", "Host", 12, plain), ("state", "State", 14, state), ("cpu", "CPU%", 5, number),
-               ("mem", "Mem", 5, gib), ("snp", "SNP", 3, yes_no), ("capacity", "vCPUs used/cap", 28, capacity)]
+               ("mem", "Mem", 5, gib), ("snp", "SNP", 3, yes_no), ("capacity", "vCPUs used/cap", 20, capacity)]
 
 
 class CVMTable(LiveTable):
