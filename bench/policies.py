@@ -1,7 +1,7 @@
 """Elastic policies against fixed sizes on the demo site: one bursty trace, replayed open loop over real HTTP,
 for fixed-min, fixed-max and each policy. Writes bench/results/policies.md and bench/results/policies.svg.
 
-    python bench/policies.py [--runs fixed-min,fixed-max,concurrency] [--scale 1.0]
+    python bench/policies.py [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", help="comma-separated runs (default: fixed-min, fixed-max and every policy)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the trace's rates (default 1)")
+    p.add_argument("--stem", default="policies", help="result file names in bench/results (default policies)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp:
         runtime = Path(tmp)
@@ -70,7 +71,7 @@ async def main(argv: list[str]) -> None:
     comparison.notes.append("Demo site: one agent process (`hostctl demo serve-host`) with the shipped "
                             "`configs/policies`; load from `hostctl.loadtrace.replay` in this process; "
                             "2-CPU machine shared with other work.")
-    md, svg = comparison.save(OUT, "policies", header="# Elastic policies against fixed sizes (demo site)\n\n"
+    md, svg = comparison.save(OUT, args.stem, header="# Elastic policies against fixed sizes (demo site)\n\n"
                               "One run of `python bench/policies.py`.")
     print(comparison.markdown())
     print(f"saved: {md} and {svg}")

@@ -175,6 +175,10 @@ class ElasticRunner:
         self.host.cvm(cvm)  # an unknown CVM is refused with the names of the known ones
         if name is not None and name not in self.policies:
             raise HostctlError(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
+        if name is None and enabled is None:
+            state = self.state(cvm)
+            assert state is not None
+            return state
         track = self._tracks.get(cvm)
         if track is None:
             track = self._tracks[cvm] = _Track(self.default_policy or "")
@@ -186,8 +190,8 @@ class ElasticRunner:
             changes.append("on" if enabled else "off")
             track.enabled = enabled
             track.since = time.time() if enabled else None
-            track.logged = ""
         if changes:
+            track.logged = ""  # the next decision is written whatever it is
             self._save()
             self.record(Event(self.host.host.name, cvm, "policy", who, ok=True,
                               why=f"{', '.join(changes)} ({track.policy} {'on' if track.enabled else 'off'})"))
@@ -202,8 +206,11 @@ class ElasticRunner:
     def observe(self) -> None:
         """Take one sample of every running CVM from the host's latest figures (after `LibvirtHost.sample`)."""
         now = time.time()
+        running = {c.name for c in self.host.cvms if c.state is DomainState.RUNNING}
+        for gone in self._samples.keys() - running:
+            del self._samples[gone]
         for cvm in self.host.cvms:
-            if cvm.state is not DomainState.RUNNING:
+            if cvm.name not in running:
                 continue
             samples = self._samples.setdefault(cvm.name, deque())
             samples.append(Sample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency))
@@ -244,7 +251,8 @@ class ElasticRunner:
             return hold(cvm.online_vcpus, "unknown-policy",
                         f"policy {track.policy!r} is not configured on this agent", alert=True)
         samples = self._samples.get(name, ())
-        want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), self.probes(name, now)))
+        probes = self.probes(name, now) if spec.policy.reads_probes else []
+        want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
         return guard(want, self._situation(cvm, track, now, samples), spec.guard)
 
     def _situation(self, cvm: CVM, track: _Track, now: float, samples: deque[Sample] | tuple[()]) -> Situation:

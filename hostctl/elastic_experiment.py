@@ -139,6 +139,26 @@ class Comparison:
                          f"{run.worker_seconds:.0f} | {share} | {run.actions} | {reactions} | {run.errors} |")
         return "\n".join(lines)
 
+    def verdicts(self) -> list[str]:
+        """Each elastic run against the targets: SLO met in >= 99% of windows, <= 60% of fixed-max's
+        worker-vCPU-seconds, and every reaction within 1 s."""
+        fixed_max = next((r for r in self.runs if r.name == "fixed-max"), None)
+        lines = []
+        for run in self.runs:
+            if run.name in FIXED:
+                continue
+            reactions = [s for *_, s in run.reactions(self.service_ms())]
+            slowest = max((math.inf if s is None else s for s in reactions), default=0.0)
+            checks = [f"SLO windows {run.within_slo:.0%} {'≥' if run.within_slo >= 0.99 else '<'} 99%"]
+            if fixed_max is not None and fixed_max.worker_seconds > 0:
+                share = run.worker_seconds / fixed_max.worker_seconds
+                checks.append(f"worker-vCPU-s {share:.0%} of fixed-max {'≤' if share <= 0.6 else '>'} 60%")
+            checks.append(f"slowest reaction {'never' if math.isinf(slowest) else f'{slowest:.2f} s'} "
+                          f"{'≤' if slowest <= 1 else '>'} 1 s")
+            met = run.within_slo >= 0.99 and slowest <= 1 and all("> 60%" not in c for c in checks)
+            lines.append(f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})")
+        return lines
+
     def save(self, out: Path, stem: str = "elastic-vs-fixed", header: str = "") -> tuple[Path, Path]:
         """Write `stem.md` (the table) and `stem.svg` (the timeline) into `out`."""
         out.mkdir(parents=True, exist_ok=True)
@@ -150,6 +170,7 @@ class Comparison:
                 f"{run.slo_ms:g} ms. Trace: {run.trace.seconds:.0f} s, open-loop Poisson arrivals "
                 f"({' → '.join(p.name for p in run.trace.phases)}); load steps: {steps}. Service time seen "
                 f"by the client at quiet load: {self.service_ms():.1f} ms.", "", self.markdown(), "",
+                *(f"- {verdict}" for verdict in self.verdicts()), "",
                 *(f"- {note}" for note in self.notes), "", f"![timeline]({svg.name})", ""]
         md.write_text("\n".join(text))
         svg.write_text(timeline_svg(self.runs))
@@ -179,8 +200,14 @@ async def on_site(site: Site, trace: Trace, *, cvm: str | None = None, runs: lis
 
 async def _runs(link: HostLink) -> list[str]:
     """The runs this host's agent can do: the fixed sizes and its policies."""
-    has_policies = "policy" in link.hello.get("methods", [])
-    return [*FIXED, *([p["name"] for p in await link.call("policies")] if has_policies else [])]
+    return [*FIXED, *await _policies(link)]
+
+
+async def _policies(link: HostLink) -> dict[str, str]:
+    """The agent's policies with their descriptions (none from an agent without policies)."""
+    if "policy" not in link.hello.get("methods", []):
+        return {}
+    return {p["name"]: p["description"] for p in await link.call("policies")}
 
 
 def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str, list[str]]:
@@ -210,17 +237,18 @@ async def compare(link: HostLink, cvm: str, url: str, trace: Trace, runs: list[s
     if first.max_vcpus <= first.boot_vcpus:
         raise HostctlError(f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, "
                            f"max {first.max_vcpus})")
-    known = await _runs(link)
+    described = await _policies(link)
+    known = [*FIXED, *described]
     for name in runs:
         if name not in known:
             raise HostctlError(f"{link.name}: unknown run {name!r} (choose from {', '.join(known)})")
-    has_policies = len(known) > len(FIXED)
     result = Comparison(f"{link.name}/{cvm}", url)
+    result.notes += [f"`{name}`: {described[name]}" for name in runs if name in described]
     for i, name in enumerate(runs, start=1):
         if progress is not None:
             await progress(f"run {i}/{len(runs)}: {name} ({trace.seconds:.0f} s)")
         result.runs.append(await _run(link, cvm, url, trace, name, slo_ms=slo_ms, settle_s=settle_s,
-                                      has_policies=has_policies))
+                                      has_policies=bool(described)))
     return result
 
 

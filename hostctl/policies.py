@@ -7,7 +7,8 @@ below means per online vCPU.
 - `threshold` (Ditto-like): mean CPU use of the online vCPUs over the last sample interval; above `high` wake
   enough workers to bring it back to `target`, below `low` park down towards it.
 - `slo`: p99 of the CVM's probed request latency over `window_s`; above `target_ms` add workers in proportion
-  to the excess, below `down_below` x target for `down_after_s` park one.
+  to the excess, below `down_below` x target for `down_after_s` park one. Only probes sent since the current
+  worker count took effect are judged, so the latency of the count before a scale does not drive another one.
 - `concurrency` (Knative-like): mean requests in flight or queued over a stable window, plus `burst` spare
   requests while the CVM serves traffic (like Knative's target burst capacity), divided by the target per
   worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio` times the
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from hostctl.config import check, non_negative, positive
 
@@ -54,6 +55,15 @@ class Signals:
     samples: Sequence[Sample] = ()
     probes: Sequence[Probe] = ()
 
+    def settled_since(self) -> float:
+        """When the current online count took effect: the first sample of the latest run at it (-inf when
+        every sample shows it; `now` when none does yet)."""
+        samples = list(self.samples)
+        changed = next((i for i in range(len(samples) - 1, -1, -1) if samples[i].online != self.current), None)
+        if changed is None:
+            return -math.inf
+        return samples[changed + 1].ts if changed + 1 < len(samples) else self.now
+
     def recent(self, seconds: float) -> list[Sample]:
         """Samples of the last `seconds`; at least the newest one (a window shorter than a tick still sees it)."""
         window = [s for s in self.samples if s.ts > self.now - seconds]
@@ -72,6 +82,7 @@ class Policy(Protocol):
     """A decision function with its own sample interval."""
 
     interval: float
+    reads_probes: ClassVar[bool]  # whether it looks at latency probes (they are gathered only then)
 
     @property
     def horizon(self) -> float:
@@ -98,6 +109,7 @@ def _probe_window(value: float) -> str | None:
 class Threshold:
     """CPU bands: wake workers above `high` %, park them below `low` %, sized to bring use back to `target` %."""
 
+    reads_probes: ClassVar[bool] = False
     interval: float = check(positive, default=0.5)
     high: float = check(_percent, default=70.0)
     low: float = check(_percent, default=30.0)
@@ -133,6 +145,7 @@ class Threshold:
 class Slo:
     """Keep the p99 of the CVM's probed latency under `target_ms`."""
 
+    reads_probes: ClassVar[bool] = True
     interval: float = check(positive, default=0.5)
     target_ms: float = check(positive, default=50.0)
     window_s: float = check(_probe_window, default=3.0)
@@ -145,17 +158,20 @@ class Slo:
         return 0.0  # it reads probes, not samples
 
     def decide(self, signals: Signals) -> Want:
-        now = signals.now
+        now, current = signals.now, signals.current
         recent = [p for p in signals.probes if p.ts > now - self.window_s]
         if len(recent) < self.min_probes:
             return Want(None, f"{len(recent)} latency probes in {self.window_s:g} s (need {self.min_probes})")
+        since = signals.settled_since()
+        recent = [p for p in recent if p.ts >= since]
+        if len(recent) < self.min_probes:
+            return Want(current, f"waiting for {self.min_probes} probes at {current} vCPUs")
         p99 = _p99(recent)
-        current = signals.current
         if p99 > self.target_ms:
             excess = min(p99 / self.target_ms, 4.0) - 1
             return Want(current + max(1, math.ceil(current * excess)),
                         f"p99 {_ms(p99)} > {self.target_ms:g} ms")
-        calm = [p for p in signals.probes if p.ts > now - self.down_after_s]
+        calm = [p for p in signals.probes if p.ts > now - self.down_after_s and p.ts >= since]
         floor = self.down_below * self.target_ms
         settled = bool(calm) and min(p.ts for p in calm) <= now - 0.8 * self.down_after_s
         if settled and _p99(calm) < floor:
@@ -171,6 +187,7 @@ class Slo:
 class Concurrency:
     """Requests in flight or queued per online vCPU, held at `target` (Knative-like stable and panic windows)."""
 
+    reads_probes: ClassVar[bool] = False
     interval: float = check(positive, default=0.2)
     target: float = check(positive, default=0.7)
     stable_s: float = check(positive, default=6.0)

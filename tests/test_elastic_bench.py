@@ -76,6 +76,9 @@ def test_the_table_and_the_plot(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert table[0].startswith("| run | p50 ms | p99 ms | 10 s windows within SLO | worker-vCPU-s | vs fixed-max")
     assert table[2].startswith("| fixed-max |") and "| 100% |" in table[2]
     assert table[3].startswith("| p |") and "| 2 |" in table[3]
+    (verdict,) = comparison.verdicts()
+    assert verdict == ("p: misses the targets (SLO windows 100% ≥ 99%; worker-vCPU-s 24% of fixed-max ≤ 60%; "
+                       "slowest reaction never > 1 s)")  # 6 vCPUs, where 400 req/s x 13 ms / 0.8 needs 7
     md, svg = comparison.save(tmp_path, "x")
     root = ET.fromstring(svg.read_text())
     assert root.tag.endswith("svg") and len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 5

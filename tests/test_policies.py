@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,19 @@ def test_slo_parks_only_after_a_calm_while() -> None:
     earlier_spike = probes(30, start=1.0) + probes(*[8.0] * 9, start=2.0)  # 30 ms > 20 ms within 6 s
     held = policy.decide(Signals(now=6.2, current=4, probes=earlier_spike))
     assert held.desired == 4 and "within target" in held.reason
+
+
+def test_slo_judges_only_probes_since_the_current_count_took_effect() -> None:
+    policy = Slo(target_ms=50, window_s=3, min_probes=4)
+    samples = [Sample(ts=t / 2, online=2 if t < 4 else 4) for t in range(1, 7)]  # 2 vCPUs, then 4 from 2.0 s
+    slow_then_fast = probes(200, 200, 200, start=0.5) + probes(9, 9, 9, 9, start=2.0, step=0.25)
+    want = policy.decide(Signals(now=3.0, current=4, samples=samples, probes=slow_then_fast))
+    assert want.desired == 4 and "within target" in want.reason  # the slow probes were at 2 vCPUs
+    early = policy.decide(Signals(now=2.4, current=4, samples=samples[:4] + [Sample(2.0, 4)],
+                                  probes=slow_then_fast[:5]))
+    assert early.desired == 4 and early.reason == "waiting for 4 probes at 4 vCPUs"
+    just_scaled = Signals(now=3.0, current=5, samples=samples)  # no sample at 5 vCPUs yet
+    assert just_scaled.settled_since() == 3.0 and Signals(now=3.0, current=4).settled_since() == -math.inf
 
 
 def test_slo_without_enough_probes_has_no_answer() -> None:
