@@ -72,7 +72,7 @@ async def main(argv: list[str]) -> None:
                             "`configs/policies`; load from `hostctl.loadtrace.replay` in this process; "
                             "2-CPU machine shared with other work.")
     md, svg = comparison.save(OUT, args.stem, header="# Elastic policies against fixed sizes (demo site)\n\n"
-                              "One run of `python bench/policies.py`.")
+                              f"One run of `{' '.join(['python bench/policies.py', *argv])}`.")
     print(comparison.markdown())
     print(f"saved: {md} and {svg}")
 

@@ -71,8 +71,8 @@ def load_policies(directory: Path) -> dict[str, PolicySpec]:
         if description is not None and not isinstance(description, str):
             raise ConfigError(f"{path}: description: expected a string, got {description!r}")
         policy = build(KINDS[kind], data, source=str(path))
-        specs[path.stem] = PolicySpec(path.stem, kind, policy, settings,
-                                      description or f"{kind}: {policy.describe()}")
+        default = policy.describe() if path.stem == kind else f"{kind}: {policy.describe()}"
+        specs[path.stem] = PolicySpec(path.stem, kind, policy, settings, description or default)
     return specs
 
 
