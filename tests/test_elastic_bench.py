@@ -3,14 +3,18 @@ of a run (SLO windows, worker-vCPU-seconds, reaction) on hand-made runs, and the
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from agents import AgentProcess
+from hostctl import site as sites
 from hostctl.demo.services import CVMService, Endpoint
-from hostctl.elastic_experiment import Comparison, Run, timeline_svg
+from hostctl.elastic_experiment import Comparison, Run, on_site, timeline_svg
 from hostctl.loadtrace import Phase, Request, Trace, bursty, replay
 
 
@@ -68,7 +72,7 @@ def test_windows_worker_seconds_and_reaction_of_a_hand_made_run() -> None:
     assert not failed.windows()[0][2]  # a failure breaks its window's SLO whatever the p99
 
 
-def test_the_table_and_the_plot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_table_and_the_plot(tmp_path: Path) -> None:
     requests = [Request(t / 10, 10.0 + t % 7, True) for t in range(300)]
     comparison = Comparison("h/svc", "http://x/e", runs=[run([(0.0, 9)], requests, "fixed-max"),
                                                          run([(0.0, 1), (10.5, 6), (22.0, 1)], requests, "p")])
@@ -85,3 +89,25 @@ def test_the_table_and_the_plot(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert "![timeline](x.svg)" in md.read_text()
     assert math.isclose(comparison.runs[1].worker_seconds, 11.5 * 5)
     assert "fixed-max" in timeline_svg(comparison.runs)
+
+
+async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
+    """fixed-min and the concurrency policy on a real agent process through the site's link, with a short trace."""
+    agent = AgentProcess(tmp_path, "mec-1", wake_ms=10)
+    await agent.start()
+    try:
+        site = sites.demo_site({"mec-1": agent.socket})
+        trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)))
+        comparison = await on_site(site, trace, runs=["fixed-min", "concurrency"], settle_s=0.5)
+    finally:
+        agent.stop()
+    fixed, elastic = comparison.runs
+    assert comparison.target == "mec-1/snp" and (fixed.name, elastic.name) == ("fixed-min", "concurrency")
+    assert fixed.online == [(0.0, 1)] and fixed.worker_seconds == 0 and fixed.actions == 0
+    assert elastic.actions > 0 and max(n for _, n in elastic.online) > 1 and elastic.worker_seconds > 0
+    assert elastic.online[0] == (0.0, 1) and all(0 <= at <= trace.seconds for at, _ in elastic.online)
+    assert len(elastic.requests) > 1000 and len(fixed.requests) > 1000  # ~2500 sent at the trace's rate
+    assert [v.split(":")[0] for v in comparison.verdicts()] == ["concurrency"]
+    events = [json.loads(line) for line in agent.audit.read_text().splitlines()]
+    switches = [e["why"] for e in events if e["action"] == "policy"]
+    assert switches[-2:] == ["on (concurrency on)", "off (concurrency off)"]  # left off after its run
