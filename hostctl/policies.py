@@ -12,7 +12,9 @@ below means per online vCPU.
 - `concurrency` (Knative-like): mean requests in flight or queued over a stable window, plus `burst` spare
   requests while the CVM serves traffic (like Knative's target burst capacity), divided by the target per
   worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio` times the
-  current count. An idle CVM (under `IDLE` requests in flight) keeps no spare: its workers all park.
+  current count. It parks a worker only when the need is `hysteresis` vCPUs below the smaller count, so load
+  that hovers at a boundary does not wake and park a worker every few seconds. An idle CVM (under `IDLE`
+  requests in flight) keeps no spare: its workers all park.
 """
 
 from __future__ import annotations
@@ -192,8 +194,9 @@ class Concurrency:
     target: float = check(positive, default=0.7)
     stable_s: float = check(positive, default=6.0)
     panic_s: float = check(positive, default=0.6)
-    panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=1.5)
+    panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=2.0)
     burst: float = check(non_negative, default=0.0)
+    hysteresis: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)", default=0.2)
 
     def __post_init__(self) -> None:
         if not self.panic_s < self.stable_s:
@@ -214,11 +217,17 @@ class Concurrency:
         if want_panic > max(current, want_stable) and want_panic >= self.panic_ratio * current:
             return Want(want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s{spare} "
                                     f"/ {self.target:g} per vCPU")
-        return Want(want_stable, f"{stable:.2f} in flight over {self.stable_s:g} s{spare} / {self.target:g} per vCPU")
+        reason = f"{stable:.2f} in flight over {self.stable_s:g} s{spare} / {self.target:g} per vCPU"
+        if want_stable < current and self._need(stable) > current - 1 - self.hysteresis:
+            return Want(current, f"{reason}; within {self.hysteresis:g} vCPU of {current - 1}: keep {current}")
+        return Want(want_stable, reason)
+
+    def _need(self, concurrency: float) -> float:
+        """The online vCPUs `concurrency` asks for, unrounded."""
+        return (concurrency + (self.burst if concurrency >= IDLE else 0.0)) / self.target
 
     def _size(self, concurrency: float) -> int:
-        spare = self.burst if concurrency >= IDLE else 0.0
-        return math.ceil((concurrency + spare) / self.target - 1e-9)
+        return math.ceil(self._need(concurrency) - 1e-9)
 
     def describe(self) -> str:
         burst = f" (+{self.burst:g} spare while serving)" if self.burst else ""

@@ -148,6 +148,17 @@ def test_concurrency_keeps_burst_room_while_serving_and_none_when_idle() -> None
     assert idle.desired == 1 and "spare" not in idle.reason  # the agent's own probes: idle, park to the floor
 
 
+def test_concurrency_hovering_at_a_boundary_keeps_its_worker() -> None:
+    policy = Concurrency(target=0.7, burst=1.2, stable_s=6, panic_s=0.6, hysteresis=0.2)
+    hovering = concurrency_trace(*[0.2] * 30)  # needs (0.2 + 1.2) / 0.7 = 2.0 vCPUs: a hair above 2
+    want = policy.decide(Signals(now=6.0, current=3, samples=hovering))
+    assert want.desired == 3 and "within 0.2 vCPU of 2: keep 3" in want.reason
+    lower = concurrency_trace(*[0.05] * 30)  # needs 1.79: clearly below 2, so park one
+    assert policy.decide(Signals(now=6.0, current=3, samples=lower)).desired == 2
+    small_burst = concurrency_trace(*[0.1] * 27, 0.9, 0.9, 0.9)  # a short burst of background traffic
+    assert policy.decide(Signals(now=6.0, current=2, samples=small_burst)).desired == 2  # no panic: below 2x
+
+
 def test_concurrency_without_samples_holds_and_says_so() -> None:
     samples = [Sample(ts=1.0, online=2, cpu=80.0, concurrency=None)]  # a real host: CPU but no concurrency
     want = Concurrency().decide(Signals(now=1.0, current=2, samples=samples))
