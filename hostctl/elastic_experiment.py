@@ -156,7 +156,10 @@ class Comparison:
             checks.append(f"slowest reaction {'never' if math.isinf(slowest) else f'{slowest:.2f} s'} "
                           f"{'≤' if slowest <= 1 else '>'} 1 s")
             met = run.within_slo >= 0.99 and slowest <= 1 and all("> 60%" not in c for c in checks)
-            lines.append(f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})")
+            missed = [f"{start:.0f}-{start + WINDOW_S:.0f} s (p99 {p99:.0f} ms)"
+                      for start, p99, ok in run.windows() if not ok]
+            lines.append(f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})"
+                         + (f"; windows over the SLO: {', '.join(missed)}" if missed else ""))
         return lines
 
     def save(self, out: Path, stem: str = "elastic-vs-fixed", header: str = "") -> tuple[Path, Path]:
