@@ -194,7 +194,7 @@ class Concurrency:
     target: float = check(positive, default=0.7)
     stable_s: float = check(positive, default=6.0)
     panic_s: float = check(positive, default=0.6)
-    panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=2.0)
+    panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=1.5)
     burst: float = check(non_negative, default=0.0)
     hysteresis: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)", default=0.2)
 
