@@ -33,7 +33,7 @@ from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
 from hostctl import rpc
 from hostctl.errors import HostctlError
 from hostctl.link import Fleet, HostLink, LinkState
-from hostctl.model import Elastic, Event, Service
+from hostctl.model import Elastic, Event
 from hostctl.render import format_event
 from hostctl.runs import RunLog, RunRecord
 from hostctl.site import Site
@@ -145,13 +145,15 @@ class DittoApp(App[None]):
         history = await asyncio.to_thread(self.runs.read)
         for problem in history.problems[:5]:
             self.log_line(f"run history: {problem}", style="yellow")
-        runs: dict[str, list[RunRecord]] = {}
+        self.run_history, self.load_results = {}, {}
         for record in history.records:
-            runs.setdefault(record.key, []).append(record)
-        self.run_history = runs
-        self.load_results = {key: records[-1].result for key, records in runs.items()}
+            self._keep_run(record)
         self._results_version += 1
         self._dirty = True
+
+    def _keep_run(self, record: RunRecord) -> None:
+        self.run_history.setdefault(record.key, []).append(record)
+        self.load_results[record.key] = record.result
 
     def _mark_dirty(self, _link: HostLink) -> None:
         self._dirty = True
@@ -241,12 +243,12 @@ class DittoApp(App[None]):
             prefix = self.clock().strftime("%H:%M:%S ") if stamp else ""
             self.events.write(Text(prefix + text, style=style))
 
-    def record_load(self, host: str, service: Service, result: WrkResult) -> None:
-        """Keep a wrk result next to its service."""
-        self.load_results[f"{host}/{service.cvm}/{service.name}"] = result
+    def record_load(self, record: RunRecord) -> None:
+        """Keep a finished wrk run (already appended to the run history file) next to its service."""
+        self._keep_run(record)
         self._results_version += 1
-        self.load_runs()
-        self.log_line(f"wrk {host}/{service.cvm}/{service.name}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
+        result = record.result
+        self.log_line(f"wrk {record.key}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
                       f"{result.rps:.0f} req/s, {result.errors} errors")
         self._dirty = True
 

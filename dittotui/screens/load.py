@@ -140,7 +140,7 @@ class LoadScreen(ModalScreen[None]):
         bar.update(progress=params.duration_s)
         result_label.update(f"p50 {result.p(50):.1f} ms  p90 {result.p(90):.1f} ms  p99 {result.p(99):.1f} ms  "
                             f"{result.rps:.0f} req/s  {result.errors} errors")
-        self.app.record_load(self.host, service, result)  # type: ignore[attr-defined]
+        self.app.record_load(record)  # type: ignore[attr-defined]
 
     def _reported(self) -> dict[str, list[Service]]:
         """The services each host's agent reports (the inventory of a host whose site entry lists none)."""
