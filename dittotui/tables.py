@@ -101,7 +101,6 @@ class LiveTable(ScrollView, can_focus=True):
         self.sort_column: str | None = None
         self.sort_reverse = False
         self._widths = [width for _k, _l, width, _r in self.COLUMNS]  # the last one stretches to fill the table
-        self._width = sum(width + 2 * PADDING for width in self._widths)
         self._keys = [key for key, _l, _w, _r in self.COLUMNS]
         self._paint_styles: tuple[Style, ...] = ()  # base, even, cursor, even + cursor, header: set per paint
 
@@ -121,13 +120,18 @@ class LiveTable(ScrollView, can_focus=True):
         """The key of the row under the cursor."""
         return self._cursor_key
 
+    @property
+    def _width(self) -> int:
+        """Cells across a whole row, padding included."""
+        return sum(width + 2 * PADDING for width in self._widths)
+
     def get_row_index(self, key: str) -> int:
         return self._positions()[key]
 
     def get_cell(self, key: str, column: str) -> Text | str:
         """The cell as rendered from the row's newest values."""
-        _key, _label, _width, render = self.COLUMNS[self._keys.index(column)]
-        return render(self._rows[key][self._keys.index(column)])
+        at = self._keys.index(column)
+        return self.COLUMNS[at][3](self._rows[key][at])
 
     # -- syncing ----------------------------------------------------------------------------------
 
@@ -277,7 +281,6 @@ class LiveTable(ScrollView, can_focus=True):
         widths = [*declared[:-1], max(declared[-1], room - 2 * PADDING)]
         if widths != self._widths:
             self._widths = widths
-            self._width = sum(width + 2 * PADDING for width in widths)
             self._lines.clear()
             self.virtual_size = Size(self._width, len(self._order) + 1)
             self.refresh()
