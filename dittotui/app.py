@@ -287,7 +287,7 @@ class DittoApp(App[None]):
                 self.notify("read-only session: nothing changed", severity="warning")
                 return
             link = self.link_of(ref)
-            cvm = next((c for c in link.snapshot.cvms if c.name == ref.cvm), None) if link and link.snapshot else None
+            cvm = link.cvm(ref.cvm) if link else None
             if link is None or cvm is None:
                 self.log_line(f"{ref.key}: not known to the console", style="red")
                 continue
@@ -375,7 +375,7 @@ class DittoApp(App[None]):
 
     def _elastic_of(self, ref: CVMRef) -> Elastic | None:
         link = self.link_of(ref)
-        cvm = next((c for c in link.snapshot.cvms if c.name == ref.cvm), None) if link and link.snapshot else None
+        cvm = link.cvm(ref.cvm) if link else None
         return cvm.elastic if cvm else None
 
     @work(group="policy")

@@ -120,6 +120,10 @@ class HostLink:
     def stale_after(self) -> float:
         return 3 * self.defaults.interval
 
+    def cvm(self, name: str) -> CVM | None:
+        """The CVM `name` as the last snapshot has it (None when unknown or never reached)."""
+        return next((c for c in self.snapshot.cvms if c.name == name), None) if self.snapshot else None
+
     def on_update(self, callback: Callable[[HostLink], None]) -> None:
         """Call `callback(link)` after every change of data or state."""
         self._listeners.append(callback)

@@ -16,7 +16,6 @@ from textual.widgets import Footer, Header, Label, Sparkline, Static
 from dittotui.history import History
 from dittotui.rows import CVMRef
 from hostctl.link import HostLink
-from hostctl.model import CVM
 from hostctl.runs import RunRecord
 
 
@@ -56,12 +55,8 @@ class DetailScreen(Screen[None]):
         snap = self.link.snapshot
         return [s.name for s in snap.services if s.cvm == self.ref.cvm] if snap else []
 
-    def cvm(self) -> CVM | None:
-        snap = self.link.snapshot
-        return next((c for c in snap.cvms if c.name == self.ref.cvm), None) if snap else None
-
     def refresh_detail(self) -> None:
-        cvm = self.cvm()
+        cvm = self.link.cvm(self.ref.cvm)
         facts = self.query_one("#facts", Static)
         if cvm is None:
             facts.update(f"{self.ref.key}: not reported by {self.ref.host} ({self.link.state.value})")
