@@ -37,6 +37,7 @@ from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable
 from hostctl.link import LinkState
+from hostctl import model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (140, 40)
@@ -74,17 +75,22 @@ def live_with_cpu(app: DittoApp) -> bool:
     return min(samples) >= 3 and any(c.cpu_percent > 0 for _host, c in cvms)
 
 
-def elastic_on(app: DittoApp, key: str) -> bool:
+def cvm_of(app: DittoApp, key: str) -> model.CVM:
+    """CVM `host/name` as the console last heard of it."""
     host, _, name = key.partition("/")
-    link = app.fleet.links[host]  # type: ignore[union-attr]
-    cvm = next(c for c in link.snapshot.cvms if c.name == name)  # type: ignore[union-attr]
-    return cvm.elastic is not None and cvm.elastic.enabled
+    cvm = app.fleet.links[host].cvm(name)  # type: ignore[union-attr]
+    if cvm is None:
+        raise LookupError(f"{key} is not in its host's snapshot")
+    return cvm
+
+
+def elastic_on(app: DittoApp, key: str) -> bool:
+    elastic = cvm_of(app, key).elastic
+    return elastic is not None and elastic.enabled
 
 
 def online_vcpus(app: DittoApp, key: str) -> int:
-    host, _, name = key.partition("/")
-    link = app.fleet.links[host]  # type: ignore[union-attr]
-    return next(c.online_vcpus for c in link.snapshot.cvms if c.name == name)  # type: ignore[union-attr]
+    return cvm_of(app, key).online_vcpus
 
 
 async def move_to(pilot: Pilot, key: str) -> None:
@@ -148,7 +154,8 @@ async def take(out: Path, run_wrk: bool) -> None:
             await wait_until(pilot, "every host live with CPU data", lambda: live_with_cpu(app), timeout=45)
             log(f"all {len(app.links)} hosts live after {time.monotonic() - started:.1f} s")
 
-            # An elastic policy: pick it with `p` (shot), switch it on with `a`; its decisions then show on the dashboard.
+            # An elastic policy: pick it with `p` (shot), switch it on with `a`; its decisions then show on the
+            # dashboard.
             await move_to(pilot, ELASTIC_CVM)
             await pilot.press("p")
             await wait_until(pilot, "the policy dialog", lambda: isinstance(app.screen, PolicyScreen))
