@@ -36,8 +36,8 @@ from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable
-from hostctl.link import LinkState
 from hostctl import model
+from hostctl.link import LinkState
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (140, 40)
