@@ -55,8 +55,8 @@ import dittotui.app as app_module  # noqa: E402
 from dittotui.app import DittoApp  # noqa: E402
 from dittotui.session import DemoSession  # noqa: E402
 from dittotui.tables import CVMTable  # noqa: E402
-from hostctl.link import HostLink, LinkState  # noqa: E402
-from hostctl.site import demo_site  # noqa: E402
+from hostctl.client.link import HostLink, LinkState  # noqa: E402
+from hostctl.client.site import demo_site  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "console_fleet.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
@@ -194,8 +194,9 @@ class Sampler(threading.Thread):
         while not self.halt.is_set():
             try:
                 c, a = self.me.cpu_times(), self.agents.cpu_times()
-                self.samples.append((time.perf_counter(), c.user + c.system, self.me.memory_info().rss,
-                                     a.user + a.system))
+                self.samples.append(
+                    (time.perf_counter(), c.user + c.system, self.me.memory_info().rss, a.user + a.system)
+                )
             except psutil.Error:
                 pass
             self.halt.wait(0.25)
@@ -205,8 +206,12 @@ class Sampler(threading.Thread):
         if len(inside) < 2:
             return {"cpu": NAN, "agent_cpu": NAN, "rss": NAN, "rss_max": NAN}
         (t0, c0, _r0, a0), (t1, c1, r1, a1) = inside[0], inside[-1]
-        return {"cpu": 100 * (c1 - c0) / (t1 - t0), "agent_cpu": 100 * (a1 - a0) / (t1 - t0), "rss": r1 / 2**20,
-                "rss_max": max(s[2] for s in inside) / 2**20}
+        return {
+            "cpu": 100 * (c1 - c0) / (t1 - t0),
+            "agent_cpu": 100 * (a1 - a0) / (t1 - t0),
+            "rss": r1 / 2**20,
+            "rss_max": max(s[2] for s in inside) / 2**20,
+        }
 
 
 async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event, period: float = 0.01) -> None:
@@ -223,8 +228,11 @@ async def wait_for(cond: Any, timeout: float, what: str, step: float = 0.1, app:
         if app is not None and (app._exception is not None or not app.is_running):
             raise RuntimeError(f"{what}: the app stopped ({app._exception!r})")
         if time.monotonic() - t0 > timeout:
-            states = "; ".join(f"{link.name} {link.state.value} {link.error}".strip() for link in app.links[:5]) \
-                if app is not None else ""
+            states = (
+                "; ".join(f"{link.name} {link.state.value} {link.error}".strip() for link in app.links[:5])
+                if app is not None
+                else ""
+            )
             raise TimeoutError(f"{what}: not within {timeout:g} s ({'no fleet' if app and not app.fleet else states})")
         await asyncio.sleep(step)
     return time.monotonic() - t0
@@ -255,9 +263,22 @@ async def quit_app(app: DittoApp) -> tuple[list[str], bool]:
 def start_agents(args: argparse.Namespace, runtime: Path) -> subprocess.Popen[bytes]:
     log = (runtime / "fleet_agents.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fleet_agents.py"), "--hosts", str(args.hosts), "--cvms",
-         str(args.cvms), "--runtime", str(runtime)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fleet_agents.py"),
+            "--hosts",
+            str(args.hosts),
+            "--cvms",
+            str(args.cvms),
+            "--runtime",
+            str(runtime),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        cwd=ROOT,
+    )
 
 
 def stop_agents(proc: subprocess.Popen[bytes]) -> int | None:
@@ -281,8 +302,9 @@ async def fleet_part(args: argparse.Namespace, probes: Probes, window: float, pr
     try:
         await wait_for(lambda: (runtime / "ready").exists() or agents.poll() is not None, 60, "fleet_agents ready")
         if agents.poll() is not None:
-            raise RuntimeError(f"fleet_agents exited with {agents.returncode}: "
-                               f"{(runtime / 'fleet_agents.log').read_text()[-500:]}")
+            raise RuntimeError(
+                f"fleet_agents exited with {agents.returncode}: {(runtime / 'fleet_agents.log').read_text()[-500:]}"
+            )
         sampler = Sampler(agents.pid)
         sampler.start()
         names = [f"host-{i:03d}" for i in range(args.hosts)]
@@ -292,8 +314,11 @@ async def fleet_part(args: argparse.Namespace, probes: Probes, window: float, pr
             t_start = time.monotonic()
             table = app.query_one(CVMTable)
             res["fresh_s"] = await wait_for(
-                lambda: app.fleet is not None and all(link.state is LinkState.FRESH for link in app.links), 120,
-                "every link fresh", app=app)
+                lambda: app.fleet is not None and all(link.state is LinkState.FRESH for link in app.links),
+                120,
+                "every link fresh",
+                app=app,
+            )
             rows = args.hosts * args.cvms
             await wait_for(lambda: table.row_count >= rows, 120, f"{rows} CVM rows", app=app)
             res["rows_s"] = time.monotonic() - t_start
@@ -326,8 +351,14 @@ async def fleet_part(args: argparse.Namespace, probes: Probes, window: float, pr
             res["rows_age_ms"] = probes.rows_age_ms
             res["gc_ms"] = probes.gc_ms
             res["lag"] = [ms for t, ms in lag if w0 <= t < w1]
-            res["backlog_mib"] = sum(len(getattr(getattr(link._client, "_reader", None), "_buffer", b""))
-                                     for link in app.links if link._client is not None) / 2**20
+            res["backlog_mib"] = (
+                sum(
+                    len(getattr(getattr(link._client, "_reader", None), "_buffer", b""))
+                    for link in app.links
+                    if link._client is not None
+                )
+                / 2**20
+            )
             res["rows"] = table.row_count
             if probes.profiler is not None:
                 while not probes.profile_stopped:  # the hooks start and stop it on time; this is a fallback
@@ -372,8 +403,16 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
     try:
         async with app.run_test(size=SIZE) as pilot:
             table = app.query_one(CVMTable)
-            await wait_for(lambda: app.fleet is not None and all(link.state is LinkState.FRESH for link in app.links)
-                           and table.row_count > 0, 60, "demo site fresh", app=app)
+            await wait_for(
+                lambda: (
+                    app.fleet is not None
+                    and all(link.state is LinkState.FRESH for link in app.links)
+                    and table.row_count > 0
+                ),
+                60,
+                "demo site fresh",
+                app=app,
+            )
             await pilot.pause(0.5)
             # A CVM with room both ways: plus/minus alternate, so the count stays within boot..max.
             key = next(k for k in sorted(table.keys) if 0 < workers_of(table, k)[0] < workers_of(table, k)[1])
@@ -458,18 +497,30 @@ def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
             continue
         in_tick = f"{100 * cum / tick_cum:.0f}%" if i < TICK_ROWS and tick_cum else ""
         indent = len(label) - len(label.lstrip())
-        lines.append(f"| {'&nbsp;' * indent}{label.strip()} | {calls} | {cum:.2f} | {100 * cum / wall:.0f}% | {in_tick} |")
+        lines.append(
+            f"| {'&nbsp;' * indent}{label.strip()} | {calls} | {cum:.2f} | {100 * cum / wall:.0f}% | {in_tick} |"
+        )
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(12)
     text = buf.getvalue()
-    top = [line.rstrip().replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
-           for line in text[text.index("ncalls"):].splitlines() if line.strip()]
+    top = [
+        line.rstrip().replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
+        for line in text[text.index("ncalls") :].splitlines()
+        if line.strip()
+    ]
     top = [line.replace(os.path.dirname(typing.__file__) + "/", "") for line in top]
     return [*lines, "", "Top functions by own time:", "", "```", *top, "```"]
 
 
-CODE = ["dittotui/app.py", "dittotui/rows.py", "dittotui/tables.py", "dittotui/history.py", "hostctl/link.py",
-        "hostctl/model.py", "hostctl/rpc.py"]
+CODE = [
+    "dittotui/app.py",
+    "dittotui/rows.py",
+    "dittotui/tables.py",
+    "dittotui/history.py",
+    "hostctl/link.py",
+    "hostctl/model.py",
+    "hostctl/rpc.py",
+]
 
 
 def code_hash() -> str:
@@ -491,9 +542,11 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
 
     def row(name: str, values: list[float], unit: str = "ms", digits: int = 1, bold: bool = False) -> str:
         p99 = fmt(pct(values, 99), digits)
-        return (f"| {name} | {len(values)} | {fmt(pct(values, 50), digits)} {unit} | "
-                f"{'**' if bold else ''}{p99} {unit}{'**' if bold else ''} | "
-                f"{fmt(max(values) if values else NAN, digits)} {unit} |")
+        return (
+            f"| {name} | {len(values)} | {fmt(pct(values, 50), digits)} {unit} | "
+            f"{'**' if bold else ''}{p99} {unit}{'**' if bold else ''} | "
+            f"{fmt(max(values) if values else NAN, digits)} {unit} |"
+        )
 
     fresh = r["fresh"]
     lines = [
@@ -520,8 +573,11 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
         f"{sum(r['render_ms']) / w / 10:.0f}%, applying updates {sum(r['notify_ms']) / w / 10:.0f}% (JSON parsing "
         "and asyncio not counted).",
         "- Garbage collection pauses (all of the process, `gc.callbacks`): "
-        + ", ".join(f"gen {g}: {len(v)} × p50 {fmt(pct(v, 50))} ms, max {fmt(max(v) if v else NAN)} ms"
-                    for g, v in r["gc_ms"].items()) + f"; {sum(map(sum, r['gc_ms'].values())) / w / 10:.0f}% of wall.",
+        + ", ".join(
+            f"gen {g}: {len(v)} × p50 {fmt(pct(v, 50))} ms, max {fmt(max(v) if v else NAN)} ms"
+            for g, v in r["gc_ms"].items()
+        )
+        + f"; {sum(map(sum, r['gc_ms'].values())) / w / 10:.0f}% of wall.",
         f"- Console process: CPU **{fmt(s['cpu'], 0)}%** of one core (its {args.hosts} links included), RSS "
         f"**{fmt(s['rss'], 0)} MiB** at the end (max {fmt(s['rss_max'], 0)}; {r['rss_before']:.0f} MiB before the "
         f"console started). Agents' process: {fmt(s['agent_cpu'], 0)}% CPU.",
@@ -530,11 +586,15 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
         + f". The benchmark's own coroutine woke {r['resumed_late_s']:.1f} s after the window ended; unread updates "
         f"in the links' buffers then: {r['backlog_mib']:.1f} MiB (the agents stop {r['profile_s']:g} s after the "
         "window).",
-        "- Quitting: " + (f"`action_quit()` did not return within 15 s: {len(r['quit_hung'])} link task(s) did not "
-                           f"end on their first cancel ({', '.join(r['quit_hung'][:5])}"
-                           f"{' ...' if len(r['quit_hung']) > 5 else ''}); "
-                           + ("a second cancel ended them." if r["quit_ended"] else "even a second cancel did not.")
-                           if r["quit_hung"] else "`action_quit()` returned normally."),
+        "- Quitting: "
+        + (
+            f"`action_quit()` did not return within 15 s: {len(r['quit_hung'])} link task(s) did not "
+            f"end on their first cancel ({', '.join(r['quit_hung'][:5])}"
+            f"{' ...' if len(r['quit_hung']) > 5 else ''}); "
+            + ("a second cancel ended them." if r["quit_ended"] else "even a second cancel did not.")
+            if r["quit_hung"]
+            else "`action_quit()` returned normally."
+        ),
         "",
     ]
     if "profile" in r:
@@ -569,7 +629,7 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         f"- **Code measured** (no VCS information is read): sha256 of {', '.join(f.split('/')[-1] for f in CODE)} "
         f"= `{code_hash()}`.",
         f"- **Fleet**: `bench/fleet_agents.py`, one process serving {args.hosts} unix sockets (one per host) with the "
-        "real JSON-RPC protocol (`hostctl.rpc`, `hostctl.model`, the agent's parameter schemas), no HTTP services. "
+        "real JSON-RPC protocol (`hostctl.wire.rpc`, `hostctl.wire.model`, the agent's parameter schemas), no HTTP services. "
         f"{args.cvms} CVMs per host ({rows} in all; SEV-SNP/SEV-ES/SEV/none mixed; boot 1, max 9 vCPUs). Every "
         "second every CVM's CPU % takes a random-walk step and ~10% of them change online vCPUs (hosts staggered "
         "in phase); each subscribed link gets an `update` with only the changed CVMs, as from the real agent: "
@@ -585,7 +645,8 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         "thread. The window is enforced in the timing hooks and by that thread, not by the event loop.",
         "",
         f"**Target (updates ≤ {TARGET_MS:.0f} ms p99): {'met' if met else 'NOT met'}** — dirty-tick p99 "
-        f"{fmt(d99, 0)} ms over {len(dirty)} dirty ticks" + ("" if met else f" ({d99 / TARGET_MS:.0f}× the target)")
+        f"{fmt(d99, 0)} ms over {len(dirty)} dirty ticks"
+        + ("" if met else f" ({d99 / TARGET_MS:.0f}× the target)")
         + ".",
         "",
         *fleet_section(f"Fleet: {args.hosts} hosts × {args.cvms} CVMs at 1 Hz", args, fleet),
@@ -610,7 +671,8 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         f"All presses, sorted (key → cell / key → screen, ms): {', '.join(f'{v:.0f}' for v in sorted(c))} / "
         f"{', '.join(f'{v:.0f}' for v in sorted(p))}. Screen updates during the presses: {len(demo['render_ms'])}, "
         f"p50 {fmt(pct(demo['render_ms'], 50))} ms, p99 {fmt(pct(demo['render_ms'], 99))} ms. Full garbage collections in the console process during the "
-        f"presses: {len(demo['gc_ms'][2])}" + (f" (max {max(demo['gc_ms'][2]):.0f} ms)" if demo["gc_ms"][2] else "")
+        f"presses: {len(demo['gc_ms'][2])}"
+        + (f" (max {max(demo['gc_ms'][2]):.0f} ms)" if demo["gc_ms"][2] else "")
         + ".",
         "",
         "The path: key → `scale` RPC → agent applies it (driver delay) → the agent sends an `update` at once → the "
@@ -626,7 +688,7 @@ def write_report(text: str, out: Path = OUT) -> None:
     if out.exists():
         old = out.read_text()
         if FINDINGS_MARK in old:
-            findings = old[old.index(FINDINGS_MARK):]
+            findings = old[old.index(FINDINGS_MARK) :]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + ("\n" + findings if findings else ""))
 
@@ -646,8 +708,9 @@ async def main(args: argparse.Namespace) -> None:
     print("part 1: the fleet", flush=True)
     # Each part runs in a context of its own: Textual keeps the running app in a context variable, and a finished
     # 10k-row app left reachable there would slow every later full garbage collection.
-    fleet = await asyncio.create_task(fleet_part(args, probes, args.window, args.profile),
-                                      context=contextvars.copy_context())
+    fleet = await asyncio.create_task(
+        fleet_part(args, probes, args.window, args.profile), context=contextvars.copy_context()
+    )
     print(f"  done in {fleet['part_s']:.0f} s (agents exit status {fleet['agents_rc']})", flush=True)
     not_run: dict[str, Any] = {"cell": [NAN], "painted": [NAN], "cvm": "-"}
     write_report(report(args, fleet, not_run), args.out)  # the fleet figures are kept even if a later part fails

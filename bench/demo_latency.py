@@ -7,9 +7,9 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from hostctl import wrk
 from hostctl.demo import config
 from hostctl.demo.host import DemoHost
+from hostctl.load import wrk
 
 WORKERS = (1, 2, 4)
 CVMS = ("social-plain", "social-sev", "social-snp")
@@ -50,8 +50,10 @@ async def main() -> None:
         security = next(c.security for c in site.host("mec-1").cvms if c.name == name)
         for workers in WORKERS:
             r = results[name, workers]
-            lines.append(f"| {name} | {security.value} | {site.overhead.of(security):.2f}× | {workers} | "
-                         f"{r.p(50):.2f} | {r.p(99):.2f} | {r.rps:.0f} | {r.errors} |")
+            lines.append(
+                f"| {name} | {security.value} | {site.overhead.of(security):.2f}× | {workers} | "
+                f"{r.p(50):.2f} | {r.p(99):.2f} | {r.rps:.0f} | {r.errors} |"
+            )
     lines += ["", "p50 ratio to plain at the same workers:", ""]
     for workers in WORKERS:
         base = results["social-plain", workers].p(50)

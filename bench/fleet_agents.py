@@ -2,8 +2,8 @@
 
     python bench/fleet_agents.py --hosts 100 --cvms 100 --runtime DIR
 
-serves one unix socket per host (`DIR/host-NNN.sock`) speaking the real agent's JSON-RPC protocol (`hostctl.rpc`,
-`hostctl.model` dataclasses, the real agent's parameter schemas) for `hello`, `snapshot`, `subscribe` and `scale`.
+serves one unix socket per host (`DIR/host-NNN.sock`) speaking the real agent's JSON-RPC protocol (`hostctl.wire.rpc`,
+`hostctl.wire.model` dataclasses, the real agent's parameter schemas) for `hello`, `snapshot`, `subscribe` and `scale`.
 No libvirt, no HTTP services: every host's CVMs live in memory. Every `--interval` seconds (hosts staggered in
 phase) every CVM's `cpu_percent` takes a random-walk step and about `--churn` of them gain or lose one online vCPU;
 a subscribed peer gets `update` notifications carrying only the CVMs changed since its last update, like the real
@@ -27,12 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hostctl import __version__, rpc  # noqa: E402
-from hostctl.agent import PROTOCOL_VERSION, SCHEMAS, _checked, _peer_user  # noqa: E402
+from hostctl import __version__  # noqa: E402
+from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, _checked, _peer_user  # noqa: E402
 from hostctl.demo.config import DEFAULT_POLICY  # noqa: E402
 from hostctl.errors import HostctlError, ScaleRefused  # noqa: E402
-from hostctl.model import CVM, DomainState, Event, Host, Snapshot  # noqa: E402
-from hostctl.security import SecurityType  # noqa: E402
+from hostctl.wire import rpc  # noqa: E402
+from hostctl.wire.model import CVM, DomainState, Event, Host, Snapshot  # noqa: E402
+from hostctl.wire.security import SecurityType  # noqa: E402
 
 SECURITY_MIX = (SecurityType.SEV_SNP, SecurityType.SEV_SNP, SecurityType.SEV_ES, SecurityType.SEV, SecurityType.NONE)
 METHODS = ("hello", "snapshot", "subscribe", "scale")
@@ -44,16 +45,34 @@ class FleetHost:
     def __init__(self, name: str, cvms: int, rng: random.Random) -> None:
         self.name = name
         self.rng = rng
-        self.host = Host(name=name, uri="test:///fleet", cpus=640, memory_mib=1024 * 1024, cpu_percent=0.0,
-                         load=0.0, sev=True, sev_es=True, sev_snp=True, libvirt_version="emulated")
+        self.host = Host(
+            name=name,
+            uri="test:///fleet",
+            cpus=640,
+            memory_mib=1024 * 1024,
+            cpu_percent=0.0,
+            load=0.0,
+            sev=True,
+            sev_es=True,
+            sev_snp=True,
+            libvirt_version="emulated",
+        )
         self.cvms: dict[str, CVM] = {}
         for j in range(cvms):
             security = SECURITY_MIX[j % len(SECURITY_MIX)]
             name_j = f"cvm-{j:03d}"
             self.cvms[name_j] = CVM(
-                name=name_j, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{name_j}")), state=DomainState.RUNNING,
-                security=security, policy=DEFAULT_POLICY[security], boot_vcpus=1, max_vcpus=9,
-                online_vcpus=rng.randint(1, 9), driver="emulated", cpu_percent=round(rng.uniform(5, 95), 1))
+                name=name_j,
+                uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{name_j}")),
+                state=DomainState.RUNNING,
+                security=security,
+                policy=DEFAULT_POLICY[security],
+                boot_vcpus=1,
+                max_vcpus=9,
+                online_vcpus=rng.randint(1, 9),
+                driver="emulated",
+                cpu_percent=round(rng.uniform(5, 95), 1),
+            )
         self.gen = 0  # bumped on every change; a CVM's entry is the generation it last changed in
         self.changed: dict[str, int] = dict.fromkeys(self.cvms, 0)
         self.sessions: set[Session] = set()
@@ -95,14 +114,27 @@ class FleetHost:
                 raise HostctlError(f"unknown CVM {name!r} on {self.name} (known: {', '.join(sorted(self.cvms))})")
             if not cvm.boot_vcpus <= target <= cvm.max_vcpus:
                 raise ScaleRefused(
-                    f"{name}: refused: {target} vCPUs is outside boot..max ({cvm.boot_vcpus}..{cvm.max_vcpus})")
+                    f"{name}: refused: {target} vCPUs is outside boot..max ({cvm.boot_vcpus}..{cvm.max_vcpus})"
+                )
             current = cvm.online_vcpus
             if current != target and expect is not None and expect != current:
-                raise ScaleRefused(f"{name}: refused: expected {expect} online vCPUs but found {current}; "
-                                   "nothing changed", current=current)
+                raise ScaleRefused(
+                    f"{name}: refused: expected {expect} online vCPUs but found {current}; nothing changed",
+                    current=current,
+                )
         except HostctlError as e:
-            self._record(Event(self.name, name, "scale", who, ok=False, before=getattr(e, "current", None),
-                               after=target, why=str(e)))
+            self._record(
+                Event(
+                    self.name,
+                    name,
+                    "scale",
+                    who,
+                    ok=False,
+                    before=getattr(e, "current", None),
+                    after=target,
+                    why=str(e),
+                )
+            )
             raise
         if current == target:
             why = f"{why} (already at {target}, nothing changed)".strip()
@@ -122,7 +154,7 @@ class FleetHost:
 
 
 class Session:
-    """One connected peer, as in `hostctl.agent.Session`: its subscription and what it has been sent."""
+    """One connected peer, as in `hostctl.agent.server.Session`: its subscription and what it has been sent."""
 
     def __init__(self, fleet_host: FleetHost, peer: rpc.Peer, peer_user: str, interval: float) -> None:
         self.fh = fleet_host
@@ -148,8 +180,15 @@ class Session:
             self._updates.cancel()
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"protocol": PROTOCOL_VERSION, "agent": __version__, "host": self.fh.name, "pid": os.getpid(),
-                "readonly": False, "interval": self.interval, "methods": sorted(m for m in SCHEMAS if m in METHODS)}
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "agent": __version__,
+            "host": self.fh.name,
+            "pid": os.getpid(),
+            "readonly": False,
+            "interval": self.interval,
+            "methods": sorted(m for m in SCHEMAS if m in METHODS),
+        }
 
     async def snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.fh.snapshot().to_dict()
@@ -163,7 +202,9 @@ class Session:
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
         who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
-        return self.fh.scale(params["cvm"], params["target"], params.get("expect"), who, params.get("why", "")).to_dict()
+        return self.fh.scale(
+            params["cvm"], params["target"], params.get("expect"), who, params.get("why", "")
+        ).to_dict()
 
     async def _send_updates(self, interval: float) -> None:
         """Every `interval` (or at once after a scale): the CVMs changed since the last update, host and services."""
@@ -219,8 +260,9 @@ async def serve(args: argparse.Namespace) -> None:
     for fh in hosts:
         path = runtime / f"{fh.name}.sock"
         path.unlink(missing_ok=True)
-        servers.append(await asyncio.start_unix_server(lambda r, w, fh=fh: connected(fh, r, w), path=str(path),
-                                                       limit=rpc.MAX_LINE))
+        servers.append(
+            await asyncio.start_unix_server(lambda r, w, fh=fh: connected(fh, r, w), path=str(path), limit=rpc.MAX_LINE)
+        )
         os.chmod(path, 0o600)
 
     async def sampler() -> None:
@@ -242,8 +284,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     sampling = loop.create_task(sampler())
     ready.write_text(f"{os.getpid()}\n")
-    print(f"fleet_agents: {args.hosts} hosts x {args.cvms} CVMs listening in {runtime} (pid {os.getpid()})",
-          flush=True)
+    print(f"fleet_agents: {args.hosts} hosts x {args.cvms} CVMs listening in {runtime} (pid {os.getpid()})", flush=True)
     try:
         await stop.wait()
     finally:

@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from agents import AgentProcess  # noqa: E402
 from sshkit import openssh  # noqa: E402
 
+from hostctl.client.link import HostLink, LinkState  # noqa: E402
+from hostctl.client.site import Defaults, HostEntry, demo_site  # noqa: E402
 from hostctl.demo.config import CVMSpec, HostSpec  # noqa: E402
 from hostctl.demo.nodexml import node_xml  # noqa: E402
-from hostctl.link import HostLink, LinkState  # noqa: E402
-from hostctl.security import SecurityType  # noqa: E402
-from hostctl.site import Defaults, HostEntry, demo_site  # noqa: E402
+from hostctl.wire.security import SecurityType  # noqa: E402
 
 CVMS = 50
 RTT_ROUNDS = 1000
@@ -43,17 +43,32 @@ async def wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-unt
 
 
 async def over_ssh(tmp: Path) -> dict[str, list[float] | float]:
-    spec = HostSpec(name="mec-bench", cvms=[
-        CVMSpec(name=f"cvm-{i:02d}", security=list(SecurityType)[i % 4], boot_vcpus=1, max_vcpus=5, online_vcpus=2)
-        for i in range(CVMS)])
+    spec = HostSpec(
+        name="mec-bench",
+        cvms=[
+            CVMSpec(name=f"cvm-{i:02d}", security=list(SecurityType)[i % 4], boot_vcpus=1, max_vcpus=5, online_vcpus=2)
+            for i in range(CVMS)
+        ],
+    )
     node = tmp / "node.xml"
     node.write_text(node_xml(spec))
     async with openssh(tmp / "sshd") as server:
         config = tmp / "ssh_config"
-        config.write_text(f"Host mec\n  HostName {server.host}\n  Port {server.port}\n  User {server.user}\n"
-                          f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n")
-        agent = [sys.executable, "-m", "hostctl", "--uri", f"test://{node}", "agent", "--stdio",
-                 "--audit", str(tmp / "audit.jsonl")]
+        config.write_text(
+            f"Host mec\n  HostName {server.host}\n  Port {server.port}\n  User {server.user}\n"
+            f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n"
+        )
+        agent = [
+            sys.executable,
+            "-m",
+            "hostctl",
+            "--uri",
+            f"test://{node}",
+            "agent",
+            "--stdio",
+            "--audit",
+            str(tmp / "audit.jsonl"),
+        ]
         defaults = Defaults(interval=1.0, known_hosts=str(server.known_hosts), ssh_config=str(config))
         link = HostLink(HostEntry(name="mec", ssh="mec", agent=agent), defaults, who="bench")
         link.start()

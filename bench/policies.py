@@ -12,10 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hostctl import site as sites
+from hostctl.client import site as sites
 from hostctl.demo import launcher
-from hostctl.elastic_experiment import on_site
-from hostctl.loadtrace import bursty
+from hostctl.experiments.elastic_vs_fixed import on_site
+from hostctl.load.trace import bursty
 
 OUT = Path(__file__).parent / "results"
 
@@ -64,15 +64,26 @@ async def main(argv: list[str]) -> None:
             async def progress(what: str) -> None:
                 print(what, file=sys.stderr, flush=True)
 
-            comparison = await on_site(site, bursty().scaled(args.scale), cvm="bench-1/svc",
-                                       runs=args.runs.split(",") if args.runs else None, progress=progress)
+            comparison = await on_site(
+                site,
+                bursty().scaled(args.scale),
+                cvm="bench-1/svc",
+                runs=args.runs.split(",") if args.runs else None,
+                progress=progress,
+            )
         finally:
             await launcher.down(runtime)
-    comparison.notes.append("Demo site: one agent process (`hostctl demo serve-host`) with the shipped "
-                            "`configs/policies`; load from `hostctl.loadtrace.replay` in this process; "
-                            "2-CPU machine shared with other work.")
-    md, svg = comparison.save(OUT, args.stem, header="# Elastic policies against fixed sizes (demo site)\n\n"
-                              f"One run of `{' '.join(['python bench/policies.py', *argv])}`.")
+    comparison.notes.append(
+        "Demo site: one agent process (`hostctl demo serve-host`) with the shipped "
+        "`configs/policies`; load from `hostctl.load.trace.replay` in this process; "
+        "2-CPU machine shared with other work."
+    )
+    md, svg = comparison.save(
+        OUT,
+        args.stem,
+        header="# Elastic policies against fixed sizes (demo site)\n\n"
+        f"One run of `{' '.join(['python bench/policies.py', *argv])}`.",
+    )
     print(comparison.markdown())
     print(f"saved: {md} and {svg}")
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import psutil
 
-from hostctl import rpc, wrk
 from hostctl.demo import config, launcher
-from hostctl.model import Snapshot
+from hostctl.load import wrk
+from hostctl.wire import rpc
+from hostctl.wire.model import Snapshot
 
 HOST, CVM, SERVICE = "mec-1", "social-snp", "home-timeline"
 CPU_SECONDS, CPU_WINDOW = 30, 2.0
@@ -103,8 +104,10 @@ async def main() -> None:
         "",
         "| probes | CPU % median | mean over the whole time | min | max |",
         "|---|---:|---:|---:|---:|",
-        *(f"| {label} | {statistics.median(v):.2f} | {statistics.mean(v):.2f} | {min(v):.2f} | {max(v):.2f} |"
-          for label, v in cpu.items()),
+        *(
+            f"| {label} | {statistics.median(v):.2f} | {statistics.mean(v):.2f} | {min(v):.2f} | {max(v):.2f} |"
+            for label, v in cpu.items()
+        ),
         "",
         f"Probe overhead at the default rate: **{on - off:+.2f} points of one core** "
         f"({rate * services:g} probes/s on this host).",

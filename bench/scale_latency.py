@@ -16,8 +16,8 @@ import libvirt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_node  # noqa: E402
 
-from hostctl.backend import LibvirtHost  # noqa: E402
-from hostctl.domxml import WORKERS_KEY, WORKERS_NS, workers_metadata  # noqa: E402
+from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, workers_metadata  # noqa: E402
+from hostctl.host.libvirt_host import LibvirtHost  # noqa: E402
 
 ROUNDS = 2000
 OUT = Path(__file__).parent / "results" / "scale_latency.md"
@@ -39,8 +39,13 @@ async def main() -> None:
                 t0 = time.perf_counter()
                 dom.setVcpusFlags(2 + i % 3, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 t1 = time.perf_counter()
-                dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, workers_metadata(1 + i % 3, 4, "bench", time.time()),
-                                WORKERS_KEY, WORKERS_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                dom.setMetadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                    workers_metadata(1 + i % 3, 4, "bench", time.time()),
+                    WORKERS_KEY,
+                    WORKERS_NS,
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE,
+                )
                 t2 = time.perf_counter()
                 setv.append((t1 - t0) * 1e6)
                 meta.append((t2 - t1) * 1e6)
@@ -57,8 +62,11 @@ async def main() -> None:
             full.append((time.perf_counter() - t0) * 1e6)
             current = target
         await host.close()
-    rows = [("setVcpusFlags(AFFECT_LIVE)", setv), ("setMetadata (workers element)", meta),
-            ("LibvirtHost.scale, end to end (emulated driver, 0 ms wake delay)", full)]
+    rows = [
+        ("setVcpusFlags(AFFECT_LIVE)", setv),
+        ("setMetadata (workers element)", meta),
+        ("LibvirtHost.scale, end to end (emulated driver, 0 ms wake delay)", full),
+    ]
     lines = [
         "# Scale cost on libvirt's test driver",
         "",

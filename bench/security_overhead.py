@@ -9,11 +9,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from hostctl import experiment
+from hostctl.client.link import Fleet
+from hostctl.client.site import load
 from hostctl.demo import config, launcher
-from hostctl.link import Fleet
-from hostctl.site import load
-from hostctl.wrk import Params
+from hostctl.experiments import security_overhead as experiment
+from hostctl.load.wrk import Params
 
 REPEATS = 3
 PARAMS = Params(threads=2, connections=8, duration_s=10, timeout_s=2, script="home-timeline")
@@ -31,9 +31,13 @@ async def main() -> None:
         try:
             await fleet.ready()
             for _ in range(REPEATS):
-                reports.append(await experiment.security_overhead(
-                    fleet.site, lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot},
-                    PARAMS))
+                reports.append(
+                    await experiment.security_overhead(
+                        fleet.site,
+                        lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot},
+                        PARAMS,
+                    )
+                )
                 print(reports[-1].markdown())
         finally:
             await fleet.stop()
@@ -58,8 +62,11 @@ async def main() -> None:
     ]
     for i, row in enumerate(first.rows):
         cells = [statistics.median(r.increase(r.rows[i], q) or 0.0 for r in reports) for q in experiment.PERCENTILES]
-        lines.append(f"| {experiment.LABEL[row.choice.security]} | " + " | ".join(f"{c:+.1f}%" for c in cells)
-                     + f" | {(demo.overhead.of(row.choice.security) - 1) * 100:+.0f}% |")
+        lines.append(
+            f"| {experiment.LABEL[row.choice.security]} | "
+            + " | ".join(f"{c:+.1f}%" for c in cells)
+            + f" | {(demo.overhead.of(row.choice.security) - 1) * 100:+.0f}% |"
+        )
     lines += [
         "",
         "The order is the configured one (SEV-SNP > SEV > plain) and the SEV-SNP increase falls in the 30-60% the",

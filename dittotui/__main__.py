@@ -9,10 +9,10 @@ from pathlib import Path
 
 from dittotui.app import DittoApp
 from dittotui.session import DemoSession
+from hostctl.client.site import load as load_site
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.demo.config import load as load_demo
 from hostctl.errors import HostctlError
-from hostctl.site import load as load_site
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The operator console: hosts, CVMs, services and the audit log of a fleet, with one-key actions.
 
-All host I/O is asynchronous (one link per host, see `hostctl.link`); the screen is refreshed by a steady tick
+All host I/O is asynchronous (one link per host, see `hostctl.client.link`); the screen is refreshed by a steady tick
 that coalesces whatever arrived since the last one and touches only cells that changed.
 """
 
@@ -30,15 +30,14 @@ from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
-from hostctl import rpc
+from hostctl.client.link import Fleet, HostLink, LinkState
+from hostctl.client.render import format_event
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.link import Fleet, HostLink, LinkState
-from hostctl.model import Elastic, Event
-from hostctl.render import format_event
-from hostctl.runs import RunLog, RunRecord
-from hostctl.site import Site
-from hostctl.wrk import WrkResult
-
+from hostctl.load.runs import RunLog, RunRecord
+from hostctl.load.wrk import WrkResult
+from hostctl.wire import rpc
+from hostctl.wire.model import Elastic, Event
 
 FRAME_BUDGET_S = 0.015  # a tick stops rebuilding rows after this long; the rest follow a moment later
 
@@ -61,8 +60,15 @@ class DittoApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, *, site: Site | None = None, demo: DemoSession | None = None, readonly: bool = False,
-                 refresh: float = 0.25, runs: RunLog | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        site: Site | None = None,
+        demo: DemoSession | None = None,
+        readonly: bool = False,
+        refresh: float = 0.25,
+        runs: RunLog | None = None,
+    ) -> None:
         super().__init__()
         self.site = site
         self.demo = demo
@@ -200,8 +206,13 @@ class DittoApp(App[None]):
         cvms: dict[str, dict[str, Row]] = {}
         services: dict[str, dict[str, Row]] = {}
         for link in sorted(links, key=lambda link: self._synced_at.get(link.name, 0.0)):
-            version = (link.snapshot.ts if link.snapshot else None, link.state, self.filter_text,
-                       self._mark_versions.get(link.name, 0), self._results_version)
+            version = (
+                link.snapshot.ts if link.snapshot else None,
+                link.state,
+                self.filter_text,
+                self._mark_versions.get(link.name, 0),
+                self._results_version,
+            )
             if self._row_versions.get(link.name) == version:
                 continue
             if cvms and time.perf_counter() > deadline:
@@ -212,9 +223,9 @@ class DittoApp(App[None]):
             self._synced_at[link.name] = time.perf_counter()
             self._record_history(link)
             cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
-            services[link.name] = service_rows(link, self.load_results, self.history.p99,
-                                               slo_ms=slo_ms,
-                                               filter_text=self.filter_text)
+            services[link.name] = service_rows(
+                link, self.load_results, self.history.p99, slo_ms=slo_ms, filter_text=self.filter_text
+            )
         self.cvm_table.sync_groups(cvms)
         self.services_table.sync_groups(services)
 
@@ -248,8 +259,10 @@ class DittoApp(App[None]):
         self._keep_run(record)
         self._results_version += 1
         result = record.result
-        self.log_line(f"wrk {record.key}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
-                      f"{result.rps:.0f} req/s, {result.errors} errors")
+        self.log_line(
+            f"wrk {record.key}: p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
+            f"{result.rps:.0f} req/s, {result.errors} errors"
+        )
         self._dirty = True
 
     # -- selection --------------------------------------------------------------------------------
@@ -269,8 +282,9 @@ class DittoApp(App[None]):
             then()
             return
         names = ", ".join(r.key for r in refs[:4]) + (" ..." if len(refs) > 4 else "")
-        self.push_screen(ConfirmScreen(f"{what} on {len(refs)} marked CVMs?\n{names}"),
-                         lambda yes: then() if yes else None)
+        self.push_screen(
+            ConfirmScreen(f"{what} on {len(refs)} marked CVMs?\n{names}"), lambda yes: then() if yes else None
+        )
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -341,8 +355,13 @@ class DittoApp(App[None]):
             self.notify("no site is open yet", severity="warning")
             return
         links = self.fleet.links
-        self.push_screen(ExperimentScreen(self.fleet.site, lambda: {name: link.snapshot for name, link in links.items()
-                                                                    if link.snapshot is not None}, self.runs))
+        self.push_screen(
+            ExperimentScreen(
+                self.fleet.site,
+                lambda: {name: link.snapshot for name, link in links.items() if link.snapshot is not None},
+                self.runs,
+            )
+        )
 
     def action_toggle_policy(self) -> None:
         """Switch the elastic policy of the selected (or marked) CVMs on, or off when all of them run it."""
@@ -456,16 +475,20 @@ class DittoApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Wake one worker", "Scale the selected (or marked) CVMs up by one",
-                            lambda: self.action_scale(1))
-        yield SystemCommand("Park one worker", "Scale the selected (or marked) CVMs down by one",
-                            lambda: self.action_scale(-1))
+        yield SystemCommand(
+            "Wake one worker", "Scale the selected (or marked) CVMs up by one", lambda: self.action_scale(1)
+        )
+        yield SystemCommand(
+            "Park one worker", "Scale the selected (or marked) CVMs down by one", lambda: self.action_scale(-1)
+        )
         yield SystemCommand("Mark CVM", "Mark or unmark the selected CVM", self.action_mark)
         yield SystemCommand("Clear marks", "Unmark every CVM", self._clear_marks)
         yield SystemCommand("Run wrk load", "Load one of the selected CVM's services", self.action_load)
-        yield SystemCommand("Security-overhead experiment",
-                            "The same wrk load on one CVM of each security type: p50/p90/p99 and % over plain",
-                            self.action_experiment)
+        yield SystemCommand(
+            "Security-overhead experiment",
+            "The same wrk load on one CVM of each security type: p50/p90/p99 and % over plain",
+            self.action_experiment,
+        )
         yield SystemCommand("Toggle elastic policy", "On/off for the selected CVM", self.action_toggle_policy)
         yield SystemCommand("Pick elastic policy", "Choose the selected CVM's policy", self.action_pick_policy)
         yield SystemCommand("Filter", "Show only matching CVMs and services", self.action_filter)

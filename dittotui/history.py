@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hostctl.model import CVM
+from hostctl.wire.model import CVM
 
 SAMPLES = 600  # ten minutes at one sample a second
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hostctl.link import HostLink, LinkState
-from hostctl.model import DomainState
-from hostctl.security import SecurityType, decode_policy
-from hostctl.wrk import WrkResult
+from hostctl.client.link import HostLink, LinkState
+from hostctl.load.wrk import WrkResult
+from hostctl.wire.model import DomainState
+from hostctl.wire.security import SecurityType, decode_policy
 
 Row = tuple[Any, ...]
 
@@ -72,15 +72,30 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: set[str] = frozens
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
         e = cvm.elastic
-        rows[key] = (key in marks, (cvm.name, stale), (link.name, stale), (cvm.workers_active, cvm.workers_max),
-                     cvm.cpu_percent, None if e is None else (e.policy, e.enabled, e.alert), cvm.security.value,
-                     cvm.state.value, cvm.boot_vcpus, None if e is None else (e.decision, e.reason, e.alert),
-                     policy_text(cvm.security, cvm.policy))
+        rows[key] = (
+            key in marks,
+            (cvm.name, stale),
+            (link.name, stale),
+            (cvm.workers_active, cvm.workers_max),
+            cvm.cpu_percent,
+            None if e is None else (e.policy, e.enabled, e.alert),
+            cvm.security.value,
+            cvm.state.value,
+            cvm.boot_vcpus,
+            None if e is None else (e.decision, e.reason, e.alert),
+            policy_text(cvm.security, cvm.policy),
+        )
     return rows
 
 
-def service_rows(link: HostLink, results: dict[str, WrkResult], history: dict[str, Sequence[float]],
-                 *, slo_ms: float, filter_text: str = "") -> dict[str, Row]:
+def service_rows(
+    link: HostLink,
+    results: dict[str, WrkResult],
+    history: dict[str, Sequence[float]],
+    *,
+    slo_ms: float,
+    filter_text: str = "",
+) -> dict[str, Row]:
     """One host's services: service, CVM, probed p50, (p99, breach), p99 trend, req/s, errors, breach,
     last wrk (p99, errors), host."""
     rows: dict[str, Row] = {}

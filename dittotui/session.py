@@ -6,10 +6,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hostctl.client.site import Site
+from hostctl.client.site import load as load_site
 from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
-from hostctl.site import Site
-from hostctl.site import load as load_site
 
 
 class DemoSession:

@@ -237,8 +237,13 @@ class LiveTable(ScrollView, can_focus=True):
         top = int(self.scroll_y)
         visible = max(1, self.size.height - 1)
         if not top <= self.cursor_row < top + visible:
-            self.scroll_to_region(Region(int(self.scroll_x), self.cursor_row + 1, 1, 1), spacing=Spacing(top=1),
-                                  animate=False, force=True, immediate=True)
+            self.scroll_to_region(
+                Region(int(self.scroll_x), self.cursor_row + 1, 1, 1),
+                spacing=Spacing(top=1),
+                animate=False,
+                force=True,
+                immediate=True,
+            )
 
     def action_cursor(self, step: int) -> None:
         self.move_cursor(row=self.cursor_row + step)
@@ -289,8 +294,13 @@ class LiveTable(ScrollView, can_focus=True):
         """Resolve the row styles once per paint, not once per line."""
         even, cursor = (self.get_component_rich_style(f"live-table--{name}") for name in ("even-row", "cursor"))
         base = self.rich_style
-        self._paint_styles = (base, base + even, base + cursor, base + even + cursor,
-                              self.get_component_rich_style("live-table--header"))
+        self._paint_styles = (
+            base,
+            base + even,
+            base + cursor,
+            base + even + cursor,
+            self.get_component_rich_style("live-table--header"),
+        )
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
@@ -305,8 +315,9 @@ class LiveTable(ScrollView, can_focus=True):
         key = self._order[row]
         line = self._lines.get(key)
         if line is None:
-            line = self._lines[key] = self._line([render(v) for (_k, _l, _w, render), v
-                                                  in zip(self.COLUMNS, self._rows[key])])
+            line = self._lines[key] = self._line(
+                [render(v) for (_k, _l, _w, render), v in zip(self.COLUMNS, self._rows[key])]
+            )
         if row == self.cursor_row:
             style = even_cursor if row % 2 == 0 else cursor
         else:
@@ -468,19 +479,42 @@ def gib(value: int | None) -> str:
 
 
 class HostsTable(LiveTable):
-    COLUMNS = [("host", "Host", 12, plain), ("state", "State", 14, state), ("cpu", "CPU%", 5, number),
-               ("mem", "Mem", 5, gib), ("snp", "SNP", 3, yes_no), ("capacity", "vCPUs used/cap", 20, capacity)]
+    COLUMNS = [
+        ("host", "Host", 12, plain),
+        ("state", "State", 14, state),
+        ("cpu", "CPU%", 5, number),
+        ("mem", "Mem", 5, gib),
+        ("snp", "SNP", 3, yes_no),
+        ("capacity", "vCPUs used/cap", 20, capacity),
+    ]
 
 
 class CVMTable(LiveTable):
-    COLUMNS = [("mark", " ", 1, mark), ("cvm", "CVM", 14, name), ("host", "Host", 10, host_name),
-               ("workers", "Workers", 13, workers), ("cpu", "CPU%", 5, number), ("elastic", "Elastic", 15, elastic),
-               ("security", "Security", 8, security), ("state", "State", 7, run_state), ("boot", "Boot", 4, plain),
-               ("decision", "Last decision", 36, decision), ("policy", "Launch policy", 20, plain)]
+    COLUMNS = [
+        ("mark", " ", 1, mark),
+        ("cvm", "CVM", 14, name),
+        ("host", "Host", 10, host_name),
+        ("workers", "Workers", 13, workers),
+        ("cpu", "CPU%", 5, number),
+        ("elastic", "Elastic", 15, elastic),
+        ("security", "Security", 8, security),
+        ("state", "State", 7, run_state),
+        ("boot", "Boot", 4, plain),
+        ("decision", "Last decision", 36, decision),
+        ("policy", "Launch policy", 20, plain),
+    ]
 
 
 class ServicesTable(LiveTable):
-    COLUMNS = [("service", "Service", 13, plain), ("cvm", "CVM", 14, plain), ("p50", "p50", 5, number),
-               ("p99", "p99", 6, p99), ("trend", "p99 trend", 10, sparkline), ("rps", "req/s", 5, number),
-               ("errors", "Err", 3, errors), ("slo", "SLO", 3, slo), ("wrk", "wrk p99", 7, wrk_p99),
-               ("host", "Host", 10, plain)]
+    COLUMNS = [
+        ("service", "Service", 13, plain),
+        ("cvm", "CVM", 14, plain),
+        ("p50", "p50", 5, number),
+        ("p99", "p99", 6, p99),
+        ("trend", "p99 trend", 10, sparkline),
+        ("rps", "req/s", 5, number),
+        ("errors", "Err", 3, errors),
+        ("slo", "SLO", 3, slo),
+        ("wrk", "wrk p99", 7, wrk_p99),
+        ("host", "Host", 10, plain),
+    ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from hostctl.cli import main
+from hostctl.cli.main import main
 
 sys.exit(main())

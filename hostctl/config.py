@@ -40,9 +40,7 @@ def build(cls: type[T], data: Any, *, source: str, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{source}: {_join(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"{source}: {_join(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():

@@ -36,8 +36,8 @@ from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable
-from hostctl import model
-from hostctl.link import LinkState
+from hostctl.client.link import LinkState
+from hostctl.wire import model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (140, 40)
@@ -130,8 +130,10 @@ async def run_load(pilot: Pilot, screen: LoadScreen) -> bool:
     except TimeoutError:
         # LoadScreen keeps its task in `self._running`, which is also Textual's MessagePump._running (a bool,
         # True while the screen runs): `Run` then never starts wrk, and `escape` raises AttributeError.
-        log("WARNING: the load dialog's Run button did nothing (LoadScreen._running shadows Textual's "
-            "MessagePump._running); load.svg shows the dialog before a run")
+        log(
+            "WARNING: the load dialog's Run button did nothing (LoadScreen._running shadows Textual's "
+            "MessagePump._running); load.svg shows the dialog before a run"
+        )
         return False
     log(f"running wrk for {LOAD_SECONDS} s...")
     await wait_until(pilot, "the wrk result", lambda: " req/s " in str(result.content), timeout=LOAD_SECONDS + 20)

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT
-from hostctl import rpc
-from hostctl.errors import HostctlError
+
 from hostctl.demo.launcher import HostProcess
+from hostctl.errors import HostctlError
+from hostctl.wire import rpc
 
 CONFIG = """
 sample_interval = 0.2
@@ -62,8 +63,18 @@ class AgentProcess:
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "hostctl", "demo", "serve-host", self.name,
-                "--config", str(self.config), "--runtime", str(self.runtime)]
+        return [
+            sys.executable,
+            "-m",
+            "hostctl",
+            "demo",
+            "serve-host",
+            self.name,
+            "--config",
+            str(self.config),
+            "--runtime",
+            str(self.runtime),
+        ]
 
     async def start(self) -> None:
         self.socket.unlink(missing_ok=True)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hostctl.backend import LibvirtHost
 from hostctl.demo.config import CVMSpec, HostSpec
 from hostctl.demo.nodexml import node_xml
-from hostctl.security import SecurityType
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire.security import SecurityType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,9 @@ def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def host(tmp_path: Path):
     """An open LibvirtHost over a generated node whose CVMs use the emulated driver."""
-    backend = LibvirtHost(f"test://{make_node(tmp_path)}", name="edge-1",
-                          driver_options={"emulated": {"wake_ms": 1, "park_ms": 1}})
+    backend = LibvirtHost(
+        f"test://{make_node(tmp_path)}", name="edge-1", driver_options={"emulated": {"wake_ms": 1, "park_ms": 1}}
+    )
     await backend.open()
     yield backend
     await backend.close()

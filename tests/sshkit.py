@@ -77,13 +77,13 @@ class SSHEndpoint:
     host: str
     port: int
     user: str
-    client_key: Path                 # private key, OpenSSH format, no passphrase, mode 0600
-    known_hosts: Path                # one line: "[127.0.0.1]:PORT ssh-ed25519 AAAA..."
-    host_key_fingerprint: str        # "SHA256:..." (asyncssh key.get_fingerprint())
-    host_public_key: str = ""        # "ssh-ed25519 AAAA..." (no comment)
-    kind: str = ""                   # "openssh" | "asyncssh"
-    server_pid: int | None = None    # sshd listener pid; None for the in-process asyncssh server
-    log_path: Path | None = None     # sshd's stderr log (openssh only)
+    client_key: Path  # private key, OpenSSH format, no passphrase, mode 0600
+    known_hosts: Path  # one line: "[127.0.0.1]:PORT ssh-ed25519 AAAA..."
+    host_key_fingerprint: str  # "SHA256:..." (asyncssh key.get_fingerprint())
+    host_public_key: str = ""  # "ssh-ed25519 AAAA..." (no comment)
+    kind: str = ""  # "openssh" | "asyncssh"
+    server_pid: int | None = None  # sshd listener pid; None for the in-process asyncssh server
+    log_path: Path | None = None  # sshd's stderr log (openssh only)
     _session_pids: Callable[[], list[int]] = field(default=_no_pids, repr=False, compare=False)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -130,15 +130,25 @@ class SSHEndpoint:
     def ssh_argv(self, *command: str, ssh: str = "ssh") -> list[str]:
         """argv for the OpenSSH client, strict host key checking against our known_hosts."""
         return [
-            ssh, "-F", "/dev/null",
-            "-i", str(self.client_key),
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5",
-            "-p", str(self.port),
+            ssh,
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-p",
+            str(self.port),
             f"{self.user}@{self.host}",
             *command,
         ]
@@ -292,8 +302,14 @@ async def openssh(tmp: Path) -> AsyncIterator[SSHEndpoint]:
         config.write_text(_sshd_config(tmp, port, host_key_path, authorized))
         with open(log_path, "wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                SSHD, "-D", "-e", "-f", str(config),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                SSHD,
+                "-D",
+                "-e",
+                "-f",
+                str(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         ok, last_error = await _wait_sshd(proc, port, log_path)
@@ -337,14 +353,14 @@ async def openssh(tmp: Path) -> AsyncIterator[SSHEndpoint]:
         await _stop_sshd(proc)
 
 
-async def _wait_sshd(proc: asyncio.subprocess.Process, port: int,
-                     log_path: Path) -> tuple[bool, str]:
+async def _wait_sshd(proc: asyncio.subprocess.Process, port: int, log_path: Path) -> tuple[bool, str]:
     deadline = time.monotonic() + START_TIMEOUT
     last = ""
     while time.monotonic() < deadline:
         if proc.returncode is not None:
-            return False, (f"sshd exited with status {proc.returncode}; stderr:\n"
-                           f"{log_path.read_text(errors='replace')}")
+            return False, (
+                f"sshd exited with status {proc.returncode}; stderr:\n{log_path.read_text(errors='replace')}"
+            )
         try:
             banner = await _read_banner(LOOPBACK, port, 1.0)
         except (OSError, asyncio.TimeoutError) as e:
@@ -354,8 +370,7 @@ async def _wait_sshd(proc: asyncio.subprocess.Process, port: int,
                 return True, ""
             last = f"unexpected banner {banner!r}"
         await asyncio.sleep(0.02)
-    return False, (f"timed out after {START_TIMEOUT}s ({last}); sshd stderr:\n"
-                   f"{log_path.read_text(errors='replace')}")
+    return False, (f"timed out after {START_TIMEOUT}s ({last}); sshd stderr:\n{log_path.read_text(errors='replace')}")
 
 
 async def _stop_sshd(proc: asyncio.subprocess.Process) -> None:
@@ -444,9 +459,12 @@ class _AsyncsshKit:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self.env, cwd=self.home, start_new_session=True,
+                env=self.env,
+                cwd=self.home,
+                start_new_session=True,
             )
         except OSError as e:
             with contextlib.suppress(Exception):
@@ -469,8 +487,7 @@ class _AsyncsshKit:
             # Process exited: flush its output (unless the channel dies meanwhile), then report.
             pending = {out_t, err_t}
             while pending and not closed_t.done():
-                done, _ = await asyncio.wait(pending | {closed_t},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pending | {closed_t}, return_when=asyncio.FIRST_COMPLETED)
                 pending -= done
             if closed_t.done():
                 return
@@ -508,8 +525,7 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-async def _pump_ssh_to_proc(process: asyncssh.SSHServerProcess,
-                            proc: asyncio.subprocess.Process) -> None:
+async def _pump_ssh_to_proc(process: asyncssh.SSHServerProcess, proc: asyncio.subprocess.Process) -> None:
     assert proc.stdin is not None
     try:
         while True:
@@ -554,11 +570,13 @@ async def asyncssh_server(tmp: Path) -> AsyncIterator[SSHEndpoint]:
     host_key, _hkp, _client, client_key_path, authorized = _write_keys(tmp)
     kit = _AsyncsshKit()
     acceptor = await asyncssh.create_server(
-        kit.server_factory, LOOPBACK, 0,
+        kit.server_factory,
+        LOOPBACK,
+        0,
         server_host_keys=[host_key],
         authorized_client_keys=str(authorized),
         process_factory=kit.handle_process,
-        encoding=None,            # bytes end to end; the client picks its own encoding
+        encoding=None,  # bytes end to end; the client picks its own encoding
         allow_scp=False,
         agent_forwarding=False,
         x11_forwarding=False,
@@ -580,7 +598,7 @@ async def asyncssh_server(tmp: Path) -> AsyncIterator[SSHEndpoint]:
     try:
         yield endpoint
     finally:
-        acceptor.close()   # stops listening only; live connections stay open ...
+        acceptor.close()  # stops listening only; live connections stay open ...
         await acceptor.wait_closed()
         await kit.close()  # ... so close them (and their subprocesses) ourselves
 
@@ -597,15 +615,15 @@ class _Half(asyncio.Protocol):
         self.pair = pair
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
-        self.pending = bytearray()     # bytes held back (paused / peer not connected yet)
-        self.eof = False               # EOF received, not yet forwarded
+        self.pending = bytearray()  # bytes held back (paused / peer not connected yet)
+        self.eof = False  # EOF received, not yet forwarded
         self.lost = False
-        self.write_blocked = False     # our transport's write buffer is full
+        self.write_blocked = False  # our transport's write buffer is full
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.pause_reading()      # reading is enabled by update_reading() once linked
+        transport.pause_reading()  # reading is enabled by update_reading() once linked
 
     def data_received(self, data: bytes) -> None:
         self.pending += data
@@ -614,7 +632,7 @@ class _Half(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self.pair.flush()
-        return True                    # keep the transport open for half-close
+        return True  # keep the transport open for half-close
 
     def connection_lost(self, exc) -> None:
         self.lost = True
@@ -657,8 +675,14 @@ class _Pair:
     def update_reading(self) -> None:
         for h in self.halves():
             peer = h.peer
-            want = (self.linked and not self.proxy.paused and not self.closed
-                    and peer is not None and not peer.write_blocked and not peer.lost)
+            want = (
+                self.linked
+                and not self.proxy.paused
+                and not self.closed
+                and peer is not None
+                and not peer.write_blocked
+                and not peer.lost
+            )
             h.set_reading(want)
 
     def flush(self) -> None:
@@ -703,8 +727,7 @@ class _Pair:
                 sock = t.get_extra_info("socket")
                 if sock is not None:
                     with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                        struct.pack("ii", 1, 0))
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             t.abort()
         self.proxy._pairs.discard(self)
 
@@ -719,14 +742,15 @@ class CuttableProxy:
       accept again on the same port.
     """
 
-    def __init__(self, target_host: str, target_port: int, *,
-                 listen_host: str = LOOPBACK, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, listen_host: str = LOOPBACK, listen_port: int = 0
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.paused = False
-        self.accepted = 0              # connections accepted since start
+        self.accepted = 0  # connections accepted since start
         self._pairs: set[_Pair] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -747,8 +771,7 @@ class CuttableProxy:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accept, self.listen_host, self.listen_port, reuse_address=True)
+        self._server = await loop.create_server(self._accept, self.listen_host, self.listen_port, reuse_address=True)
         self.listen_port = self._server.sockets[0].getsockname()[1]
 
     async def stop_listening(self) -> None:

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import make_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_node
-from hostctl import rpc
-from hostctl.agent import Agent
-from hostctl.audit import AuditLog
-from hostctl.backend import LibvirtHost
+from hostctl.agent.audit import AuditLog
+from hostctl.agent.server import Agent
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire import rpc
 
 
 class Served:
@@ -40,8 +40,9 @@ class Served:
 
 
 async def _serve(tmp_path: Path, *, readonly: bool = False) -> AsyncIterator[Served]:
-    host = LibvirtHost(f"test://{make_node(tmp_path)}", name="edge-1",
-                       driver_options={"emulated": {"wake_ms": 0, "park_ms": 0}})
+    host = LibvirtHost(
+        f"test://{make_node(tmp_path)}", name="edge-1", driver_options={"emulated": {"wake_ms": 0, "park_ms": 0}}
+    )
     await host.open()
     audit = tmp_path / "audit.jsonl"
     agent = Agent(host, audit=AuditLog(audit), readonly=readonly, interval=0.1)
@@ -87,9 +88,26 @@ async def test_subscribe_sends_changes_not_snapshots(served: Served) -> None:
     assert len(updates) >= 2
     assert set(updates[0]["cvms"]) == {"snp", "es", "sev", "plain"} and "host" in updates[0]
     quiet = updates[-1]
-    assert all(set(c) <= {"cpu_percent", "name", "uuid", "state", "security", "policy", "boot_vcpus",
-                          "max_vcpus", "online_vcpus", "driver", "scaled_by", "scaled_at", "concurrency", "elastic"}
-               for c in quiet["cvms"].values())
+    assert all(
+        set(c)
+        <= {
+            "cpu_percent",
+            "name",
+            "uuid",
+            "state",
+            "security",
+            "policy",
+            "boot_vcpus",
+            "max_vcpus",
+            "online_vcpus",
+            "driver",
+            "scaled_by",
+            "scaled_at",
+            "concurrency",
+            "elastic",
+        }
+        for c in quiet["cvms"].values()
+    )
     updates.clear()
     await client.call("scale", cvm="snp", target=3, expect=2, who="alice")
     for _ in range(50):
@@ -135,17 +153,36 @@ async def test_readonly_agent_refuses_scale_itself(readonly: Served) -> None:
         (b"{not json\n", rpc.PARSE_ERROR, "not JSON"),
         (b"[1,2]\n", rpc.INVALID_REQUEST, "JSON-RPC 2.0 request"),
         (b'{"jsonrpc":"2.0","id":1,"method":"reboot"}\n', rpc.METHOD_NOT_FOUND, "unknown method 'reboot'"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":"3"}}\n', rpc.INVALID_PARAMS,
-         "parameter 'target' must be int, got '3'"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":true}}\n', rpc.INVALID_PARAMS,
-         "must be int"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"target":3}}\n', rpc.INVALID_PARAMS,
-         "missing parameter 'cvm'"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":3,"force":1}}\n',
-         rpc.INVALID_PARAMS, "unknown parameter 'force'"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"interval":0}}\n', rpc.INVALID_PARAMS,
-         "outside 0.05..3600"),
-        (b'{"jsonrpc":"2.0","id":1,"method":"snapshot","params":[1]}\n', rpc.INVALID_PARAMS, "params must be an object"),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":"3"}}\n',
+            rpc.INVALID_PARAMS,
+            "parameter 'target' must be int, got '3'",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":true}}\n',
+            rpc.INVALID_PARAMS,
+            "must be int",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"target":3}}\n',
+            rpc.INVALID_PARAMS,
+            "missing parameter 'cvm'",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"scale","params":{"cvm":"snp","target":3,"force":1}}\n',
+            rpc.INVALID_PARAMS,
+            "unknown parameter 'force'",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"interval":0}}\n',
+            rpc.INVALID_PARAMS,
+            "outside 0.05..3600",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"snapshot","params":[1]}\n',
+            rpc.INVALID_PARAMS,
+            "params must be an object",
+        ),
         (b"x" * (rpc.MAX_LINE + 10) + b"\n", rpc.INVALID_REQUEST, "longer than"),
     ],
 )

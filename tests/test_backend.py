@@ -7,19 +7,23 @@ from pathlib import Path
 
 import libvirt
 import pytest
-
 from conftest import make_node
-from hostctl.backend import LibvirtHost
-from hostctl.domxml import WORKERS_NS
+
 from hostctl.errors import HostctlError, ScaleRefused
-from hostctl.model import DomainState
-from hostctl.security import SecurityType
+from hostctl.host.domxml import WORKERS_NS
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire.model import DomainState
+from hostctl.wire.security import SecurityType
 
 
 async def test_inventory_reads_security_and_vcpus(host: LibvirtHost) -> None:
     by_name = {c.name: c for c in host.cvms}
     assert {n: c.security for n, c in by_name.items()} == {
-        "snp": SecurityType.SEV_SNP, "es": SecurityType.SEV_ES, "sev": SecurityType.SEV, "plain": SecurityType.NONE}
+        "snp": SecurityType.SEV_SNP,
+        "es": SecurityType.SEV_ES,
+        "sev": SecurityType.SEV,
+        "plain": SecurityType.NONE,
+    }
     snp = by_name["snp"]
     assert snp.policy == 0x30000 and snp.policy_flags == ["smt-allowed", "reserved-1"]
     assert (snp.boot_vcpus, snp.online_vcpus, snp.max_vcpus) == (1, 2, 5)
@@ -78,9 +82,14 @@ async def test_metadata_change_event_updates_the_inventory(host: LibvirtHost) ->
     conn = host._conn
     dom = conn.lookupByName("sev")
     await asyncio.to_thread(dom.setVcpusFlags, 4, libvirt.VIR_DOMAIN_AFFECT_LIVE)  # no event for this alone
-    await asyncio.to_thread(dom.setMetadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                            '<workers active="3" max="4" by="bob" at="1.0"/>', "dittow", WORKERS_NS,
-                            libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    await asyncio.to_thread(
+        dom.setMetadata,
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        '<workers active="3" max="4" by="bob" at="1.0"/>',
+        "dittow",
+        WORKERS_NS,
+        libvirt.VIR_DOMAIN_AFFECT_LIVE,
+    )
     for _ in range(100):
         if host.cvm("sev").online_vcpus == 4:
             break
@@ -155,7 +164,7 @@ async def test_unknown_driver_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_a_registered_driver_plugs_in_by_name(tmp_path: Path) -> None:
-    from hostctl import drivers
+    from hostctl.host import drivers
 
     calls: list[int] = []
 

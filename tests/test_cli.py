@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, make_node
 
 
 def hostctl(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -38,7 +38,11 @@ def test_status_table_and_json(uri: str) -> None:
     assert "snp" in table and "sev-snp" in table and "0x30000 smt-allowed,reserved-1" in table
     data = json.loads(hostctl("--uri", uri, "status", "--json", "--sample", "0", check=True).stdout)
     assert {c["name"]: c["security"] for c in data["cvms"]} == {
-        "es": "sev-es", "plain": "none", "sev": "sev", "snp": "sev-snp"}
+        "es": "sev-es",
+        "plain": "none",
+        "sev": "sev",
+        "snp": "sev-snp",
+    }
 
 
 def test_scale_reports_the_change(uri: str) -> None:
@@ -77,8 +81,10 @@ def test_malformed_demo_config_starts_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "demo.toml"
     bad.write_text((ROOT / "configs" / "demo.toml").read_text().replace("cpus = 16", "cpus = -1", 1))
     runtime = tmp_path / "run"
-    refused(hostctl("demo", "up", "--config", str(bad), "--runtime", str(runtime)),
-            "demo.toml: hosts[0].cpus: -1 must be > 0")
+    refused(
+        hostctl("demo", "up", "--config", str(bad), "--runtime", str(runtime)),
+        "demo.toml: hosts[0].cpus: -1 must be > 0",
+    )
     assert not list(runtime.glob("*.pid")) if runtime.exists() else True
 
 
@@ -112,14 +118,19 @@ def test_site_commands_over_the_demo_site_file(tmp_path: Path) -> None:
         assert f"site file: {site}" in up
         status = json.loads(hostctl("--site", str(site), "status", "--json", check=True).stdout)
         assert [(h["name"], h["state"]) for h in status["hosts"]] == [
-            ("mec-1", "fresh"), ("mec-2", "fresh"), ("regional-1", "fresh")]
+            ("mec-1", "fresh"),
+            ("mec-2", "fresh"),
+            ("regional-1", "fresh"),
+        ]
         assert status["hosts"][0]["snapshot"]["host"]["name"] == "mec-1"
         scaled = hostctl("--site", str(site), "scale", "mec-2/media-es", "3", "--expect", "1", check=True).stdout
         assert scaled.strip() == "mec-2/media-es: 1 -> 3 vCPUs"
         again = hostctl("--site", str(site), "scale", "mec-2/media-es", "3", "--expect", "1", check=True).stdout
         assert "already at 3 vCPUs; nothing changed" in again
-        refused(hostctl("--site", str(site), "scale", "mec-2/media-es", "2", "--expect", "1"),
-                "expected 1 online vCPUs but found 3")
+        refused(
+            hostctl("--site", str(site), "scale", "mec-2/media-es", "2", "--expect", "1"),
+            "expected 1 online vCPUs but found 3",
+        )
         refused(hostctl("--site", str(site), "scale", "media-es", "2"), "name the CVM as HOST/CVM")
         refused(hostctl("--site", str(site), "scale", "mec-9/x", "2"), "unknown host 'mec-9'")
         audit = hostctl("--site", str(site), "audit", check=True).stdout.splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from hostctl.demo import config
 from hostctl.errors import ConfigError
 
@@ -36,15 +36,23 @@ def test_shipped_demo_site_loads() -> None:
         (("jitter = 0.2", 'jitter = "lots"'), r"site\.toml: jitter: expected a number, got 'lots'"),
         (("jitter = 0.2", "jitter = 2.0"), r"site\.toml: jitter: 2\.0 must be in \[0, 1\)"),
         (("jitter = 0.2", "jiter = 0.2"), r"site\.toml: jiter: unknown key \(known: .*jitter"),
-        (('security = "sev-es"', 'security = "sgx"'),
-         r"hosts\[1\]\.cvms\[1\]\.security: 'sgx' is not one of none, sev, sev-es, sev-snp"),
+        (
+            ('security = "sev-es"', 'security = "sgx"'),
+            r"hosts\[1\]\.cvms\[1\]\.security: 'sgx' is not one of none, sev, sev-es, sev-snp",
+        ),
         (("cpus = 16", 'cpus = "16"'), r"hosts\[0\]\.cpus: expected an integer, got '16'"),
         (("max_vcpus = 9", "max_vcpus = 0"), r"hosts\[0\]\.cvms\[0\]\.max_vcpus: 0 must be > 0"),
         (("online_vcpus = 4", "online_vcpus = 40"), r"online_vcpus 40 is outside boot\.\.max \(2\.\.18\)"),
-        (('name = "social-sev"', 'name = "social-snp"'), r"hosts\[0\]: host 'mec-1': cvm name 'social-snp' appears twice"),
+        (
+            ('name = "social-sev"', 'name = "social-snp"'),
+            r"hosts\[0\]: host 'mec-1': cvm name 'social-snp' appears twice",
+        ),
         (("service_ms = 9.0", "service_ms = -9.0"), r"endpoints\[2\]\.service_ms: -9\.0 must be > 0"),
         (("[traffic]", "[trafic]"), r"trafic: unknown key"),
-        (('path = "/wrk2-api/post/compose"', 'path = "wrk2-api/post/compose"'), r"endpoints\[2\]\.path: .* must start with '/'"),
+        (
+            ('path = "/wrk2-api/post/compose"', 'path = "wrk2-api/post/compose"'),
+            r"endpoints\[2\]\.path: .* must start with '/'",
+        ),
     ],
 )
 def test_bad_values_name_file_field_and_value(tmp_path: Path, edit: tuple[str, str], message: str) -> None:

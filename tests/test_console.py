@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from agents import AgentProcess
 from textual.widgets import OptionList
 
-from agents import AgentProcess
 from dittotui.app import DittoApp
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
@@ -19,9 +19,9 @@ from dittotui.screens.help import HelpScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable, HostsTable
-from hostctl import rpc
+from hostctl.client.site import Defaults, demo_site
 from hostctl.demo import launcher
-from hostctl.site import Defaults, demo_site
+from hostctl.wire import rpc
 
 HOSTS = ("mec-a", "mec-b")
 
@@ -225,8 +225,12 @@ async def test_quit_stops_the_demo_site_it_started() -> None:
 
 
 def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dittotui", "--site", str(tmp_path / "none.toml")],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dittotui", "--site", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == f"dittotui: {tmp_path / 'none.toml'}: no such file"
 
 
@@ -269,7 +273,7 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
 
 async def test_the_security_overhead_experiment_runs_from_the_console(agents: dict[str, AgentProcess]) -> None:
     from dittotui.screens.experiment import ExperimentScreen
-    from hostctl.wrk import Params
+    from hostctl.load.wrk import Params
 
     app = make_app(agents)
     async with app.run_test(size=(140, 44)) as pilot:

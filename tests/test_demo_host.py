@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hostctl import wrk
 from hostctl.demo import config
 from hostctl.demo.host import DemoHost
+from hostctl.load import wrk
 
 
 @pytest.fixture
@@ -58,6 +58,7 @@ async def test_cpu_use_is_the_busy_share(demo_host: DemoHost) -> None:
     await demo_host.backend.sample()
     service = demo_host.services["social-plain"]
     async with aiohttp.ClientSession() as session:
+
         async def hit() -> None:
             async with session.get(service.urls()["compose-post"]) as response:
                 assert response.status == 200

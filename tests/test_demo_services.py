@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hostctl.demo.services import DEFAULT_ENDPOINTS, CVMService, Slots
-from hostctl import wrk
 from hostctl.demo.traffic import BackgroundTraffic, rate_at
+from hostctl.load import wrk
 
 StartService = Callable[..., Awaitable[CVMService]]
 

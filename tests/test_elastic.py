@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-
 from agents import AgentProcess
 from conftest import ROOT, make_node
-from hostctl import rpc
-from hostctl import site as sites
-from hostctl.agent import Agent
-from hostctl.audit import AuditLog
-from hostctl.backend import LibvirtHost
-from hostctl.elastic import load_policies, state_path
+
+from hostctl.agent.audit import AuditLog
+from hostctl.agent.server import Agent
+from hostctl.client import site as sites
+from hostctl.elastic.runner import load_policies, state_path
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire import rpc
 
 GUARD = """
 max_step_up = 2
@@ -58,12 +58,21 @@ class Served:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self.host = LibvirtHost(f"test://{self.node}", name="edge-1",
-                                driver_options={"emulated": {"wake_ms": 0, "park_ms": 0}},
-                                cpu_source=lambda name: self.cpu.get(name, 50.0))
+        self.host = LibvirtHost(
+            f"test://{self.node}",
+            name="edge-1",
+            driver_options={"emulated": {"wake_ms": 0, "park_ms": 0}},
+            cpu_source=lambda name: self.cpu.get(name, 50.0),
+        )
         await self.host.open()
-        self.agent = Agent(self.host, audit=AuditLog(self.audit), readonly=self.readonly, interval=0.1,
-                           probe_rate=0, policies=self.policies)
+        self.agent = Agent(
+            self.host,
+            audit=AuditLog(self.audit),
+            readonly=self.readonly,
+            interval=0.1,
+            probe_rate=0,
+            policies=self.policies,
+        )
         self.agent.start()
         self.server = await self.agent.serve_unix(self.socket)
 
@@ -113,8 +122,15 @@ async def test_policies_lists_each_with_a_description(served: Served) -> None:
 
 
 async def test_policy_get_and_set(served: Served) -> None:
-    assert await state(served) == {"cvm": "snp", "policy": "concurrency", "enabled": False, "decision": "",
-                                   "reason": "", "ts": None, "alert": False}
+    assert await state(served) == {
+        "cvm": "snp",
+        "policy": "concurrency",
+        "enabled": False,
+        "decision": "",
+        "reason": "",
+        "ts": None,
+        "alert": False,
+    }
     picked = await served.call("policy", cvm="snp", name="threshold", who="alice")
     assert (picked["policy"], picked["enabled"]) == ("threshold", False)
     on = await served.call("policy", cvm="snp", enabled=True, who="alice")
@@ -124,15 +140,24 @@ async def test_policy_get_and_set(served: Served) -> None:
     snapshot = await served.call("snapshot")
     elastic = {c["name"]: c["elastic"] for c in snapshot["cvms"]}
     assert elastic["snp"]["policy"] == "threshold" and elastic["snp"]["enabled"] is True
-    assert elastic["es"] == {"policy": "concurrency", "enabled": False, "decision": "", "reason": "",
-                             "ts": None, "alert": False}
+    assert elastic["es"] == {
+        "policy": "concurrency",
+        "enabled": False,
+        "decision": "",
+        "reason": "",
+        "ts": None,
+        "alert": False,
+    }
 
 
 @pytest.mark.parametrize(
     ("params", "code", "message"),
     [
-        ({"cvm": "snp", "name": "magic"}, rpc.INVALID_PARAMS,
-         "unknown policy 'magic' (known: concurrency, slo, threshold)"),
+        (
+            {"cvm": "snp", "name": "magic"},
+            rpc.INVALID_PARAMS,
+            "unknown policy 'magic' (known: concurrency, slo, threshold)",
+        ),
         ({"cvm": "snp", "enabled": 1}, rpc.INVALID_PARAMS, "parameter 'enabled' must be bool, got 1"),
         ({"cvm": "snp", "enabled": "yes"}, rpc.INVALID_PARAMS, "must be bool"),
         ({"name": "slo"}, rpc.INVALID_PARAMS, "missing parameter 'cvm'"),
@@ -293,8 +318,9 @@ async def test_a_real_agent_process_keeps_its_choice_across_a_restart(tmp_path: 
 
 
 async def hostctl(*argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hostctl", *argv, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hostctl", *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -314,8 +340,9 @@ async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Pa
     assert len(err.strip().splitlines()) == 1
     rc, _, err = await hostctl("--site", str(site), "policy", "snp", "--off")
     assert rc == 2 and "name the CVM as HOST/CVM" in err
-    rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp",
-                               "--runs", "fixed-max,magic")
+    rc, _, err = await hostctl(
+        "--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp", "--runs", "fixed-max,magic"
+    )
     assert rc == 2 and "unknown run 'magic' (choose from fixed-min, fixed-max, concurrency, slo, threshold)" in err
     rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp")
     assert rc == 2 and "edge-1/snp: no service to send load to" in err

@@ -10,17 +10,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from agents import AgentProcess
-from hostctl import site as sites
+
+from hostctl.client import site as sites
 from hostctl.demo.services import CVMService, Endpoint
-from hostctl.elastic_experiment import Comparison, Run, on_site, timeline_svg
-from hostctl.loadtrace import Phase, Request, Trace, bursty, replay
+from hostctl.experiments.elastic_vs_fixed import Comparison, Run, on_site, timeline_svg
+from hostctl.load.trace import Phase, Request, Trace, bursty, replay
 
 
 def test_trace_rates_steps_and_scaling() -> None:
-    trace = Trace((Phase("quiet", 10, 50), Phase("step", 10, 300), Phase("ramp", 10, 50, until_rps=150),
-                   Phase("day", 20, 50, peak_rps=250)))
+    trace = Trace(
+        (
+            Phase("quiet", 10, 50),
+            Phase("step", 10, 300),
+            Phase("ramp", 10, 50, until_rps=150),
+            Phase("day", 20, 50, peak_rps=250),
+        )
+    )
     assert trace.seconds == 50
     assert (trace.rate(5), trace.rate(15), trace.rate(25), trace.rate(40), trace.rate(60)) == (50, 300, 100, 250, 0)
     assert trace.steps() == [(10.0, 300)]  # the ramp and the day rise smoothly: no step
@@ -63,7 +69,7 @@ def test_windows_worker_seconds_and_reaction_of_a_hand_made_run() -> None:
     # workers beyond the boot vCPU: 0 until 10.4, 2 until 10.9, 4 until 25, then 1 until 30
     assert r.worker_seconds == pytest.approx(0.5 * 2 + 14.1 * 4 + 5 * 1)
     # 400 req/s x 10 ms / 0.8 -> 5 vCPUs are enough, reached 0.9 s after the step
-    (start, rate, reaction), = r.reactions(service_ms=10.0)
+    ((start, rate, reaction),) = r.reactions(service_ms=10.0)
     assert (start, rate) == (10.0, 400) and reaction == pytest.approx(0.9)
     assert run([(0.0, 1)], requests).reactions(10.0)[0][2] is None  # never
     assert run([(0.0, 9)], requests).reactions(10.0)[0][2] == 0.0  # already enough
@@ -74,15 +80,20 @@ def test_windows_worker_seconds_and_reaction_of_a_hand_made_run() -> None:
 
 def test_the_table_and_the_plot(tmp_path: Path) -> None:
     requests = [Request(t / 10, 10.0 + t % 7, True) for t in range(300)]
-    comparison = Comparison("h/svc", "http://x/e", runs=[run([(0.0, 9)], requests, "fixed-max"),
-                                                         run([(0.0, 1), (10.5, 6), (22.0, 1)], requests, "p")])
+    comparison = Comparison(
+        "h/svc",
+        "http://x/e",
+        runs=[run([(0.0, 9)], requests, "fixed-max"), run([(0.0, 1), (10.5, 6), (22.0, 1)], requests, "p")],
+    )
     table = comparison.markdown().splitlines()
     assert table[0].startswith("| run | p50 ms | p99 ms | 10 s windows within SLO | worker-vCPU-s | vs fixed-max")
     assert table[2].startswith("| fixed-max |") and "| 100% |" in table[2]
     assert table[3].startswith("| p |") and "| 2 |" in table[3]
     (verdict,) = comparison.verdicts()
-    assert verdict == ("p: misses the targets (SLO windows 100% ≥ 99%; worker-vCPU-s 24% of fixed-max ≤ 60%; "
-                       "slowest reaction never > 1 s)")  # 6 vCPUs, where 400 req/s x 13 ms / 0.8 needs 7
+    assert verdict == (
+        "p: misses the targets (SLO windows 100% ≥ 99%; worker-vCPU-s 24% of fixed-max ≤ 60%; "
+        "slowest reaction never > 1 s)"
+    )  # 6 vCPUs, where 400 req/s x 13 ms / 0.8 needs 7
     md, svg = comparison.save(tmp_path, "x")
     root = ET.fromstring(svg.read_text())
     assert root.tag.endswith("svg") and len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 5

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from agents import AgentProcess
-from hostctl import rpc, wrk
+
+from hostctl.load import wrk
+from hostctl.wire import rpc
 
 
 @pytest.fixture
@@ -35,8 +36,9 @@ async def service_url(agent: AgentProcess) -> str:
 
 
 @pytest.mark.parametrize(("policy", "connections"), [("concurrency", 8), ("threshold", 8), ("slo", 32)])
-async def test_workers_follow_wrk_load_up_and_back_to_the_floor(agent: AgentProcess, policy: str,
-                                                                connections: int) -> None:
+async def test_workers_follow_wrk_load_up_and_back_to_the_floor(
+    agent: AgentProcess, policy: str, connections: int
+) -> None:
     url = await service_url(agent)
     load = {"threads": 1, "connections": connections, "timeout_s": 5}
     before = await wrk.run(url, duration_s=3, **load)  # policy off: 2 vCPUs serve the load

@@ -5,14 +5,18 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hostctl.guard import GuardSettings, Situation, capacity, guard
-from hostctl.policies import Want
+from hostctl.elastic.guard import GuardSettings, Situation, capacity, guard
+from hostctl.elastic.policies import Want
 
 guard_settings = st.builds(
     GuardSettings,
-    max_step_up=st.integers(1, 8), max_step_down=st.integers(1, 8),
-    cooldown_up_s=st.floats(0, 5), cooldown_down_s=st.floats(0, 20),
-    overcommit=st.floats(0.25, 4), stale_after_s=st.floats(0.1, 10), operator_grace_s=st.floats(0, 120),
+    max_step_up=st.integers(1, 8),
+    max_step_down=st.integers(1, 8),
+    cooldown_up_s=st.floats(0, 5),
+    cooldown_down_s=st.floats(0, 20),
+    overcommit=st.floats(0.25, 4),
+    stale_after_s=st.floats(0.1, 10),
+    operator_grace_s=st.floats(0, 120),
 )
 wants = st.builds(Want, desired=st.none() | st.integers(-5, 80), reason=st.just("wish"))
 
@@ -26,8 +30,13 @@ def situations(draw: st.DrawFn) -> Situation:
     others_workers = draw(st.integers(0, 64))
     now = draw(st.floats(1000, 2000))
     return Situation(
-        now=now, current=current, boot=boot, max=top, host_cpus=draw(st.integers(1, 128)),
-        host_boot=boot + others_boot, host_workers=current - boot + others_workers,
+        now=now,
+        current=current,
+        boot=boot,
+        max=top,
+        host_cpus=draw(st.integers(1, 128)),
+        host_boot=boot + others_boot,
+        host_workers=current - boot + others_workers,
         sample_age=draw(st.none() | st.floats(0, 30)),
         last_change=draw(st.none() | st.floats(now - 60, now)),
         operator_at=draw(st.none() | st.floats(now - 200, now)),
@@ -73,9 +82,18 @@ def test_the_operator_wins_for_the_grace_time(want: Want, s: Situation, g: Guard
 def runs(draw: st.DrawFn) -> tuple[GuardSettings, list[tuple[float, int | None, bool, bool]]]:
     """A guard and a stream of ticks: (seconds since the previous tick, wish, sample fresh?, operator scaled?)."""
     g = draw(guard_settings)
-    ticks = draw(st.lists(st.tuples(st.floats(0.05, 3), st.none() | st.integers(0, 20), st.booleans(),
-                                    st.integers(0, 9).map(lambda n: n == 0)),  # one tick in ten, by hand
-                          min_size=1, max_size=80))
+    ticks = draw(
+        st.lists(
+            st.tuples(
+                st.floats(0.05, 3),
+                st.none() | st.integers(0, 20),
+                st.booleans(),
+                st.integers(0, 9).map(lambda n: n == 0),
+            ),  # one tick in ten, by hand
+            min_size=1,
+            max_size=80,
+        )
+    )
     return g, ticks
 
 
@@ -94,9 +112,18 @@ def test_a_run_respects_cooldowns_grace_and_capacity(run: tuple[GuardSettings, l
         if by_hand:  # an operator moves it somewhere within bounds
             current = min(top, current + 1)
             last_change = operator_at = now
-        s = Situation(now=now, current=current, boot=boot, max=top, host_cpus=cpus, host_boot=boot + others,
-                      host_workers=current - boot + others, sample_age=now - last_sample,
-                      last_change=last_change, operator_at=operator_at)
+        s = Situation(
+            now=now,
+            current=current,
+            boot=boot,
+            max=top,
+            host_cpus=cpus,
+            host_boot=boot + others,
+            host_workers=current - boot + others,
+            sample_age=now - last_sample,
+            last_change=last_change,
+            operator_at=operator_at,
+        )
         d = guard(Want(desired, "wish"), s, g)
         if d.changes:
             stale = now - last_sample > g.stale_after_s

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from agents import AgentProcess
-from hostctl.link import Fleet, HostLink, LinkError, LinkState
-from hostctl.site import Defaults, demo_site
+
+from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
+from hostctl.client.site import Defaults, demo_site
 
 DEFAULTS = Defaults(interval=0.2, timeout=1.0, scale_timeout=5.0, backoff_max=0.5)
 
@@ -82,9 +82,7 @@ async def test_killed_agent_fails_the_request_goes_stale_and_recovers(
     assert link.attempts >= 2
 
 
-async def test_stopped_agent_times_out_goes_stale_and_recovers(
-    fleet: Fleet, agents: dict[str, AgentProcess]
-) -> None:
+async def test_stopped_agent_times_out_goes_stale_and_recovers(fleet: Fleet, agents: dict[str, AgentProcess]) -> None:
     link, other = fleet.link("mec-a"), fleet.link("mec-b")
     agents["mec-a"].signal(signal.SIGSTOP)
     try:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from agents import AgentProcess
+from test_console import select, until
 from textual.widgets import Button, Input, ProgressBar, Select
 
-from agents import AgentProcess
 from dittotui.app import DittoApp
 from dittotui.screens.load import LoadScreen
 from dittotui.tables import CVMTable
-from hostctl.runs import RunLog
-from hostctl.site import Defaults, LoadBounds, LoadGenerator, demo_site
-from test_console import select, until
+from hostctl.client.site import Defaults, LoadBounds, LoadGenerator, demo_site
+from hostctl.load.runs import RunLog
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -78,7 +78,11 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         assert app.load_results["mec-a/snp/home-timeline"].requests > 0
     [record] = RunLog().read().records  # under the test's XDG_STATE_HOME
     assert (record.key, record.script, record.load_host, record.why) == (
-        "mec-a/snp/home-timeline", "user-timeline", "this machine", "console")
+        "mec-a/snp/home-timeline",
+        "user-timeline",
+        "this machine",
+        "console",
+    )
     assert record.result.errors == 0 and record.result == app.load_results[record.key]
 
 
@@ -123,6 +127,12 @@ async def test_an_unreachable_load_host_is_a_clear_message(agent: AgentProcess) 
         dialog.query_one("#load-host", Select).value = "edge-1"
         dialog.query_one("#duration", Input).value = "1"
         await pilot.click("#run")
-        await until(pilot, lambda: "edge-1" in str(dialog.query_one("#result").render())
-                    and "nothing ran" in str(dialog.query_one("#result").render()), timeout=15)
+        await until(
+            pilot,
+            lambda: (
+                "edge-1" in str(dialog.query_one("#result").render())
+                and "nothing ran" in str(dialog.query_one("#result").render())
+            ),
+            timeout=15,
+        )
     assert RunLog().read().records == []

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sshkit import SSHEndpoint, asyncssh_server, free_port, openssh
 
-from hostctl import loadgen
+from hostctl.client.site import Defaults, HostEntry, LoadBounds, LoadGenerator, ServiceEntry, Site
+from hostctl.client.site import load as load_site
 from hostctl.demo.services import CVMService
 from hostctl.errors import ConfigError, HostctlError
-from hostctl.loadgen import SSHLoadHost, Targets, check_bounds, run_load
-from hostctl.model import Service
-from hostctl.runs import RunLog
-from hostctl.site import Defaults, HostEntry, LoadBounds, LoadGenerator, ServiceEntry, Site
-from hostctl.site import load as load_site
-from hostctl.wrk import Params
-from sshkit import SSHEndpoint, asyncssh_server, free_port, openssh
+from hostctl.load import generators as loadgen
+from hostctl.load.generators import SSHLoadHost, Targets, check_bounds, run_load
+from hostctl.load.runs import RunLog
+from hostctl.load.wrk import Params
+from hostctl.wire.model import Service
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -40,23 +40,36 @@ async def service() -> AsyncIterator[CVMService]:
     await svc.stop()
 
 
-def site_for(service: CVMService, *generators: LoadGenerator, defaults: Defaults | None = None,
-             bounds: LoadBounds | None = None) -> Site:
+def site_for(
+    service: CVMService, *generators: LoadGenerator, defaults: Defaults | None = None, bounds: LoadBounds | None = None
+) -> Site:
     urls = service.urls()
-    return Site(defaults=defaults or Defaults(),
-                hosts=[HostEntry(name="mec-1", socket="/run/agent.sock",
-                                 services=[ServiceEntry(cvm=service.cvm, name=n, url=u) for n, u in urls.items()])],
-                load_generators=list(generators), load=bounds or LoadBounds())
+    return Site(
+        defaults=defaults or Defaults(),
+        hosts=[
+            HostEntry(
+                name="mec-1",
+                socket="/run/agent.sock",
+                services=[ServiceEntry(cvm=service.cvm, name=n, url=u) for n, u in urls.items()],
+            )
+        ],
+        load_generators=list(generators),
+        load=bounds or LoadBounds(),
+    )
 
 
 # --- targets and bounds --------------------------------------------------------------------------------
 
 
 def test_targets_are_the_inventory_and_nothing_else() -> None:
-    site = Site(hosts=[
-        HostEntry(name="mec-1", socket="/a", services=[ServiceEntry(cvm="snp", name="web", url="http://10.0.0.1/w")]),
-        HostEntry(name="mec-2", socket="/b"),
-    ])
+    site = Site(
+        hosts=[
+            HostEntry(
+                name="mec-1", socket="/a", services=[ServiceEntry(cvm="snp", name="web", url="http://10.0.0.1/w")]
+            ),
+            HostEntry(name="mec-2", socket="/b"),
+        ]
+    )
     reported = {
         "mec-1": [Service(name="other", cvm="snp", url="http://10.0.0.9/evil")],  # the site file's list wins
         "mec-2": [Service(name="home-timeline", cvm="sev", url="http://10.0.0.2:8080/h")],
@@ -70,12 +83,15 @@ def test_targets_are_the_inventory_and_nothing_else() -> None:
             targets.resolve(url)
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    (Params(threads=9, connections=9), r"threads = 9 is above the bound 8 \(\[load\] max_threads"),
-    (Params(connections=513), r"connections = 513 is above the bound 512 \(\[load\] max_connections"),
-    (Params(duration_s=301), r"duration = 301 is above the bound 300 \(\[load\] max_duration_s"),
-    (Params(timeout_s=11), r"timeout = 11 is above the bound 10 \(\[load\] max_timeout_s"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (Params(threads=9, connections=9), r"threads = 9 is above the bound 8 \(\[load\] max_threads"),
+        (Params(connections=513), r"connections = 513 is above the bound 512 \(\[load\] max_connections"),
+        (Params(duration_s=301), r"duration = 301 is above the bound 300 \(\[load\] max_duration_s"),
+        (Params(timeout_s=11), r"timeout = 11 is above the bound 10 \(\[load\] max_timeout_s"),
+    ],
+)
 def test_requests_beyond_the_default_bounds_are_refused(params: Params, message: str) -> None:
     with pytest.raises(HostctlError, match=message):
         check_bounds(params, LoadBounds())
@@ -100,8 +116,10 @@ def test_bounds_come_from_the_site_file(tmp_path: Path) -> None:
     assert (bounds.max_threads, bounds.max_connections, bounds.max_duration_s) == (8, 64, 20)
     with pytest.raises(HostctlError, match=r"connections = 65 is above the bound 64"):
         check_bounds(Params(connections=65), bounds)
-    for bad, message in (("0", r"load\.max_connections: 0 must be > 0"),
-                         ('"many"', r"load\.max_connections: expected an integer, got 'many'")):
+    for bad, message in (
+        ("0", r"load\.max_connections: 0 must be > 0"),
+        ('"many"', r"load\.max_connections: expected an integer, got 'many'"),
+    ):
         path.write_text(SITE.format(max_connections=bad))
         with pytest.raises(ConfigError, match=rf"site\.toml: {message}"):
             load_site(path)
@@ -114,8 +132,14 @@ async def test_a_run_from_this_machine_is_recorded(service: CVMService, tmp_path
     site = site_for(service)
     history = RunLog(tmp_path / "runs.jsonl")
     url = service.urls()["compose-post"]
-    record = await run_load(site, Targets(site), url, Params(threads=1, connections=4, duration_s=1,
-                                                             script="compose-post"), history=history, why="test")
+    record = await run_load(
+        site,
+        Targets(site),
+        url,
+        Params(threads=1, connections=4, duration_s=1, script="compose-post"),
+        history=history,
+        why="test",
+    )
     assert record.key == "mec-1/social-snp/compose-post" and record.load_host == "this machine"
     assert record.result.requests > 0 and record.result.errors == 0
     assert service.stats()["compose-post"]["requests"] >= record.result.requests
@@ -146,8 +170,10 @@ async def test_a_failed_run_records_nothing(tmp_path: Path) -> None:
 
 
 def test_load_hosts_are_this_machine_and_the_sites_generators() -> None:
-    site = Site(hosts=[HostEntry(name="h", socket="/s")],
-                load_generators=[LoadGenerator(name="edge-1", ssh="ops@edge-1"), LoadGenerator(name="local-2")])
+    site = Site(
+        hosts=[HostEntry(name="h", socket="/s")],
+        load_generators=[LoadGenerator(name="edge-1", ssh="ops@edge-1"), LoadGenerator(name="local-2")],
+    )
     assert loadgen.load_hosts(site) == ["this machine", "edge-1", "local-2"]
     assert isinstance(loadgen.load_host(site), loadgen.LocalLoadHost)
     assert isinstance(loadgen.load_host(site, "edge-1"), SSHLoadHost)
@@ -167,10 +193,13 @@ async def edge(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 
 def edge_defaults(tmp_path: Path, endpoint: SSHEndpoint, known_hosts: Path | None = None) -> Defaults:
     config = tmp_path / "ssh_config"
-    config.write_text(f"Host edge-1\n  HostName {endpoint.host}\n  Port {endpoint.port}\n  User {endpoint.user}\n"
-                      f"  IdentityFile {endpoint.client_key}\n  IdentitiesOnly yes\n")
-    return Defaults(timeout=5.0, keepalive=1.0, known_hosts=str(known_hosts or endpoint.known_hosts),
-                    ssh_config=str(config))
+    config.write_text(
+        f"Host edge-1\n  HostName {endpoint.host}\n  Port {endpoint.port}\n  User {endpoint.user}\n"
+        f"  IdentityFile {endpoint.client_key}\n  IdentitiesOnly yes\n"
+    )
+    return Defaults(
+        timeout=5.0, keepalive=1.0, known_hosts=str(known_hosts or endpoint.known_hosts), ssh_config=str(config)
+    )
 
 
 def script_files() -> set[str]:
@@ -186,9 +215,15 @@ async def test_a_run_from_an_edge_host_over_ssh(edge: SSHEndpoint, service: CVMS
         seen.append(elapsed)
 
     before = script_files()
-    record = await run_load(site, Targets(site), service.urls()["home-timeline"],
-                            Params(threads=1, connections=4, duration_s=2, script="mixed"),
-                            host=loadgen.load_host(site, "edge-1"), progress=progress, history=history)
+    record = await run_load(
+        site,
+        Targets(site),
+        service.urls()["home-timeline"],
+        Params(threads=1, connections=4, duration_s=2, script="mixed"),
+        host=loadgen.load_host(site, "edge-1"),
+        progress=progress,
+        history=history,
+    )
     assert record.load_host == "edge-1" and record.script == "mixed"
     assert record.result.requests > 0 and record.result.errors == 0 and "99.99" in record.result.percentiles
     assert service.stats()["compose-post"]["requests"] > 0  # the mixed script ran there
@@ -198,34 +233,40 @@ async def test_a_run_from_an_edge_host_over_ssh(edge: SSHEndpoint, service: CVMS
 
 
 async def test_wrk_missing_on_the_edge_host(edge: SSHEndpoint, service: CVMService, tmp_path: Path) -> None:
-    host = SSHLoadHost(LoadGenerator(name="edge-1", ssh="edge-1", wrk="/nonexistent/wrk"),
-                       edge_defaults(tmp_path, edge))
+    host = SSHLoadHost(
+        LoadGenerator(name="edge-1", ssh="edge-1", wrk="/nonexistent/wrk"), edge_defaults(tmp_path, edge)
+    )
     with pytest.raises(HostctlError, match=r"wrk is not installed on load host edge-1 \(edge-1\)"):
         await host.run(service.urls()["home-timeline"], Params(duration_s=1))
 
 
 async def test_edge_host_unreachable(service: CVMService, tmp_path: Path, edge: SSHEndpoint) -> None:
     port = free_port()
-    host = SSHLoadHost(LoadGenerator(name="edge-9", ssh=f"{edge.user}@127.0.0.1:{port}"),
-                       edge_defaults(tmp_path, edge))
+    host = SSHLoadHost(LoadGenerator(name="edge-9", ssh=f"{edge.user}@127.0.0.1:{port}"), edge_defaults(tmp_path, edge))
     with pytest.raises(HostctlError, match=r"load host edge-9 \(.*\) is unreachable: .*; nothing ran"):
         await host.run(service.urls()["home-timeline"], Params(duration_s=1))
 
 
-async def test_edge_host_with_an_unknown_key_is_refused(edge: SSHEndpoint, service: CVMService,
-                                                        tmp_path: Path) -> None:
+async def test_edge_host_with_an_unknown_key_is_refused(edge: SSHEndpoint, service: CVMService, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     host = SSHLoadHost(LoadGenerator(name="edge-1", ssh="edge-1"), edge_defaults(tmp_path, edge, empty))
-    with pytest.raises(HostctlError, match=re.escape(f"load host edge-1 (edge-1): host key of edge-1 is not in "
-                                                     f"known_hosts: {edge.host_key_fingerprint}; refused")):
+    with pytest.raises(
+        HostctlError,
+        match=re.escape(
+            f"load host edge-1 (edge-1): host key of edge-1 is not in known_hosts: {edge.host_key_fingerprint}; refused"
+        ),
+    ):
         await host.run(service.urls()["home-timeline"], Params(duration_s=1))
     assert service.stats()["home-timeline"]["requests"] == 0
 
 
 def remote_wrk(url: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["name", "cmdline", "status"])
-            if p.info["name"] == "wrk" and url in (p.info["cmdline"] or []) and p.info["status"] != "zombie"]
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline", "status"])
+        if p.info["name"] == "wrk" and url in (p.info["cmdline"] or []) and p.info["status"] != "zombie"
+    ]
 
 
 async def started_remotely(url: str, task: asyncio.Task[object]) -> psutil.Process:
@@ -237,8 +278,7 @@ async def started_remotely(url: str, task: asyncio.Task[object]) -> psutil.Proce
     raise AssertionError("wrk did not start on the edge host")
 
 
-async def test_cancelling_kills_wrk_on_the_edge_host(edge: SSHEndpoint, service: CVMService,
-                                                     tmp_path: Path) -> None:
+async def test_cancelling_kills_wrk_on_the_edge_host(edge: SSHEndpoint, service: CVMService, tmp_path: Path) -> None:
     host = SSHLoadHost(LoadGenerator(name="edge-1", ssh="edge-1"), edge_defaults(tmp_path, edge))
     url = service.urls()["home-timeline"]
     before = script_files()

@@ -5,29 +5,68 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hostctl.model import CVM, DomainState, Elastic, Event, Host, Service, Snapshot
-from hostctl.security import SecurityType, decode_policy
+from hostctl.wire.model import CVM, DomainState, Elastic, Event, Host, Service, Snapshot
+from hostctl.wire.security import SecurityType, decode_policy
 
 names = st.text(min_size=1, max_size=20)
 floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 maybe_bool = st.none() | st.booleans()
 
-hosts = st.builds(Host, name=names, uri=names, cpus=st.integers(1, 512), memory_mib=st.integers(1, 1 << 22),
-                  cpu_percent=floats, load=st.none() | floats, sev=maybe_bool, sev_es=maybe_bool,
-                  sev_snp=maybe_bool, libvirt_version=st.text(max_size=10))
-elastics = st.builds(Elastic, policy=names, enabled=st.booleans(), decision=st.text(max_size=12),
-                     reason=st.text(max_size=40), ts=st.none() | floats, alert=st.booleans())
-cvms = st.builds(CVM, name=names, uuid=names, state=st.sampled_from(DomainState),
-                 security=st.sampled_from(SecurityType), policy=st.integers(0, (1 << 64) - 1),
-                 boot_vcpus=st.integers(1, 8), max_vcpus=st.integers(1, 64), online_vcpus=st.integers(0, 64),
-                 driver=names, cpu_percent=floats, scaled_by=st.text(max_size=10), scaled_at=st.none() | floats,
-                 concurrency=st.none() | floats, elastic=st.none() | elastics)
+hosts = st.builds(
+    Host,
+    name=names,
+    uri=names,
+    cpus=st.integers(1, 512),
+    memory_mib=st.integers(1, 1 << 22),
+    cpu_percent=floats,
+    load=st.none() | floats,
+    sev=maybe_bool,
+    sev_es=maybe_bool,
+    sev_snp=maybe_bool,
+    libvirt_version=st.text(max_size=10),
+)
+elastics = st.builds(
+    Elastic,
+    policy=names,
+    enabled=st.booleans(),
+    decision=st.text(max_size=12),
+    reason=st.text(max_size=40),
+    ts=st.none() | floats,
+    alert=st.booleans(),
+)
+cvms = st.builds(
+    CVM,
+    name=names,
+    uuid=names,
+    state=st.sampled_from(DomainState),
+    security=st.sampled_from(SecurityType),
+    policy=st.integers(0, (1 << 64) - 1),
+    boot_vcpus=st.integers(1, 8),
+    max_vcpus=st.integers(1, 64),
+    online_vcpus=st.integers(0, 64),
+    driver=names,
+    cpu_percent=floats,
+    scaled_by=st.text(max_size=10),
+    scaled_at=st.none() | floats,
+    concurrency=st.none() | floats,
+    elastic=st.none() | elastics,
+)
 services = st.builds(Service, name=names, cvm=names, url=names)
-snapshots = st.builds(Snapshot, host=hosts, cvms=st.lists(cvms, max_size=5), services=st.lists(services, max_size=5),
-                      ts=floats)
-events = st.builds(Event, host=names, cvm=names, action=names, who=names, ok=st.booleans(),
-                   before=st.none() | st.integers(0, 64), after=st.none() | st.integers(0, 64),
-                   why=st.text(max_size=40), ts=floats)
+snapshots = st.builds(
+    Snapshot, host=hosts, cvms=st.lists(cvms, max_size=5), services=st.lists(services, max_size=5), ts=floats
+)
+events = st.builds(
+    Event,
+    host=names,
+    cvm=names,
+    action=names,
+    who=names,
+    ok=st.booleans(),
+    before=st.none() | st.integers(0, 64),
+    after=st.none() | st.integers(0, 64),
+    why=st.text(max_size=40),
+    ts=floats,
+)
 
 
 @given(snapshots)
@@ -41,8 +80,12 @@ def test_elastic_state_round_trips_through_json(elastic: Elastic) -> None:
 
 
 def test_a_cvm_carries_its_elastic_state_as_a_nested_object() -> None:
-    cvm = CVM(name="a", uuid="u", state=DomainState.RUNNING,
-              elastic=Elastic(policy="slo", enabled=True, decision="up 2→3", reason="p99 80 ms > 50 ms", ts=1.5))
+    cvm = CVM(
+        name="a",
+        uuid="u",
+        state=DomainState.RUNNING,
+        elastic=Elastic(policy="slo", enabled=True, decision="up 2→3", reason="p99 80 ms > 50 ms", ts=1.5),
+    )
     data = cvm.to_dict()
     assert data["elastic"]["decision"] == "up 2→3" and data["concurrency"] is None
     assert type(CVM.from_dict(data).elastic) is Elastic
@@ -69,7 +112,11 @@ def test_workers_are_the_vcpus_beyond_the_boot_set() -> None:
 def test_snp_default_policy_decodes_to_named_flags() -> None:
     assert decode_policy(SecurityType.SEV_SNP, 0x30000) == ["smt-allowed", "reserved-1"]
     assert decode_policy(SecurityType.SEV_SNP, 0x80000 | 0x30000 | 0x0105) == [
-        "abi>=1.5", "smt-allowed", "reserved-1", "debug-allowed"]
+        "abi>=1.5",
+        "smt-allowed",
+        "reserved-1",
+        "debug-allowed",
+    ]
 
 
 def test_sev_policy_decodes_to_named_flags() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hostctl.elastic import DEFAULT_POLICIES, load_policies
+from hostctl.elastic.policies import Concurrency, Probe, Sample, Signals, Slo, Threshold
+from hostctl.elastic.runner import DEFAULT_POLICIES, load_policies
 from hostctl.errors import ConfigError
-from hostctl.policies import Concurrency, Probe, Sample, Signals, Slo, Threshold
 
 
 def cpu_trace(*cpus: float, online: int = 2, step: float = 0.5) -> list[Sample]:
@@ -98,8 +98,9 @@ def test_slo_judges_only_probes_since_the_current_count_took_effect() -> None:
     slow_then_fast = probes(200, 200, 200, start=0.5) + probes(9, 9, 9, 9, start=2.0, step=0.25)
     want = policy.decide(Signals(now=3.0, current=4, samples=samples, probes=slow_then_fast))
     assert want.desired == 4 and "within target" in want.reason  # the slow probes were at 2 vCPUs
-    early = policy.decide(Signals(now=2.4, current=4, samples=samples[:4] + [Sample(2.0, 4)],
-                                  probes=slow_then_fast[:5]))
+    early = policy.decide(
+        Signals(now=2.4, current=4, samples=samples[:4] + [Sample(2.0, 4)], probes=slow_then_fast[:5])
+    )
     assert early.desired == 4 and early.reason == "waiting for 4 probes at 4 vCPUs"
     just_scaled = Signals(now=3.0, current=5, samples=samples)  # no sample at 5 vCPUs yet
     assert just_scaled.settled_since() == 3.0 and Signals(now=3.0, current=4).settled_since() == -math.inf

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from hostctl.agent.probes import Prober, Sample, Window
 from hostctl.demo.services import CVMService, Endpoint
-from hostctl.model import Service
-from hostctl.probe import Prober, Sample, Window
+from hostctl.wire.model import Service
 
 
 def test_window_summarises_only_its_last_seconds() -> None:
@@ -23,8 +23,13 @@ def test_window_summarises_only_its_last_seconds() -> None:
 
 
 async def start(service_ms: float, slots: int) -> CVMService:
-    service = CVMService("probe-me", overhead=1.0, slots=slots, jitter=0.0,
-                         endpoints=[Endpoint("home-timeline", "/read", service_ms, 1.0)])
+    service = CVMService(
+        "probe-me",
+        overhead=1.0,
+        slots=slots,
+        jitter=0.0,
+        endpoints=[Endpoint("home-timeline", "/read", service_ms, 1.0)],
+    )
     await service.start()
     return service
 

@@ -8,18 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from hostctl import runs, wrk
 from hostctl.errors import HostctlError
-from hostctl.runs import RunLog, RunRecord
+from hostctl.load import runs, wrk
+from hostctl.load.runs import RunLog, RunRecord
 
 CORPUS = Path(__file__).parent / "data" / "wrk"
 
 
 def record(service: str = "home-timeline", started: float = 1_700_000_000.0) -> RunRecord:
     result = wrk.parse((CORPUS / "json-home-timeline.txt").read_text())  # a real wrk run's output
-    return RunRecord(host="mec-1", cvm="social-snp", service=service, url="http://127.0.0.1:9/x",
-                     load_host="this machine", script="home-timeline", threads=2, connections=8, duration_s=2,
-                     timeout_s=2, started=started, result=result, labels={"security": "sev-snp"})
+    return RunRecord(
+        host="mec-1",
+        cvm="social-snp",
+        service=service,
+        url="http://127.0.0.1:9/x",
+        load_host="this machine",
+        script="home-timeline",
+        threads=2,
+        connections=8,
+        duration_s=2,
+        timeout_s=2,
+        started=started,
+        result=result,
+        labels={"security": "sev-snp"},
+    )
 
 
 def test_runs_survive_a_restart(tmp_path: Path) -> None:

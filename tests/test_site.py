@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
-from hostctl import site
+from hostctl.client import site
 from hostctl.errors import ConfigError, HostctlError
 
 EXAMPLE = ROOT / "configs" / "site.example.toml"
@@ -55,31 +55,58 @@ def test_unknown_host_lists_the_known_ones() -> None:
         (("interval = 1.0", "interval = 1.0 2.0"), r"^\S*site\.toml: TOML syntax error"),
         (("timeout = 5.0", 'timeout = "soon"'), r"site\.toml: defaults\.timeout: expected a number, got 'soon'"),
         (("keepalive = 5.0", "keepalive = 0"), r"site\.toml: defaults\.keepalive: 0\.0 must be > 0"),
-        (("\n[defaults]\n", '\nsource = "x"\n[defaults]\n'),
-         r"site\.toml: source: unknown key \(known: defaults, hosts, load, load_generators\)"),
-        (('wrk = "/usr/local/bin/wrk"', 'wrk = "/usr/local/bin/wrk"\nthreads = 4'),
-         r"site\.toml: load_generators\[0\]\.threads: unknown key"),
-        (('ssh = "regional-1"\n', ""), r"site\.toml: hosts\[2\]: host 'regional-1': give ssh = \"user@host\" or "
-         r"socket = \"/path\""),
-        (('name = "mec-2"', 'name = "mec-1"'), r"site\.toml: top level: hosts\[1\]\.name: host name 'mec-1' appears "
-         r"twice \(first at hosts\[0\]\)"),
-        (('url = "https://social-snp.mec-2.example.net/"', 'url = "ftp://social-snp.mec-2.example.net/"'),
-         r"site\.toml: hosts\[1\]\.services\[0\]\.url: 'ftp://social-snp\.mec-2\.example\.net/' must start with "
-         r"http:// or https://"),
-        (('agent = ["hostctl", "agent", "--stdio"]', "agent = []"),
-         r"site\.toml: defaults: agent = \[\] must be a non-empty command"),
-        (('agent = ["sudo", "-n", "/opt/dittotui/bin/hostctl", "agent", "--stdio"]', "agent = []"),
-         r"site\.toml: hosts\[2\]: host 'regional-1': agent = \[\] must be a non-empty command"),
-        (('ssh = "regional-1"', 'jump = "bastion.example.net"\nsocket = "/run/a.sock"'),
-         r"site\.toml: hosts\[2\]: host 'regional-1': jump = 'bastion\.example\.net' needs ssh"),
-        (('ssh = "ops@mec-2.example.net:2222"', 'ssh = "ops@mec-2.example.net:99999"'),
-         r"site\.toml: hosts\[1\]\.ssh: 'ops@mec-2\.example\.net:99999' is not an SSH destination.*port '99999'"),
-        (('ssh = "regional-1"', 'ssh = "-oProxyCommand=sh"'),
-         r"site\.toml: hosts\[2\]\.ssh: '-oProxyCommand=sh' is not an SSH destination"),
-        (('socket = "/run/dittotui/agent.sock"', 'socket = "agent.sock"'),
-         r"site\.toml: hosts\[1\]\.socket: 'agent\.sock' must be an absolute path"),
-        (('ssh = "ops@mec-2.example.net:2222"', "ssh = 2222"), r"site\.toml: hosts\[1\]\.ssh: expected a string, "
-         r"got 2222"),
+        (
+            ("\n[defaults]\n", '\nsource = "x"\n[defaults]\n'),
+            r"site\.toml: source: unknown key \(known: defaults, hosts, load, load_generators\)",
+        ),
+        (
+            ('wrk = "/usr/local/bin/wrk"', 'wrk = "/usr/local/bin/wrk"\nthreads = 4'),
+            r"site\.toml: load_generators\[0\]\.threads: unknown key",
+        ),
+        (
+            ('ssh = "regional-1"\n', ""),
+            r"site\.toml: hosts\[2\]: host 'regional-1': give ssh = \"user@host\" or "
+            r"socket = \"/path\"",
+        ),
+        (
+            ('name = "mec-2"', 'name = "mec-1"'),
+            r"site\.toml: top level: hosts\[1\]\.name: host name 'mec-1' appears "
+            r"twice \(first at hosts\[0\]\)",
+        ),
+        (
+            ('url = "https://social-snp.mec-2.example.net/"', 'url = "ftp://social-snp.mec-2.example.net/"'),
+            r"site\.toml: hosts\[1\]\.services\[0\]\.url: 'ftp://social-snp\.mec-2\.example\.net/' must start with "
+            r"http:// or https://",
+        ),
+        (
+            ('agent = ["hostctl", "agent", "--stdio"]', "agent = []"),
+            r"site\.toml: defaults: agent = \[\] must be a non-empty command",
+        ),
+        (
+            ('agent = ["sudo", "-n", "/opt/dittotui/bin/hostctl", "agent", "--stdio"]', "agent = []"),
+            r"site\.toml: hosts\[2\]: host 'regional-1': agent = \[\] must be a non-empty command",
+        ),
+        (
+            ('ssh = "regional-1"', 'jump = "bastion.example.net"\nsocket = "/run/a.sock"'),
+            r"site\.toml: hosts\[2\]: host 'regional-1': jump = 'bastion\.example\.net' needs ssh",
+        ),
+        (
+            ('ssh = "ops@mec-2.example.net:2222"', 'ssh = "ops@mec-2.example.net:99999"'),
+            r"site\.toml: hosts\[1\]\.ssh: 'ops@mec-2\.example\.net:99999' is not an SSH destination.*port '99999'",
+        ),
+        (
+            ('ssh = "regional-1"', 'ssh = "-oProxyCommand=sh"'),
+            r"site\.toml: hosts\[2\]\.ssh: '-oProxyCommand=sh' is not an SSH destination",
+        ),
+        (
+            ('socket = "/run/dittotui/agent.sock"', 'socket = "agent.sock"'),
+            r"site\.toml: hosts\[1\]\.socket: 'agent\.sock' must be an absolute path",
+        ),
+        (
+            ('ssh = "ops@mec-2.example.net:2222"', "ssh = 2222"),
+            r"site\.toml: hosts\[1\]\.ssh: expected a string, "
+            r"got 2222",
+        ),
         (('name = "edge-1"', 'name = "edge 1"'), r"site\.toml: load_generators\[0\]\.name: 'edge 1' must be letters"),
     ],
 )
@@ -172,8 +199,12 @@ services = st.builds(
     site.ServiceEntry,
     cvm=names,
     name=names,
-    url=st.builds(lambda s, h, p: f"{s}://{h}{p}", st.sampled_from(["http", "https"]), words,
-                  st.sampled_from(["", "/", ":8080/x?y=1"])),
+    url=st.builds(
+        lambda s, h, p: f"{s}://{h}{p}",
+        st.sampled_from(["http", "https"]),
+        words,
+        st.sampled_from(["", "/", ":8080/x?y=1"]),
+    ),
 )
 
 
@@ -195,8 +226,12 @@ def host_entries(draw: st.DrawFn, name: str) -> site.HostEntry:
 @st.composite
 def sites(draw: st.DrawFn) -> site.Site:
     defaults = site.Defaults(
-        interval=draw(seconds), timeout=draw(seconds), keepalive=draw(seconds),
-        known_hosts=draw(text), agent=draw(argv), backoff_max=draw(seconds),
+        interval=draw(seconds),
+        timeout=draw(seconds),
+        keepalive=draw(seconds),
+        known_hosts=draw(text),
+        agent=draw(argv),
+        backoff_max=draw(seconds),
     )
     host_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     generators = st.builds(site.LoadGenerator, name=names, ssh=st.none() | destinations, wrk=text)

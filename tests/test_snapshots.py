@@ -29,9 +29,9 @@ from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.tables import CVMTable, HostsTable, ServicesTable
+from hostctl.client.link import LinkState
+from hostctl.client.site import load
 from hostctl.demo import launcher
-from hostctl.link import LinkState
-from hostctl.site import load
 
 # The demo site's shape (configs/demo.toml, kept here so a tweak to the demo does not move these pictures),
 # with background traffic and the agents' latency probes off: no request is ever served, so CPU % is 0.0
@@ -166,8 +166,11 @@ def settled(app: DittoApp) -> str | None:
         return f"hosts not live: {waiting}"
     cvms = [f"{link.name}/{c.name}" for link in links for c in link.snapshot.cvms]  # type: ignore[union-attr]
     services = sum(len(link.snapshot.services) for link in links)  # type: ignore[union-attr]
-    shown = (app.query_one(HostsTable).row_count, app.query_one(CVMTable).row_count,
-             app.query_one(ServicesTable).row_count)
+    shown = (
+        app.query_one(HostsTable).row_count,
+        app.query_one(CVMTable).row_count,
+        app.query_one(ServicesTable).row_count,
+    )
     if shown != (len(links), len(cvms), services):
         return f"rows shown {shown}, expected {(len(links), len(cvms), services)}"
     return None
@@ -186,10 +189,8 @@ def unsteady(app: DittoApp) -> str | None:
     live = [f"{CLOCK:%H:%M:%S} {link.name}: live" for link in links]
     if rows != expected or lines != live:
         return f"hosts came up over several ticks: rows {rows}, log {lines}"
-    busy = {f"{link.name}/{c.name}": c.cpu_percent
-            for link in links for c in link.snapshot.cvms if c.cpu_percent}  # type: ignore[union-attr]
-    busy |= {link.name: link.snapshot.host.cpu_percent for link in links
-             if link.snapshot.host.cpu_percent}  # type: ignore[union-attr]
+    busy = {f"{link.name}/{c.name}": c.cpu_percent for link in links for c in link.snapshot.cvms if c.cpu_percent}  # type: ignore[union-attr]
+    busy |= {link.name: link.snapshot.host.cpu_percent for link in links if link.snapshot.host.cpu_percent}  # type: ignore[union-attr]
     if busy:
         return f"CPU % is not 0.0 (something serves requests: traffic, probes?): {busy}"
     return None
@@ -215,13 +216,18 @@ def waiting_for_the_site(problems: list[str], *then: Callable[[Pilot], Awaitable
     return run_before
 
 
-def snapshot(snap_compare: Snap, app: DittoApp, *then: Callable[[Pilot], Awaitable[None]],
-             terminal_size: tuple[int, int] = (120, 36)) -> None:
+def snapshot(
+    snap_compare: Snap,
+    app: DittoApp,
+    *then: Callable[[Pilot], Awaitable[None]],
+    terminal_size: tuple[int, int] = (120, 36),
+) -> None:
     """Compare `app`, once settled and after `then`, with its baseline SVG (see the module docstring)."""
     problems: list[str] = []
     with ThreadPoolExecutor(1, thread_name_prefix="snapshot") as pool:
-        same = pool.submit(snap_compare, app, terminal_size=terminal_size,
-                           run_before=waiting_for_the_site(problems, *then)).result()
+        same = pool.submit(
+            snap_compare, app, terminal_size=terminal_size, run_before=waiting_for_the_site(problems, *then)
+        ).result()
     assert not problems, problems
     assert same
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-
 from agents import AgentProcess
 from conftest import make_node
-from hostctl.link import HostLink, LinkError, LinkState
-from hostctl.site import Defaults, HostEntry
 from sshkit import CuttableProxy, SSHEndpoint, asyncssh_server, openssh
 from test_link import until
+
+from hostctl.client.link import HostLink, LinkError, LinkState
+from hostctl.client.site import Defaults, HostEntry
 
 SERVERS = {"openssh": openssh, "asyncssh": asyncssh_server}
 
@@ -34,23 +34,41 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 def ssh_config(tmp_path: Path, **aliases: SSHEndpoint) -> Path:
     """An OpenSSH client config naming each endpoint by an alias (the way operators reach MEC hosts)."""
     path = tmp_path / "ssh_config"
-    path.write_text("".join(
-        f"Host {alias}\n  HostName {e.host}\n  Port {e.port}\n  User {e.user}\n"
-        f"  IdentityFile {e.client_key}\n  IdentitiesOnly yes\n"
-        for alias, e in aliases.items()
-    ))
+    path.write_text(
+        "".join(
+            f"Host {alias}\n  HostName {e.host}\n  Port {e.port}\n  User {e.user}\n"
+            f"  IdentityFile {e.client_key}\n  IdentitiesOnly yes\n"
+            for alias, e in aliases.items()
+        )
+    )
     return path
 
 
 def defaults(tmp_path: Path, known_hosts: Path, config: Path) -> Defaults:
-    return Defaults(interval=0.2, timeout=3.0, scale_timeout=8.0, keepalive=1.0, backoff_max=0.5,
-                    known_hosts=str(known_hosts), ssh_config=str(config))
+    return Defaults(
+        interval=0.2,
+        timeout=3.0,
+        scale_timeout=8.0,
+        keepalive=1.0,
+        backoff_max=0.5,
+        known_hosts=str(known_hosts),
+        ssh_config=str(config),
+    )
 
 
 def agent_argv(tmp_path: Path) -> list[str]:
     node = make_node(tmp_path)
-    return [sys.executable, "-m", "hostctl", "--uri", f"test://{node}", "agent", "--stdio",
-            "--audit", str(tmp_path / "stdio-audit.jsonl")]
+    return [
+        sys.executable,
+        "-m",
+        "hostctl",
+        "--uri",
+        f"test://{node}",
+        "agent",
+        "--stdio",
+        "--audit",
+        str(tmp_path / "stdio-audit.jsonl"),
+    ]
 
 
 async def started(link: HostLink) -> HostLink:
@@ -61,8 +79,11 @@ async def started(link: HostLink) -> HostLink:
 
 async def test_the_agent_runs_over_ssh(server: SSHEndpoint, tmp_path: Path) -> None:
     entry = HostEntry(name="mec-1", ssh="mec-1", agent=agent_argv(tmp_path))
-    link = await started(HostLink(entry, defaults(tmp_path, server.known_hosts, ssh_config(tmp_path, **{"mec-1": server})),
-                                  who="alice@laptop"))
+    link = await started(
+        HostLink(
+            entry, defaults(tmp_path, server.known_hosts, ssh_config(tmp_path, **{"mec-1": server})), who="alice@laptop"
+        )
+    )
     try:
         assert link.state is LinkState.FRESH, link.error
         assert {c.name for c in link.snapshot.cvms} == {"snp", "es", "sev", "plain"}
@@ -131,7 +152,9 @@ async def test_cut_tcp_recovers_and_a_retry_applies_once(server: SSHEndpoint, tm
         async with CuttableProxy(server.host, server.port) as proxy:
             via = server.for_port(proxy.listen_port)
             entry = HostEntry(name="mec-1", ssh="mec-1", socket=str(agent.socket))
-            link = await started(HostLink(entry, defaults(tmp_path, via.known_hosts, ssh_config(tmp_path, **{"mec-1": via}))))
+            link = await started(
+                HostLink(entry, defaults(tmp_path, via.known_hosts, ssh_config(tmp_path, **{"mec-1": via})))
+            )
             try:
                 assert link.state is LinkState.FRESH, link.error
                 scale = asyncio.ensure_future(link.scale("snp", 3, expect=2))
@@ -145,7 +168,9 @@ async def test_cut_tcp_recovers_and_a_retry_applies_once(server: SSHEndpoint, tm
                 assert retry.before == retry.after == 3
             finally:
                 await link.stop()
-        changes = [e for e in map(json.loads, agent.audit.read_text().splitlines()) if e["ok"] and e["before"] != e["after"]]
+        changes = [
+            e for e in map(json.loads, agent.audit.read_text().splitlines()) if e["ok"] and e["before"] != e["after"]
+        ]
         assert [(e["before"], e["after"]) for e in changes] == [(2, 3)]
     finally:
         agent.stop()
@@ -155,7 +180,9 @@ async def test_a_black_holed_link_goes_stale_then_recovers(server: SSHEndpoint, 
     async with CuttableProxy(server.host, server.port) as proxy:
         via = server.for_port(proxy.listen_port)
         entry = HostEntry(name="mec-1", ssh="mec-1", agent=agent_argv(tmp_path))
-        link = await started(HostLink(entry, defaults(tmp_path, via.known_hosts, ssh_config(tmp_path, **{"mec-1": via}))))
+        link = await started(
+            HostLink(entry, defaults(tmp_path, via.known_hosts, ssh_config(tmp_path, **{"mec-1": via})))
+        )
         try:
             assert link.state is LinkState.FRESH, link.error
             proxy.pause()

@@ -14,7 +14,6 @@ from pathlib import Path
 import asyncssh
 import psutil
 import pytest
-
 from sshkit import (
     SSHD,
     CuttableProxy,
@@ -156,9 +155,11 @@ async def test_binary_round_trip(server: SSHEndpoint):
 async def test_unknown_host_key_refused(server: SSHEndpoint, tmp_path: Path):
     other = asyncssh.generate_private_key("ssh-ed25519")
     wrong = tmp_path / "wrong_known_hosts"
-    wrong.write_text(f"[127.0.0.1]:{server.port} "
-                     f"{other.export_public_key().decode().split()[0]} "
-                     f"{other.export_public_key().decode().split()[1]}\n")
+    wrong.write_text(
+        f"[127.0.0.1]:{server.port} "
+        f"{other.export_public_key().decode().split()[0]} "
+        f"{other.export_public_key().decode().split()[1]}\n"
+    )
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         async with server.connect(known_hosts=str(wrong)):
             pass
@@ -321,18 +322,33 @@ async def test_openssh_client_against_sshd(openssh_server: SSHEndpoint, tmp_path
         pytest.skip("OpenSSH client (ssh) not installed")
     ep = openssh_server
     proc = await asyncio.create_subprocess_exec(
-        *ep.ssh_argv("true"), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *ep.ssh_argv("true"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
 
     # the exact argv from the brief, too
     proc = await asyncio.create_subprocess_exec(
-        "ssh", "-i", str(ep.client_key), "-o", f"UserKnownHostsFile={ep.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(ep.port),
-        f"{ep.user}@127.0.0.1", shlex.join([PY, "-c", "print(1+1)"]),
+        "ssh",
+        "-i",
+        str(ep.client_key),
+        "-o",
+        f"UserKnownHostsFile={ep.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(ep.port),
+        f"{ep.user}@127.0.0.1",
+        shlex.join([PY, "-c", "print(1+1)"]),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "2"
@@ -343,8 +359,8 @@ async def test_openssh_client_against_sshd(openssh_server: SSHEndpoint, tmp_path
     argv = ep.ssh_argv("true")
     argv[argv.index(f"UserKnownHostsFile={ep.known_hosts}")] = f"UserKnownHostsFile={empty}"
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 255
     assert b"verification failed" in err or b"No ED25519 host key is known" in err, err

@@ -17,9 +17,9 @@ import psutil
 import pytest
 from aiohttp import web
 
-from hostctl import wrk
 from hostctl.demo.services import CVMService
 from hostctl.errors import HostctlError
+from hostctl.load import wrk
 
 CORPUS = Path(__file__).parent / "data" / "wrk"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
@@ -62,16 +62,27 @@ def test_whole_float_seconds_are_whole_seconds() -> None:
 def test_args_are_a_list_without_a_shell() -> None:
     params = wrk.Params(threads=2, connections=16, duration_s=3, timeout_s=1, script="mixed")
     assert params.args("/tmp/s.lua", "http://127.0.0.1:1/x") == [
-        "-t2", "-c16", "-d3s", "--timeout=1s", "--latency", "-s", "/tmp/s.lua", "http://127.0.0.1:1/x"]
+        "-t2",
+        "-c16",
+        "-d3s",
+        "--timeout=1s",
+        "--latency",
+        "-s",
+        "/tmp/s.lua",
+        "http://127.0.0.1:1/x",
+    ]
     assert params.describe() == "wrk -t2 -c16 -d3s --timeout 1s -s mixed"
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"threads": 0}, "threads = 0 must be a whole number >= 1"),
-    ({"duration_s": 1.5}, "duration_s = 1.5 must be a whole number >= 1"),
-    ({"threads": 4, "connections": 2}, "connections = 2 must be >= threads = 4"),
-    ({"script": "../../etc/passwd"}, "script '../../etc/passwd' is not a shipped script"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"threads": 0}, "threads = 0 must be a whole number >= 1"),
+        ({"duration_s": 1.5}, "duration_s = 1.5 must be a whole number >= 1"),
+        ({"threads": 4, "connections": 2}, "connections = 2 must be >= threads = 4"),
+        ({"script": "../../etc/passwd"}, "script '../../etc/passwd' is not a shipped script"),
+    ],
+)
 def test_bad_params_are_refused(fields: dict[str, object], message: str) -> None:
     with pytest.raises(HostctlError, match=message.replace(".", r"\.")):
         wrk.Params(**fields)  # type: ignore[arg-type]
@@ -100,7 +111,8 @@ async def test_json_agrees_with_wrks_own_text_of_the_same_run(service: CVMServic
         lua = Path(tmp) / "s.lua"
         lua.write_text(wrk.script_text(script))
         args = wrk.Params(threads=2, connections=6, duration_s=2, script=script).args(
-            str(lua), service.urls()["home-timeline"])
+            str(lua), service.urls()["home-timeline"]
+        )
         proc = await asyncio.create_subprocess_exec("wrk", *args, stdout=asyncio.subprocess.PIPE)
         out = (await proc.communicate())[0].decode()
     text_only = "\n".join(line for line in out.splitlines() if not line.startswith(wrk.JSON_PREFIX))
@@ -147,8 +159,9 @@ async def recorder() -> AsyncIterator[tuple[str, list[tuple[str, str, dict[str, 
     await runner.cleanup()
 
 
-@pytest.mark.parametrize(("script", "method"), [("home-timeline", "GET"), ("user-timeline", "GET"),
-                                                ("compose-post", "POST")])
+@pytest.mark.parametrize(
+    ("script", "method"), [("home-timeline", "GET"), ("user-timeline", "GET"), ("compose-post", "POST")]
+)
 async def test_endpoint_scripts_request_the_target_url(recorder, script: str, method: str) -> None:
     base, seen = recorder
     result = await wrk.run(f"{base}/wrk2-api/x/y", threads=1, connections=1, duration_s=1, script=script)

@@ -7,7 +7,6 @@ from datetime import datetime
 
 from rich.markup import escape
 from rich.text import Text
-
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
@@ -15,15 +14,18 @@ from textual.widgets import Footer, Header, Label, Sparkline, Static
 
 from dittotui.history import History
 from dittotui.rows import CVMRef
-from hostctl.link import HostLink
-from hostctl.runs import RunRecord
+from hostctl.client.link import HostLink
+from hostctl.load.runs import RunRecord
 
 
 class DetailScreen(Screen[None]):
     """Facts and plots for the CVM `ref`, refreshed every second."""
 
-    BINDINGS = [("escape,enter", "app.pop_screen", "Back"), ("plus", "scale(1)", "Wake worker"),
-                ("minus", "scale(-1)", "Park worker")]
+    BINDINGS = [
+        ("escape,enter", "app.pop_screen", "Back"),
+        ("plus", "scale(1)", "Wake worker"),
+        ("minus", "scale(-1)", "Park worker"),
+    ]
 
     def __init__(self, ref: CVMRef, link: HostLink, history: History, runs: dict[str, list[RunRecord]]) -> None:
         super().__init__()
@@ -67,9 +69,14 @@ class DetailScreen(Screen[None]):
             scaled = f"\nlast scaled {when} by {cvm.scaled_by}"
         flags = ", ".join(cvm.policy_flags) or "-"
         e = cvm.elastic
-        elastic = "no elastic policy on this host" if e is None else (
-            f"elastic policy [b]{e.policy}[/b] {'on' if e.enabled else 'off'}"
-            + (f"   last decision {escape(e.decision)}: {escape(e.reason)}" if e.decision else ""))
+        elastic = (
+            "no elastic policy on this host"
+            if e is None
+            else (
+                f"elastic policy [b]{e.policy}[/b] {'on' if e.enabled else 'off'}"
+                + (f"   last decision {escape(e.decision)}: {escape(e.reason)}" if e.decision else "")
+            )
+        )
         facts.update(
             f"[b]{cvm.name}[/b]  on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
             f"security [b]{cvm.security.value}[/b]  policy {cvm.policy:#x} ({flags})\n"
@@ -103,8 +110,11 @@ def run_marks(sampled_at: list[float], runs: list[RunRecord], width: int) -> Tex
     if runs:
         last = runs[-1]
         when = datetime.fromtimestamp(last.started).strftime("%H:%M:%S")
-        text.append(f"\nwrk {when} from {last.load_host}: {last.script or 'default'} -c{last.connections} "
-                    f"{last.duration_s}s → p50 {last.result.p(50):.1f} ms, p99 {last.result.p(99):.1f} ms, "
-                    f"{last.result.rps:.0f} req/s, {last.result.errors} errors "
-                    f"({len(runs)} run{'' if len(runs) == 1 else 's'} in the history)", style="")
+        text.append(
+            f"\nwrk {when} from {last.load_host}: {last.script or 'default'} -c{last.connections} "
+            f"{last.duration_s}s → p50 {last.result.p(50):.1f} ms, p99 {last.result.p(99):.1f} ms, "
+            f"{last.result.rps:.0f} req/s, {last.result.errors} errors "
+            f"({len(runs)} run{'' if len(runs) == 1 else 's'} in the history)",
+            style="",
+        )
     return text

@@ -11,12 +11,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Markdown, ProgressBar
 
-from hostctl import experiment, wrk
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.loadgen import check_bounds
-from hostctl.model import Snapshot
-from hostctl.runs import RunLog
-from hostctl.site import Site
+from hostctl.experiments import security_overhead as experiment
+from hostctl.load import wrk
+from hostctl.load.generators import check_bounds
+from hostctl.load.runs import RunLog
+from hostctl.wire.model import Snapshot
 
 PARAMS = wrk.Params(threads=2, connections=8, duration_s=10, script="home-timeline")  # as `hostctl experiment`
 
@@ -36,9 +37,12 @@ class ExperimentScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
-            yield Label(f"Security overhead: {self.params.describe()} from this machine against one CVM of each "
-                        f"security type with the same online vCPUs, one after the other "
-                        f"(about {4 * self.params.duration_s} s).", id="question")
+            yield Label(
+                f"Security overhead: {self.params.describe()} from this machine against one CVM of each "
+                f"security type with the same online vCPUs, one after the other "
+                f"(about {4 * self.params.duration_s} s).",
+                id="question",
+            )
             yield ProgressBar(total=1.0, show_eta=False, id="progress")
             yield Label("", id="step")
             yield Markdown("", id="report")
@@ -67,8 +71,9 @@ class ExperimentScreen(ModalScreen[None]):
 
         try:
             check_bounds(self.params, self.site.load)
-            report = await experiment.security_overhead(self.site, self.snapshots, self.params, progress=progress,
-                                                        history=self.runs)
+            report = await experiment.security_overhead(
+                self.site, self.snapshots, self.params, progress=progress, history=self.runs
+            )
             markdown, table = await asyncio.to_thread(report.save, self.folder)
         except HostctlError as e:
             step.update(f"[red]{e}[/red]")

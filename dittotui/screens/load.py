@@ -12,11 +12,12 @@ from textual.screen import ModalScreen
 from textual.validation import Integer
 from textual.widgets import Button, Input, Label, ProgressBar, Select
 
-from hostctl import loadgen, wrk
+from hostctl.client.site import LoadBounds, Site
 from hostctl.errors import HostctlError
-from hostctl.model import Service
-from hostctl.runs import RunLog
-from hostctl.site import LoadBounds, Site
+from hostctl.load import generators as loadgen
+from hostctl.load import wrk
+from hostctl.load.runs import RunLog
+from hostctl.wire.model import Service
 
 
 class LoadScreen(ModalScreen[None]):
@@ -56,11 +57,15 @@ class LoadScreen(ModalScreen[None]):
                 yield Select([(h, h) for h in hosts], value=hosts[0], allow_blank=False, id="load-host")
             with Horizontal(classes="fields"):
                 yield Label("connections")
-                yield Input(str(min(16, bounds.max_connections)), id="connections",
-                            validators=[Integer(1, bounds.max_connections)])
+                yield Input(
+                    str(min(16, bounds.max_connections)),
+                    id="connections",
+                    validators=[Integer(1, bounds.max_connections)],
+                )
                 yield Label("seconds")
-                yield Input(str(min(10, bounds.max_duration_s)), id="duration",
-                            validators=[Integer(1, bounds.max_duration_s)])
+                yield Input(
+                    str(min(10, bounds.max_duration_s)), id="duration", validators=[Integer(1, bounds.max_duration_s)]
+                )
             yield ProgressBar(total=1, show_eta=False, id="progress")
             yield Label("", id="result")
             with Horizontal(id="buttons"):
@@ -94,13 +99,18 @@ class LoadScreen(ModalScreen[None]):
         if any(not i.is_valid for i in inputs):
             self.query_one("#result", Label).update(
                 f"connections must be 1..{bounds.max_connections} and seconds 1..{bounds.max_duration_s} "
-                "(the site's [load] bounds)")
+                "(the site's [load] bounds)"
+            )
             return
         url = self.query_one("#service", Select).value
         service = next(s for s in self.services if s.url == url)
         connections = int(inputs[0].value)
-        params = wrk.Params(threads=max(1, min(2, connections, bounds.max_threads)), connections=connections,
-                            duration_s=int(inputs[1].value), script=str(self.query_one("#script", Select).value))
+        params = wrk.Params(
+            threads=max(1, min(2, connections, bounds.max_threads)),
+            connections=connections,
+            duration_s=int(inputs[1].value),
+            script=str(self.query_one("#script", Select).value),
+        )
         self.run_load(service, params, str(self.query_one("#load-host", Select).value))
 
     @work(exclusive=True)
@@ -121,9 +131,16 @@ class LoadScreen(ModalScreen[None]):
             if site is None:
                 raise HostctlError("no site is open: nothing to aim load at")
             targets = loadgen.Targets(site, self._reported())
-            record = await loadgen.run_load(site, targets, service.url, params,
-                                            host=loadgen.load_host(site, load_host), progress=progress,
-                                            history=self.history, why="console")
+            record = await loadgen.run_load(
+                site,
+                targets,
+                service.url,
+                params,
+                host=loadgen.load_host(site, load_host),
+                progress=progress,
+                history=self.history,
+                why="console",
+            )
         except HostctlError as e:
             result_label.update(f"[red]{e}[/red]")
             return
@@ -138,8 +155,10 @@ class LoadScreen(ModalScreen[None]):
                 cancel.disabled = True
         result = record.result
         bar.update(progress=params.duration_s)
-        result_label.update(f"p50 {result.p(50):.1f} ms  p90 {result.p(90):.1f} ms  p99 {result.p(99):.1f} ms  "
-                            f"{result.rps:.0f} req/s  {result.errors} errors")
+        result_label.update(
+            f"p50 {result.p(50):.1f} ms  p90 {result.p(90):.1f} ms  p99 {result.p(99):.1f} ms  "
+            f"{result.rps:.0f} req/s  {result.errors} errors"
+        )
         self.app.record_load(record)  # type: ignore[attr-defined]
 
     def _reported(self) -> dict[str, list[Service]]:

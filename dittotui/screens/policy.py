@@ -23,8 +23,13 @@ class PolicyScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(f"Elastic policy for {self.what}", id="question")
-            yield OptionList(*(Option(f"{'●' if p['name'] == self.current else ' '} {p['name']}: {p['description']}",
-                                      id=p["name"]) for p in self.policies), id="policies")
+            yield OptionList(
+                *(
+                    Option(f"{'●' if p['name'] == self.current else ' '} {p['name']}: {p['description']}", id=p["name"])
+                    for p in self.policies
+                ),
+                id="policies",
+            )
             yield Label("enter picks; `a` switches it on or off; escape cancels", classes="hint")
 
     def on_mount(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from hostctl import config
 from hostctl.config import check, non_negative, positive
 from hostctl.demo.services import Endpoint
-from hostctl.security import SNP_DEFAULT_POLICY, SecurityType
+from hostctl.wire.security import SNP_DEFAULT_POLICY, SecurityType
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from hostctl.backend import LibvirtHost
 from hostctl.demo.config import DemoConfig, HostSpec
 from hostctl.demo.nodexml import node_xml
 from hostctl.demo.services import CVMService
 from hostctl.demo.traffic import BackgroundTraffic
-from hostctl.model import Service
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire.model import Service
 
 
 class DemoHost:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostctl import rpc
-from hostctl import site as sites
-from hostctl.agent import Agent
-from hostctl.audit import AuditLog
+from hostctl.agent.audit import AuditLog
+from hostctl.agent.server import Agent
+from hostctl.client import site as sites
 from hostctl.demo import config as demo_config
 from hostctl.demo.host import DemoHost
-from hostctl.elastic import PolicySpec
+from hostctl.elastic.runner import PolicySpec
 from hostctl.errors import HostctlError
+from hostctl.wire import rpc
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -72,8 +72,9 @@ class HostProcess:
         return pid
 
 
-async def serve_host(config_path: Path, name: str, runtime: Path, *,
-                     policies: dict[str, PolicySpec] | None = None) -> None:
+async def serve_host(
+    config_path: Path, name: str, runtime: Path, *, policies: dict[str, PolicySpec] | None = None
+) -> None:
     """The body of one demo host process: run the host and its agent (with `policies`) until SIGTERM or SIGINT."""
     config = demo_config.load(config_path)
     try:
@@ -83,8 +84,14 @@ async def serve_host(config_path: Path, name: str, runtime: Path, *,
     proc = HostProcess(name, runtime)
     host = DemoHost(config, spec, runtime)
     await host.start()
-    agent = Agent(host.backend, audit=AuditLog(proc.audit), services=host.service_list,
-                  interval=config.sample_interval, probe_rate=config.probe_rate, policies=policies)
+    agent = Agent(
+        host.backend,
+        audit=AuditLog(proc.audit),
+        services=host.service_list,
+        interval=config.sample_interval,
+        probe_rate=config.probe_rate,
+        policies=policies,
+    )
     agent.start()
     server = await agent.serve_unix(proc.socket)
     stop = asyncio.Event()
@@ -112,9 +119,22 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
             continue
         with proc.log.open("ab") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", "hostctl", "demo", "serve-host", spec.name,
-                 "--config", str(config_path), "--runtime", str(runtime)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "hostctl",
+                    "demo",
+                    "serve-host",
+                    spec.name,
+                    "--config",
+                    str(config_path),
+                    "--runtime",
+                    str(runtime),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         proc.pidfile.write_text(str(child.pid))
         started.append((proc, child))
@@ -125,8 +145,9 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
             await down(runtime)
             raise
         lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
-    sites.write(sites.demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}),
-                site_file(runtime))
+    sites.write(
+        sites.demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime)
+    )
     return lines
 
 

@@ -6,8 +6,8 @@ import uuid
 import xml.etree.ElementTree as ET
 
 from hostctl.demo.config import CVMSpec, HostSpec
-from hostctl.domxml import cvm_metadata
-from hostctl.security import SecurityType
+from hostctl.host.domxml import cvm_metadata
+from hostctl.wire.security import SecurityType
 
 
 def node_xml(host: HostSpec, driver: str = "emulated") -> str:

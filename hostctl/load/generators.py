@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from hostctl import wrk
+from hostctl.client.link import connect_ssh, describe
+from hostctl.client.site import Defaults, LoadBounds, LoadGenerator, Site
 from hostctl.errors import HostctlError
-from hostctl.link import connect_ssh, describe
-from hostctl.model import Service
-from hostctl.runs import RunLog, RunRecord
-from hostctl.site import Defaults, LoadBounds, LoadGenerator, Site
-from hostctl.wrk import Params, Progress, WrkResult
+from hostctl.load import wrk
+from hostctl.load.runs import RunLog, RunRecord
+from hostctl.load.wrk import Params, Progress, WrkResult
+from hostctl.wire.model import Service
 
 THIS_MACHINE = "this machine"
 CLEANUP_TIMEOUT = 5.0
@@ -64,8 +64,10 @@ class Targets:
         try:
             return self._by_url[url]
         except KeyError:
-            raise HostctlError(f"target {url!r} is not a service of the site inventory; refused "
-                               "(load runs only against listed services)") from None
+            raise HostctlError(
+                f"target {url!r} is not a service of the site inventory; refused "
+                "(load runs only against listed services)"
+            ) from None
 
 
 def check_bounds(params: Params, bounds: LoadBounds) -> None:
@@ -77,8 +79,7 @@ def check_bounds(params: Params, bounds: LoadBounds) -> None:
         ("timeout", params.timeout_s, bounds.max_timeout_s, "max_timeout_s"),
     ):
         if value > bound:
-            raise HostctlError(f"{name} = {value} is above the bound {bound} ([load] {key} in the site file); "
-                               "refused")
+            raise HostctlError(f"{name} = {value} is above the bound {bound} ([load] {key} in the site file); refused")
 
 
 class LocalLoadHost:
@@ -121,8 +122,9 @@ class SSHLoadHost:
                     async with asyncio.timeout(CLEANUP_TIMEOUT):
                         await conn.run(shlex.join(["rm", "-f", path]))
         except (OSError, asyncssh.Error) as e:
-            raise HostctlError(f"{self.where}: connection lost during the run: {describe(e)}; "
-                               "nothing recorded") from None
+            raise HostctlError(
+                f"{self.where}: connection lost during the run: {describe(e)}; nothing recorded"
+            ) from None
         finally:
             conn.close()
         killed_by = completed.exit_signal[0] if completed.exit_signal else None
@@ -140,8 +142,9 @@ class SSHLoadHost:
             raise HostctlError(f"{self.where}: cannot write {path}: {str(copied.stderr or '').strip()}")
         return path
 
-    async def _wrk(self, conn: asyncssh.SSHClientConnection, args: list[str], params: Params,
-                   progress: Progress | None) -> asyncssh.SSHCompletedProcess:
+    async def _wrk(
+        self, conn: asyncssh.SSHClientConnection, args: list[str], params: Params, progress: Progress | None
+    ) -> asyncssh.SSHCompletedProcess:
         # `sh` prints its pid and execs wrk in place (same pid), so a cancelled run can be killed by pid even where
         # sshd refuses signal requests (e.g. for root). wrk's argv is passed as arguments, never put in the script.
         command = shlex.join(["sh", "-c", _PRINT_PID_THEN_EXEC, "sh", self.generator.wrk, *args])
@@ -185,19 +188,40 @@ def load_hosts(site: Site) -> list[str]:
     return [THIS_MACHINE, *(g.name for g in site.load_generators)]
 
 
-async def run_load(site: Site, targets: Targets, url: str, params: Params, *, host: LoadHost | None = None,
-                   progress: Progress | None = None, history: RunLog | None = None, why: str = "",
-                   labels: dict[str, str] | None = None) -> RunRecord:
+async def run_load(
+    site: Site,
+    targets: Targets,
+    url: str,
+    params: Params,
+    *,
+    host: LoadHost | None = None,
+    progress: Progress | None = None,
+    history: RunLog | None = None,
+    why: str = "",
+    labels: dict[str, str] | None = None,
+) -> RunRecord:
     """Check the target and bounds, run wrk from `host` (default: this machine), record a successful run."""
     target = targets.resolve(url)
     check_bounds(params, site.load)
     host = host or LocalLoadHost()
     started = time.time()
     result = await host.run(target.url, params, progress)
-    record = RunRecord(host=target.host, cvm=target.cvm, service=target.service, url=target.url,
-                       load_host=host.name, script=params.script, threads=params.threads,
-                       connections=params.connections, duration_s=params.duration_s, timeout_s=params.timeout_s,
-                       started=started, result=result, why=why, labels=dict(labels or {}))
+    record = RunRecord(
+        host=target.host,
+        cvm=target.cvm,
+        service=target.service,
+        url=target.url,
+        load_host=host.name,
+        script=params.script,
+        threads=params.threads,
+        connections=params.connections,
+        duration_s=params.duration_s,
+        timeout_s=params.timeout_s,
+        started=started,
+        result=result,
+        why=why,
+        labels=dict(labels or {}),
+    )
     if history is not None:
         history.append(record)
     return record

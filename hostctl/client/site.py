@@ -162,7 +162,7 @@ class HostEntry:
         if self.ssh is None and self.socket is None:
             raise ValueError(f'{who}: give ssh = "user@host" or socket = "/path"')
         if self.jump is not None and self.ssh is None:
-            raise ValueError(f"{who}: jump = {self.jump!r} needs ssh = \"user@host\" (a jump host is only for SSH)")
+            raise ValueError(f'{who}: jump = {self.jump!r} needs ssh = "user@host" (a jump host is only for SSH)')
         if self.agent is not None:
             if problem := _argv_problem(self.agent):
                 raise ValueError(f"{who}: {problem}")

@@ -8,12 +8,12 @@ import json
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from collections.abc import Callable
 from typing import Any, Self
 
-from hostctl.security import SecurityType, decode_policy
+from hostctl.wire.security import SecurityType, decode_policy
 
 
 class DomainState(StrEnum):

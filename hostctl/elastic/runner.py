@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostctl.backend import LibvirtHost
 from hostctl.config import build, read_toml
+from hostctl.elastic.guard import Decision, GuardSettings, Situation, guard, hold
+from hostctl.elastic.policies import KINDS, Policy, Probe, Sample, Signals
 from hostctl.errors import ConfigError, HostctlError
-from hostctl.guard import Decision, GuardSettings, Situation, guard, hold
-from hostctl.model import CVM, DomainState, Elastic, Event
-from hostctl.policies import KINDS, Policy, Probe, Sample, Signals
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire.model import CVM, DomainState, Elastic, Event
 
-DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "configs" / "policies"
+DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "configs" / "policies"
 DEFAULT_POLICY = "concurrency"  # the choice of a CVM nobody has chosen for, when configured
 _POLICY_WHO = re.compile(r"policy:[\w.-]+")
 
@@ -156,14 +156,22 @@ class ElasticRunner:
             default = self.default_policy
             return None if default is None else Elastic(policy=default)
         d = track.decision
-        return Elastic(policy=track.policy, enabled=track.enabled, decision="" if d is None else d.label,
-                       reason="" if d is None else d.reason, ts=track.decided_at,
-                       alert=d is not None and d.alert)
+        return Elastic(
+            policy=track.policy,
+            enabled=track.enabled,
+            decision="" if d is None else d.label,
+            reason="" if d is None else d.reason,
+            ts=track.decided_at,
+            alert=d is not None and d.alert,
+        )
 
     def sample_interval(self) -> float | None:
         """The shortest interval of a policy that is on (the agent samples at least this often), if any."""
-        intervals = [self.policies[t.policy].policy.interval for t in self._tracks.values()
-                     if t.enabled and t.policy in self.policies]
+        intervals = [
+            self.policies[t.policy].policy.interval
+            for t in self._tracks.values()
+            if t.enabled and t.policy in self.policies
+        ]
         return min(intervals, default=None)
 
     # -- changing --------------------------------------------------------------------------------
@@ -193,8 +201,16 @@ class ElasticRunner:
         if changes:
             track.logged = ""  # the next decision is written whatever it is
             self._save()
-            self.record(Event(self.host.host.name, cvm, "policy", who, ok=True,
-                              why=f"{', '.join(changes)} ({track.policy} {'on' if track.enabled else 'off'})"))
+            self.record(
+                Event(
+                    self.host.host.name,
+                    cvm,
+                    "policy",
+                    who,
+                    ok=True,
+                    why=f"{', '.join(changes)} ({track.policy} {'on' if track.enabled else 'off'})",
+                )
+            )
         if track.enabled:
             self._run(cvm, track)
         state = self.state(cvm)
@@ -225,17 +241,27 @@ class ElasticRunner:
             decision = self._decide(cvm, track, now)
             if decision.changes:
                 try:
-                    await self.host.scale(cvm, decision.target, expect=decision.current,
-                                          who=f"policy:{track.policy}", why=decision.reason)
+                    await self.host.scale(
+                        cvm, decision.target, expect=decision.current, who=f"policy:{track.policy}", why=decision.reason
+                    )
                 except HostctlError as e:  # the backend has audited the refusal
                     decision = hold(decision.current, "refused", str(e), alert=True)
                     track.logged = "refused"
                 else:
                     track.logged = decision.code
             elif decision.code != track.logged:
-                self.record(Event(self.host.host.name, cvm, "alert" if decision.alert else "hold",
-                                  f"policy:{track.policy}", ok=True, before=decision.current,
-                                  after=decision.current, why=decision.reason))
+                self.record(
+                    Event(
+                        self.host.host.name,
+                        cvm,
+                        "alert" if decision.alert else "hold",
+                        f"policy:{track.policy}",
+                        ok=True,
+                        before=decision.current,
+                        after=decision.current,
+                        why=decision.reason,
+                    )
+                )
                 track.logged = decision.code
             track.decision, track.decided_at = decision, now
             return decision
@@ -248,8 +274,12 @@ class ElasticRunner:
             return hold(current, "not-running", f"{name} is {state}")
         spec = self.policies.get(track.policy)
         if spec is None:
-            return hold(cvm.online_vcpus, "unknown-policy",
-                        f"policy {track.policy!r} is not configured on this agent", alert=True)
+            return hold(
+                cvm.online_vcpus,
+                "unknown-policy",
+                f"policy {track.policy!r} is not configured on this agent",
+                alert=True,
+            )
         samples = self._samples.get(name, ())
         probes = self.probes(name, now) if spec.policy.reads_probes else []
         want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
@@ -257,14 +287,23 @@ class ElasticRunner:
 
     def _situation(self, cvm: CVM, track: _Track, now: float, samples: deque[Sample] | tuple[()]) -> Situation:
         running = [c for c in self.host.cvms if c.state is DomainState.RUNNING]
-        by_hand = (cvm.scaled_at is not None and not is_policy(cvm.scaled_by)
-                   and track.since is not None and cvm.scaled_at >= track.since)
+        by_hand = (
+            cvm.scaled_at is not None
+            and not is_policy(cvm.scaled_by)
+            and track.since is not None
+            and cvm.scaled_at >= track.since
+        )
         return Situation(
-            now=now, current=cvm.online_vcpus, boot=cvm.boot_vcpus, max=cvm.max_vcpus,
-            host_cpus=self.host.host.cpus, host_boot=sum(c.boot_vcpus for c in running),
+            now=now,
+            current=cvm.online_vcpus,
+            boot=cvm.boot_vcpus,
+            max=cvm.max_vcpus,
+            host_cpus=self.host.host.cpus,
+            host_boot=sum(c.boot_vcpus for c in running),
             host_workers=sum(c.workers_active for c in running),
             sample_age=now - samples[-1].ts if samples else None,
-            last_change=cvm.scaled_at, operator_at=cvm.scaled_at if by_hand else None,
+            last_change=cvm.scaled_at,
+            operator_at=cvm.scaled_at if by_hand else None,
         )
 
     def _run(self, name: str, track: _Track) -> None:
@@ -281,11 +320,21 @@ class ElasticRunner:
                 await self.step(name)
             except Exception as e:  # a bug must not silently end the policy: say so, and try again
                 current = track.decision.current if track.decision is not None else 0
-                track.decision, track.decided_at = hold(current, "error", f"{type(e).__name__}: {e}",
-                                                        alert=True), time.time()
+                track.decision, track.decided_at = (
+                    hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
+                    time.time(),
+                )
                 if track.logged != "error":
-                    self.record(Event(self.host.host.name, name, "alert", f"policy:{track.policy}", ok=False,
-                                      why=track.decision.reason))
+                    self.record(
+                        Event(
+                            self.host.host.name,
+                            name,
+                            "alert",
+                            f"policy:{track.policy}",
+                            ok=False,
+                            why=track.decision.reason,
+                        )
+                    )
                     track.logged = "error"
 
     # -- persistence -----------------------------------------------------------------------------
@@ -302,14 +351,20 @@ class ElasticRunner:
             isinstance(v, dict) and isinstance(v.get("policy"), str) and isinstance(v.get("enabled"), bool)
             for v in cvms.values()
         ):
-            raise HostctlError(f"{self.state_file}: not an elastic state file (expected "
-                               '{"cvms": {CVM: {"policy": NAME, "enabled": BOOL}}})')
+            raise HostctlError(
+                f"{self.state_file}: not an elastic state file (expected "
+                '{"cvms": {CVM: {"policy": NAME, "enabled": BOOL}}})'
+            )
         return cvms
 
     def _save(self) -> None:
         """Write the choices atomically: a complete file or the previous one, never half of one."""
-        data = {"cvms": {name: {"policy": t.policy, "enabled": t.enabled, "since": t.since}
-                         for name, t in sorted(self._tracks.items())}}
+        data = {
+            "cvms": {
+                name: {"policy": t.policy, "enabled": t.enabled, "since": t.since}
+                for name, t in sorted(self._tracks.items())
+            }
+        }
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from hostctl.model import Event, Snapshot
+from hostctl.wire.model import Event, Snapshot
 
 
 def format_snapshot(snapshot: Snapshot, *, services: bool = False) -> str:
     """The human-readable status table."""
     h = snapshot.host
     caps = " ".join(f"{label} {_yes(v)}" for label, v in (("SEV", h.sev), ("SEV-ES", h.sev_es), ("SNP", h.sev_snp)))
-    lines = [f"{h.name}  {h.cpus} CPUs  {h.memory_mib / 1024:.1f} GiB  CPU {h.cpu_percent:.1f}%  {caps}  "
-             f"libvirt {h.libvirt_version}"]
+    lines = [
+        f"{h.name}  {h.cpus} CPUs  {h.memory_mib / 1024:.1f} GiB  CPU {h.cpu_percent:.1f}%  {caps}  "
+        f"libvirt {h.libvirt_version}"
+    ]
     rows = [("CVM", "SECURITY", "STATE", "BOOT", "WORKERS", "CPU%", "DRIVER", "POLICY")]
     for c in snapshot.cvms:
-        rows.append((c.name, c.security.value, c.state.value, str(c.boot_vcpus),
-                     f"{c.workers_active}/{c.workers_max}", f"{c.cpu_percent:.1f}", c.driver,
-                     f"{c.policy:#x} {','.join(c.policy_flags)}" if c.security.confidential else "-"))
+        rows.append(
+            (
+                c.name,
+                c.security.value,
+                c.state.value,
+                str(c.boot_vcpus),
+                f"{c.workers_active}/{c.workers_max}",
+                f"{c.cpu_percent:.1f}",
+                c.driver,
+                f"{c.policy:#x} {','.join(c.policy_flags)}" if c.security.confidential else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     if services:
@@ -43,5 +54,6 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
     when = datetime.fromtimestamp(event.ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome = "ok" if event.ok else "ALERT" if event.action == "alert" else "REFUSED"
     change = f" {event.before}->{event.after}" if event.before is not None or event.after is not None else ""
-    return (f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} "
-            f"by {event.who}" + (f": {event.why}" if event.why else ""))
+    return f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} by {event.who}" + (
+        f": {event.why}" if event.why else ""
+    )

@@ -7,7 +7,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from hostctl.model import Event
+from hostctl.wire.model import Event
 
 
 def default_path() -> Path:

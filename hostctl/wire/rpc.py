@@ -75,15 +75,20 @@ async def _handle(line: bytes, methods: dict[str, Method]) -> dict[str, Any] | N
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return _error(None, PARSE_ERROR, f"not JSON: {e}")
     if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
-        return _error(request.get("id") if isinstance(request, dict) else None, INVALID_REQUEST,
-                      "expected a JSON-RPC 2.0 request object with a string 'method'")
+        return _error(
+            request.get("id") if isinstance(request, dict) else None,
+            INVALID_REQUEST,
+            "expected a JSON-RPC 2.0 request object with a string 'method'",
+        )
     rid = request.get("id")
     params = request.get("params", {})
     if not isinstance(params, dict):
         return _error(rid, INVALID_PARAMS, "params must be an object")
     method = methods.get(request["method"])
     if method is None:
-        return _error(rid, METHOD_NOT_FOUND, f"unknown method {request['method']!r} (known: {', '.join(sorted(methods))})")
+        return _error(
+            rid, METHOD_NOT_FOUND, f"unknown method {request['method']!r} (known: {', '.join(sorted(methods))})"
+        )
     try:
         result = await method(params)
     except RpcError as e:

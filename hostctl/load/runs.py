@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostctl.errors import HostctlError
-from hostctl.model import Model
-from hostctl.wrk import WrkResult
+from hostctl.load.wrk import WrkResult
+from hostctl.wire.model import Model
 
 
 def default_path() -> Path:

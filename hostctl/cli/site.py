@@ -13,11 +13,11 @@ import argparse
 import asyncio
 import json
 
+from hostctl.client.link import Fleet, HostLink, LinkState
+from hostctl.client.render import format_event, format_scale, format_snapshot
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.link import Fleet, HostLink, LinkState
-from hostctl.model import Event
-from hostctl.render import format_event, format_scale, format_snapshot
-from hostctl.site import Site
+from hostctl.wire.model import Event
 
 
 async def run(args: argparse.Namespace, site: Site) -> int:

@@ -15,18 +15,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hostctl import wrk
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.loadgen import LoadHost, LocalLoadHost, Target, Targets, run_load
-from hostctl.model import DomainState, Snapshot
-from hostctl.runs import RunLog
-from hostctl.security import SecurityType
-from hostctl.site import Site
-from hostctl.wrk import Params, WrkResult
+from hostctl.load import wrk
+from hostctl.load.generators import LoadHost, LocalLoadHost, Target, Targets, run_load
+from hostctl.load.runs import RunLog
+from hostctl.load.wrk import Params, WrkResult
+from hostctl.wire.model import DomainState, Snapshot
+from hostctl.wire.security import SecurityType
 
 ORDER = (SecurityType.NONE, SecurityType.SEV, SecurityType.SEV_ES, SecurityType.SEV_SNP)
-LABEL = {SecurityType.NONE: "plain", SecurityType.SEV: "SEV", SecurityType.SEV_ES: "SEV-ES",
-         SecurityType.SEV_SNP: "SEV-SNP"}
+LABEL = {
+    SecurityType.NONE: "plain",
+    SecurityType.SEV: "SEV",
+    SecurityType.SEV_ES: "SEV-ES",
+    SecurityType.SEV_SNP: "SEV-SNP",
+}
 PERCENTILES = (50, 90, 99)
 WHY = "experiment security-overhead"
 
@@ -69,27 +73,51 @@ class Report:
 
     def table(self) -> list[list[str]]:
         """Header and one line per row, as text cells."""
-        header = ["security", "CVM", "vCPUs", "requests", "req/s", "errors",
-                  *(f"p{q} ms" for q in PERCENTILES), *(f"p{q} vs plain" for q in PERCENTILES)]
+        header = [
+            "security",
+            "CVM",
+            "vCPUs",
+            "requests",
+            "req/s",
+            "errors",
+            *(f"p{q} ms" for q in PERCENTILES),
+            *(f"p{q} vs plain" for q in PERCENTILES),
+        ]
         lines = [header]
         for row in self.rows:
             increases = [self.increase(row, q) for q in PERCENTILES]
             target = row.choice.target
-            lines.append([LABEL[row.choice.security], f"{target.host}/{target.cvm}", str(row.choice.vcpus),
-                          str(row.result.requests), f"{row.result.rps:.1f}", str(row.result.errors),
-                          *(f"{row.result.p(q):.2f}" for q in PERCENTILES),
-                          *("n/a" if i is None else f"{i:+.1f}%" for i in increases)])
+            lines.append(
+                [
+                    LABEL[row.choice.security],
+                    f"{target.host}/{target.cvm}",
+                    str(row.choice.vcpus),
+                    str(row.result.requests),
+                    f"{row.result.rps:.1f}",
+                    str(row.result.errors),
+                    *(f"{row.result.p(q):.2f}" for q in PERCENTILES),
+                    *("n/a" if i is None else f"{i:+.1f}%" for i in increases),
+                ]
+            )
         return lines
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
-        return (f"`{self.params.describe()}` against service {self.service}, from {self.load_host}, "
-                f"runs one after the other, started {when}.")
+        return (
+            f"`{self.params.describe()}` against service {self.service}, from {self.load_host}, "
+            f"runs one after the other, started {when}."
+        )
 
     def markdown(self) -> str:
         header, *rows = self.table()
-        lines = ["# Security overhead: HTTP latency per security type", "", self.describe(), "",
-                 "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines = [
+            "# Security overhead: HTTP latency per security type",
+            "",
+            self.describe(),
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         if self.notes:
             lines += ["", "Notes:", *(f"- {n}" for n in self.notes)]
@@ -153,9 +181,16 @@ def choose(snapshots: Mapping[str, Snapshot], targets: Targets, service: str) ->
     return chosen, notes
 
 
-async def security_overhead(site: Site, snapshots: Callable[[], Mapping[str, Snapshot]], params: Params, *,
-                            host: LoadHost | None = None, progress: Progress | None = None,
-                            history: RunLog | None = None, settle_s: float = 1.0) -> Report:
+async def security_overhead(
+    site: Site,
+    snapshots: Callable[[], Mapping[str, Snapshot]],
+    params: Params,
+    *,
+    host: LoadHost | None = None,
+    progress: Progress | None = None,
+    history: RunLog | None = None,
+    settle_s: float = 1.0,
+) -> Report:
     """Run the experiment: `snapshots()` gives each host's current snapshot (read before and after each run)."""
     service = service_for(params.script)
     current = snapshots()
@@ -173,12 +208,23 @@ async def security_overhead(site: Site, snapshots: Callable[[], Mapping[str, Sna
 
         if i:
             await asyncio.sleep(settle_s)  # let the previous run's queues drain
-        record = await run_load(site, targets, choice.target.url, params, host=host, progress=step,
-                                history=history, why=WHY, labels={"security": choice.security.value})
+        record = await run_load(
+            site,
+            targets,
+            choice.target.url,
+            params,
+            host=host,
+            progress=step,
+            history=history,
+            why=WHY,
+            labels={"security": choice.security.value},
+        )
         report.rows.append(Row(choice, record.result))
         if (now := _online(snapshots(), choice.target)) not in (None, choice.vcpus):
-            report.notes.append(f"{choice.target.host}/{choice.target.cvm}: online vCPUs changed from "
-                                f"{choice.vcpus} to {now} during its run; its row is not comparable")
+            report.notes.append(
+                f"{choice.target.host}/{choice.target.cvm}: online vCPUs changed from "
+                f"{choice.vcpus} to {now} during its run; its row is not comparable"
+            )
     if progress is not None:
         await progress("done", 1.0)
     return report

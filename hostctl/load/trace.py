@@ -64,24 +64,35 @@ class Trace:
 
     def scaled(self, factor: float) -> Trace:
         """The same shape at `factor` times the rate."""
-        return Trace(tuple(Phase(p.name, p.seconds, p.rps * factor,
-                                 None if p.until_rps is None else p.until_rps * factor,
-                                 None if p.peak_rps is None else p.peak_rps * factor) for p in self.phases))
+        return Trace(
+            tuple(
+                Phase(
+                    p.name,
+                    p.seconds,
+                    p.rps * factor,
+                    None if p.until_rps is None else p.until_rps * factor,
+                    None if p.peak_rps is None else p.peak_rps * factor,
+                )
+                for p in self.phases
+            )
+        )
 
 
 def bursty(base: float = 60.0, step: float = 300.0, spike: float = 480.0, peak: float = 400.0) -> Trace:
     """The benchmark trace (150 s): a step, a spike, a ramp and a compressed day, at a quiet base rate."""
-    return Trace((
-        Phase("quiet", 15, base),
-        Phase("step", 20, step),
-        Phase("quiet", 10, base),
-        Phase("spike", 5, spike),
-        Phase("quiet", 15, base),
-        Phase("ramp", 10, base, until_rps=step),
-        Phase("quiet", 5, base),
-        Phase("day", 60, base, peak_rps=peak),
-        Phase("night", 10, base),
-    ))
+    return Trace(
+        (
+            Phase("quiet", 15, base),
+            Phase("step", 20, step),
+            Phase("quiet", 10, base),
+            Phase("spike", 5, spike),
+            Phase("quiet", 15, base),
+            Phase("ramp", 10, base, until_rps=step),
+            Phase("quiet", 5, base),
+            Phase("day", 60, base, peak_rps=peak),
+            Phase("night", 10, base),
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +104,9 @@ class Request:
     ok: bool
 
 
-async def replay(trace: Trace, url: str, *, timeout_s: float = 2.0, max_connections: int = 512,
-                 seed: int = 1) -> list[Request]:
+async def replay(
+    trace: Trace, url: str, *, timeout_s: float = 2.0, max_connections: int = 512, seed: int = 1
+) -> list[Request]:
     """Send requests at the trace's rate to `url` (Poisson arrivals) and return every one of them."""
     rng = random.Random(seed)
     done: list[Request] = []

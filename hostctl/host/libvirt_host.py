@@ -18,10 +18,10 @@ import libvirt
 import libvirtaio
 import psutil
 
-from hostctl import drivers
-from hostctl.domxml import WORKERS_KEY, WORKERS_NS, parse_domain, workers_metadata
 from hostctl.errors import HostctlError, ScaleRefused
-from hostctl.model import CVM, DomainState, Event, Host, Service, Snapshot
+from hostctl.host import drivers
+from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, parse_domain, workers_metadata
+from hostctl.wire.model import CVM, DomainState, Event, Host, Service, Snapshot
 
 T = TypeVar("T")
 
@@ -201,8 +201,16 @@ class LibvirtHost:
             try:
                 before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
             except HostctlError as e:
-                event = Event(self.host.name, name, "scale", who, ok=False, before=getattr(e, "current", None),
-                              after=target, why=str(e))
+                event = Event(
+                    self.host.name,
+                    name,
+                    "scale",
+                    who,
+                    ok=False,
+                    before=getattr(e, "current", None),
+                    after=target,
+                    why=str(e),
+                )
                 self._record(event)
                 raise
             fresh = await self._run(self._read_named, name)
@@ -237,8 +245,9 @@ class LibvirtHost:
             )
         driver.apply(dom, cvm, target)
         metadata = workers_metadata(target - cvm.boot_vcpus, cvm.max_vcpus - cvm.boot_vcpus, who, time.time())
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata, WORKERS_KEY, WORKERS_NS,
-                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata, WORKERS_KEY, WORKERS_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE
+        )
         return current, target
 
     # -- blocking helpers (worker threads only) --------------------------------------------------

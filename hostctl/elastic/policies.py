@@ -139,8 +139,10 @@ class Threshold:
         return Want(current, f"CPU {cpu:.0f}% within {self.low:g}..{self.high:g}%")
 
     def describe(self) -> str:
-        return (f"CPU bands every {self.interval:g} s: up above {self.high:g}%, down below {self.low:g}%, "
-                f"sized for {self.target:g}%")
+        return (
+            f"CPU bands every {self.interval:g} s: up above {self.high:g}%, down below {self.low:g}%, "
+            f"sized for {self.target:g}%"
+        )
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,7 @@ class Slo:
         p99 = _p99(recent)
         if p99 > self.target_ms:
             excess = min(p99 / self.target_ms, 4.0) - 1
-            return Want(current + max(1, math.ceil(current * excess)),
-                        f"p99 {_ms(p99)} > {self.target_ms:g} ms")
+            return Want(current + max(1, math.ceil(current * excess)), f"p99 {_ms(p99)} > {self.target_ms:g} ms")
         calm = [p for p in signals.probes if p.ts > now - self.down_after_s and p.ts >= since]
         floor = self.down_below * self.target_ms
         settled = bool(calm) and min(p.ts for p in calm) <= now - 0.8 * self.down_after_s
@@ -181,8 +182,10 @@ class Slo:
         return Want(current, f"p99 {_ms(p99)} within target {self.target_ms:g} ms")
 
     def describe(self) -> str:
-        return (f"p99 latency under {self.target_ms:g} ms (over {self.window_s:g} s), "
-                f"down after {self.down_after_s:g} s below {self.down_below * self.target_ms:g} ms")
+        return (
+            f"p99 latency under {self.target_ms:g} ms (over {self.window_s:g} s), "
+            f"down after {self.down_after_s:g} s below {self.down_below * self.target_ms:g} ms"
+        )
 
 
 @dataclass(frozen=True)
@@ -215,8 +218,9 @@ class Concurrency:
         current = signals.current
         spare = f" + {self.burst:g} spare" if self.burst and stable >= IDLE else ""
         if want_panic > max(current, want_stable) and want_panic >= self.panic_ratio * current:
-            return Want(want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s{spare} "
-                                    f"/ {self.target:g} per vCPU")
+            return Want(
+                want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s{spare} / {self.target:g} per vCPU"
+            )
         reason = f"{stable:.2f} in flight over {self.stable_s:g} s{spare} / {self.target:g} per vCPU"
         if want_stable < current and self._need(stable) > current - 1 - self.hysteresis:
             return Want(current, f"{reason}; within {self.hysteresis:g} vCPU of {current - 1}: keep {current}")
@@ -231,12 +235,16 @@ class Concurrency:
 
     def describe(self) -> str:
         burst = f" (+{self.burst:g} spare while serving)" if self.burst else ""
-        return (f"{self.target:g} requests in flight per vCPU{burst} over {self.stable_s:g} s, "
-                f"panic up over {self.panic_s:g} s")
+        return (
+            f"{self.target:g} requests in flight per vCPU{burst} over {self.stable_s:g} s, "
+            f"panic up over {self.panic_s:g} s"
+        )
 
 
 KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
-    "threshold": Threshold, "slo": Slo, "concurrency": Concurrency,
+    "threshold": Threshold,
+    "slo": Slo,
+    "concurrency": Concurrency,
 }
 
 

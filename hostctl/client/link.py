@@ -22,10 +22,10 @@ from typing import Any
 
 import asyncssh
 
-from hostctl import rpc
+from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
-from hostctl.model import CVM, Event, Host, Service, Snapshot
-from hostctl.site import Defaults, HostEntry, Site, parse_destination
+from hostctl.wire import rpc
+from hostctl.wire.model import CVM, Event, Host, Service, Snapshot
 
 
 class LinkState(StrEnum):
@@ -55,8 +55,9 @@ class _VerifyingClient(asyncssh.SSHClient):
         return False
 
 
-async def connect_ssh(destination: str, defaults: Defaults,
-                      tunnel: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+async def connect_ssh(
+    destination: str, defaults: Defaults, tunnel: asyncssh.SSHClientConnection | None = None
+) -> asyncssh.SSHClientConnection:
     """An SSH connection to `destination` whose host key known_hosts trusts (a refusal names the key's
     fingerprint), honouring the OpenSSH client config named by `defaults`."""
     known_hosts = Path(defaults.known_hosts).expanduser()
@@ -161,15 +162,20 @@ class HostLink:
             return await client.call(method, timeout=timeout, **params)
         except TimeoutError:
             self._set_state(LinkState.STALE, f"no answer to {method} within {timeout:g} s")
-            raise LinkError(f"{self.name}: no answer to {method} within {timeout:g} s; it may or may not have "
-                            "been applied (a retry is safe: scale is compare-and-set)") from None
+            raise LinkError(
+                f"{self.name}: no answer to {method} within {timeout:g} s; it may or may not have "
+                "been applied (a retry is safe: scale is compare-and-set)"
+            ) from None
         except ConnectionError as e:
-            raise LinkError(f"{self.name}: link lost during {method} ({e}); it may or may not have been "
-                            "applied (a retry is safe: scale is compare-and-set)") from None
+            raise LinkError(
+                f"{self.name}: link lost during {method} ({e}); it may or may not have been "
+                "applied (a retry is safe: scale is compare-and-set)"
+            ) from None
 
     async def scale(self, cvm: str, target: int, *, expect: int | None, why: str = "manual") -> Event:
-        result = await self.call("scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect,
-                                 who=self.who, why=why)
+        result = await self.call(
+            "scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect, who=self.who, why=why
+        )
         return Event.from_dict(result)
 
     # -- the connection loop ---------------------------------------------------------------------
@@ -310,8 +316,9 @@ def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient
     except (OSError, ValueError):
         trusted = []
     what = "CHANGED (possible man-in-the-middle)" if trusted else "not in known_hosts"
-    return (f"host key of {destination} is {what}: {fingerprint}; refused. Check it out of band, then "
-            f"update {known_hosts}")
+    return (
+        f"host key of {destination} is {what}: {fingerprint}; refused. Check it out of band, then update {known_hosts}"
+    )
 
 
 def describe(error: BaseException) -> str:

@@ -20,13 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hostctl import __version__, rpc
-from hostctl.audit import AuditLog
-from hostctl.backend import LibvirtHost
-from hostctl.elastic import ElasticRunner, PolicySpec, state_path
-from hostctl.model import Event, Service, Snapshot
-from hostctl.policies import Probe
-from hostctl.probe import Prober
+from hostctl import __version__
+from hostctl.agent.audit import AuditLog
+from hostctl.agent.probes import Prober
+from hostctl.elastic.policies import Probe
+from hostctl.elastic.runner import ElasticRunner, PolicySpec, state_path
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.wire import rpc
+from hostctl.wire.model import Event, Service, Snapshot
 
 PROTOCOL_VERSION = 1
 MUTATING = frozenset({"scale", "policy"})
@@ -76,8 +77,9 @@ class Agent:
         self.interval = interval
         self.services = services
         self.prober = Prober(services, rate=probe_rate)
-        self.elastic = ElasticRunner(host, policies or {}, state_file=state_path(audit.path),
-                                     record=self._on_event, probes=self._probes)
+        self.elastic = ElasticRunner(
+            host, policies or {}, state_file=state_path(audit.path), record=self._on_event, probes=self._probes
+        )
         self._sessions: set[Session] = set()
         self._sampler: asyncio.Task[None] | None = None
         host.on_event(self._on_event)
@@ -153,8 +155,12 @@ class Agent:
     def _probes(self, cvm: str, now: float) -> list[Probe]:
         """The latency probes of the CVM's services over the prober's shortest window, on the wall clock."""
         offset = now - time.monotonic()
-        probes = [Probe(s.at + offset, s.ms, s.ok) for key, windows in self.prober.windows.items()
-                  if key.rpartition("/")[0] == cvm for s in windows[0].samples]
+        probes = [
+            Probe(s.at + offset, s.ms, s.ok)
+            for key, windows in self.prober.windows.items()
+            if key.rpartition("/")[0] == cvm
+            for s in windows[0].samples
+        ]
         return sorted(probes, key=lambda p: p.ts)
 
 
@@ -172,8 +178,13 @@ class Session:
     @property
     def methods(self) -> dict[str, rpc.Method]:
         handlers = {
-            "hello": self.hello, "snapshot": self.snapshot, "subscribe": self.subscribe,
-            "scale": self.scale, "audit": self.audit, "policies": self.policies, "policy": self.policy,
+            "hello": self.hello,
+            "snapshot": self.snapshot,
+            "subscribe": self.subscribe,
+            "scale": self.scale,
+            "audit": self.audit,
+            "policies": self.policies,
+            "policy": self.policy,
         }
         return {name: _checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
 
@@ -222,12 +233,20 @@ class Session:
         cvm, name = params["cvm"], params.get("name")
         known = self.agent.elastic.policies
         if name is not None and name not in known:
-            raise rpc.RpcError(rpc.INVALID_PARAMS, f"policy: unknown policy {name!r} "
-                                                   f"(known: {', '.join(known) or 'none'})"[:300])
+            raise rpc.RpcError(
+                rpc.INVALID_PARAMS, f"policy: unknown policy {name!r} (known: {', '.join(known) or 'none'})"[:300]
+            )
         who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
         state = self.agent.elastic.choose(cvm, name=name, enabled=params.get("enabled"), who=who)
-        return {"cvm": cvm, "policy": state.policy, "enabled": state.enabled, "decision": state.decision,
-                "reason": state.reason, "ts": state.ts, "alert": state.alert}
+        return {
+            "cvm": cvm,
+            "policy": state.policy,
+            "enabled": state.enabled,
+            "decision": state.decision,
+            "reason": state.reason,
+            "ts": state.ts,
+            "alert": state.alert,
+        }
 
     async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
@@ -283,8 +302,10 @@ def _checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
 def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(schema))
     if unknown:
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: unknown parameter {unknown[0]!r} "
-                                               f"(known: {', '.join(sorted(schema)) or 'none'})")
+        raise rpc.RpcError(
+            rpc.INVALID_PARAMS,
+            f"{method}: unknown parameter {unknown[0]!r} (known: {', '.join(sorted(schema)) or 'none'})",
+        )
     clean = {}
     for key, (kind, required, bounds) in schema.items():
         value = params.get(key)
@@ -295,11 +316,13 @@ def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, 
         if kind is float and type(value) is int:
             value = float(value)
         if type(value) is not kind:
-            raise rpc.RpcError(rpc.INVALID_PARAMS,
-                               f"{method}: parameter {key!r} must be {kind.__name__}, got {value!r}"[:300])
+            raise rpc.RpcError(
+                rpc.INVALID_PARAMS, f"{method}: parameter {key!r} must be {kind.__name__}, got {value!r}"[:300]
+            )
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
-            raise rpc.RpcError(rpc.INVALID_PARAMS,
-                               f"{method}: parameter {key!r} = {value!r} is outside {bounds[0]:g}..{bounds[1]:g}")
+            raise rpc.RpcError(
+                rpc.INVALID_PARAMS, f"{method}: parameter {key!r} = {value!r} is outside {bounds[0]:g}..{bounds[1]:g}"
+            )
         if kind is str and len(value) > 1000:
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: parameter {key!r} is longer than 1000 characters")
         clean[key] = value

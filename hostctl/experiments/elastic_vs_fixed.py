@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hostctl.client.link import Fleet, HostLink
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.link import Fleet, HostLink
-from hostctl.loadtrace import Request, Trace, replay
-from hostctl.model import CVM, DomainState
-from hostctl.site import Site
+from hostctl.load.trace import Request, Trace, replay
+from hostctl.wire.model import CVM, DomainState
 
 FIXED = ("fixed-min", "fixed-max")
 WINDOW_S = 10.0
@@ -130,13 +130,18 @@ class Comparison:
             "|---|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for run in self.runs:
-            share = "n/a" if fixed_max is None or fixed_max.worker_seconds <= 0 else \
-                f"{run.worker_seconds / fixed_max.worker_seconds:.0%}"
+            share = (
+                "n/a"
+                if fixed_max is None or fixed_max.worker_seconds <= 0
+                else f"{run.worker_seconds / fixed_max.worker_seconds:.0%}"
+            )
             reactions = ", ".join("never" if s is None else f"{s:.2f}" for *_, s in run.reactions(service))
             windows = run.windows()
-            lines.append(f"| {run.name} | {run.percentile(50):.1f} | {run.percentile(99):.1f} | "
-                         f"{run.within_slo:.0%} ({sum(ok for *_, ok in windows)}/{len(windows)}) | "
-                         f"{run.worker_seconds:.0f} | {share} | {run.actions} | {reactions} | {run.errors} |")
+            lines.append(
+                f"| {run.name} | {run.percentile(50):.1f} | {run.percentile(99):.1f} | "
+                f"{run.within_slo:.0%} ({sum(ok for *_, ok in windows)}/{len(windows)}) | "
+                f"{run.worker_seconds:.0f} | {share} | {run.actions} | {reactions} | {run.errors} |"
+            )
         return "\n".join(lines)
 
     def verdicts(self) -> list[str]:
@@ -153,13 +158,18 @@ class Comparison:
             if fixed_max is not None and fixed_max.worker_seconds > 0:
                 share = run.worker_seconds / fixed_max.worker_seconds
                 checks.append(f"worker-vCPU-s {share:.0%} of fixed-max {'≤' if share <= 0.6 else '>'} 60%")
-            checks.append(f"slowest reaction {'never' if math.isinf(slowest) else f'{slowest:.2f} s'} "
-                          f"{'≤' if slowest <= 1 else '>'} 1 s")
+            checks.append(
+                f"slowest reaction {'never' if math.isinf(slowest) else f'{slowest:.2f} s'} "
+                f"{'≤' if slowest <= 1 else '>'} 1 s"
+            )
             met = run.within_slo >= 0.99 and slowest <= 1 and all("> 60%" not in c for c in checks)
-            missed = [f"{start:.0f}-{start + WINDOW_S:.0f} s (p99 {p99:.0f} ms)"
-                      for start, p99, ok in run.windows() if not ok]
-            lines.append(f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})"
-                         + (f"; windows over the SLO: {', '.join(missed)}" if missed else ""))
+            missed = [
+                f"{start:.0f}-{start + WINDOW_S:.0f} s (p99 {p99:.0f} ms)" for start, p99, ok in run.windows() if not ok
+            ]
+            lines.append(
+                f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})"
+                + (f"; windows over the SLO: {', '.join(missed)}" if missed else "")
+            )
         return lines
 
     def save(self, out: Path, stem: str = "elastic-vs-fixed", header: str = "") -> tuple[Path, Path]:
@@ -168,20 +178,37 @@ class Comparison:
         md, svg = out / f"{stem}.md", out / f"{stem}.svg"
         run = self.runs[0]
         steps = ", ".join(f"{rate:.0f} req/s at {start:.0f} s" for start, rate in run.trace.steps())
-        text = [header or "# Elastic versus fixed", "",
-                f"Target: `{self.target}` ({self.url}), boot {run.boot} / max {run.max} vCPUs, SLO p99 ≤ "
-                f"{run.slo_ms:g} ms. Trace: {run.trace.seconds:.0f} s, open-loop Poisson arrivals "
-                f"({' → '.join(p.name for p in run.trace.phases)}); load steps: {steps}. Service time seen "
-                f"by the client at quiet load: {self.service_ms():.1f} ms.", "", self.markdown(), "",
-                *(f"- {verdict}" for verdict in self.verdicts()), "",
-                *(f"- {note}" for note in self.notes), "", f"![timeline]({svg.name})", ""]
+        text = [
+            header or "# Elastic versus fixed",
+            "",
+            f"Target: `{self.target}` ({self.url}), boot {run.boot} / max {run.max} vCPUs, SLO p99 ≤ "
+            f"{run.slo_ms:g} ms. Trace: {run.trace.seconds:.0f} s, open-loop Poisson arrivals "
+            f"({' → '.join(p.name for p in run.trace.phases)}); load steps: {steps}. Service time seen "
+            f"by the client at quiet load: {self.service_ms():.1f} ms.",
+            "",
+            self.markdown(),
+            "",
+            *(f"- {verdict}" for verdict in self.verdicts()),
+            "",
+            *(f"- {note}" for note in self.notes),
+            "",
+            f"![timeline]({svg.name})",
+            "",
+        ]
         md.write_text("\n".join(text))
         svg.write_text(timeline_svg(self.runs))
         return md, svg
 
 
-async def on_site(site: Site, trace: Trace, *, cvm: str | None = None, runs: list[str] | None = None,
-                  settle_s: float = 8.0, progress: Progress | None = None) -> Comparison:
+async def on_site(
+    site: Site,
+    trace: Trace,
+    *,
+    cvm: str | None = None,
+    runs: list[str] | None = None,
+    settle_s: float = 8.0,
+    progress: Progress | None = None,
+) -> Comparison:
     """Run the comparison on a site: `cvm` as HOST/CVM (default: the first running CVM with a service and worker
     vCPUs), `runs` by name (default: fixed-min, fixed-max and every policy of its agent)."""
     fleet = Fleet(site, who="experiment")
@@ -195,8 +222,16 @@ async def on_site(site: Site, trace: Trace, *, cvm: str | None = None, runs: lis
                 raise HostctlError(f"{link.name}: unknown run {run!r} (choose from {', '.join(known)})")
         if not urls:
             raise HostctlError(f"{link.name}/{name}: no service to send load to (list it in the site file)")
-        return await compare(link, name, urls[0], trace, runs or known, slo_ms=site.defaults.slo_p99_ms,
-                             settle_s=settle_s, progress=progress)
+        return await compare(
+            link,
+            name,
+            urls[0],
+            trace,
+            runs or known,
+            slo_ms=site.defaults.slo_p99_ms,
+            settle_s=settle_s,
+            progress=progress,
+        )
     finally:
         await fleet.stop()
 
@@ -221,8 +256,13 @@ def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str
             raise HostctlError(f"name the CVM as HOST/CVM (got {wanted!r})")
         candidates = [(fleet.link(host), name)]
     else:
-        candidates = [(link, c.name) for link in fleet.links.values() if link.snapshot is not None
-                      for c in link.snapshot.cvms if c.state is DomainState.RUNNING and c.max_vcpus > c.boot_vcpus]
+        candidates = [
+            (link, c.name)
+            for link in fleet.links.values()
+            if link.snapshot is not None
+            for c in link.snapshot.cvms
+            if c.state is DomainState.RUNNING and c.max_vcpus > c.boot_vcpus
+        ]
     for link, name in candidates:
         if link.snapshot is None:
             raise HostctlError(f"{link.name}: not reachable ({link.error or link.state.value})")
@@ -233,13 +273,23 @@ def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str
     raise HostctlError("no running CVM with worker vCPUs and a service on this site")
 
 
-async def compare(link: HostLink, cvm: str, url: str, trace: Trace, runs: list[str], *, slo_ms: float,
-                  settle_s: float = 8.0, progress: Progress | None = None) -> Comparison:
+async def compare(
+    link: HostLink,
+    cvm: str,
+    url: str,
+    trace: Trace,
+    runs: list[str],
+    *,
+    slo_ms: float,
+    settle_s: float = 8.0,
+    progress: Progress | None = None,
+) -> Comparison:
     """Replay `trace` once per run name: `fixed-min`, `fixed-max` or one of the agent's policies."""
     first = _cvm(link, cvm)
     if first.max_vcpus <= first.boot_vcpus:
-        raise HostctlError(f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, "
-                           f"max {first.max_vcpus})")
+        raise HostctlError(
+            f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, max {first.max_vcpus})"
+        )
     described = await _policies(link)
     known = [*FIXED, *described]
     for name in runs:
@@ -250,13 +300,15 @@ async def compare(link: HostLink, cvm: str, url: str, trace: Trace, runs: list[s
     for i, name in enumerate(runs, start=1):
         if progress is not None:
             await progress(f"run {i}/{len(runs)}: {name} ({trace.seconds:.0f} s)")
-        result.runs.append(await _run(link, cvm, url, trace, name, slo_ms=slo_ms, settle_s=settle_s,
-                                      has_policies=bool(described)))
+        result.runs.append(
+            await _run(link, cvm, url, trace, name, slo_ms=slo_ms, settle_s=settle_s, has_policies=bool(described))
+        )
     return result
 
 
-async def _run(link: HostLink, cvm: str, url: str, trace: Trace, name: str, *, slo_ms: float, settle_s: float,
-               has_policies: bool) -> Run:
+async def _run(
+    link: HostLink, cvm: str, url: str, trace: Trace, name: str, *, slo_ms: float, settle_s: float, has_policies: bool
+) -> Run:
     if has_policies:
         await link.call("policy", cvm=cvm, enabled=False, who=link.who)
     current = _cvm(link, cvm)
@@ -272,9 +324,15 @@ async def _run(link: HostLink, cvm: str, url: str, trace: Trace, name: str, *, s
         if name not in FIXED:
             await link.call("policy", cvm=cvm, enabled=False, who=link.who)
     ended = time.time()
-    events = [e for e in await link.call("audit", limit=100_000)
-              if e["cvm"] == cvm and e["action"] == "scale" and e["ok"] and began <= e["ts"] <= ended
-              and e["before"] != e["after"]]
+    events = [
+        e
+        for e in await link.call("audit", limit=100_000)
+        if e["cvm"] == cvm
+        and e["action"] == "scale"
+        and e["ok"]
+        and began <= e["ts"] <= ended
+        and e["before"] != e["after"]
+    ]
     online = [(0.0, start_count)] + [(e["ts"] - began, e["after"]) for e in sorted(events, key=lambda e: e["ts"])]
     return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events))
 
@@ -301,14 +359,23 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
     span = trace.seconds
     plot_w = WIDTH - LEFT - RIGHT
     height = 3 * PANEL + 4 * GAP
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'font-family="sans-serif" font-size="11">', f'<rect width="{WIDTH}" height="{height}" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+    ]
 
     def x(t: float) -> float:
         return LEFT + plot_w * t / span
 
-    def panel(index: int, title: str, top_value: float, ticks: list[float], scale: Callable[[float], float],
-              label: Callable[[float], str]) -> Callable[[float], float]:
+    def panel(
+        index: int,
+        title: str,
+        top_value: float,
+        ticks: list[float],
+        scale: Callable[[float], float],
+        label: Callable[[float], str],
+    ) -> Callable[[float], float]:
         top = GAP + index * (PANEL + GAP)
 
         def y(v: float) -> float:
@@ -317,9 +384,11 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
         parts.append(f'<text x="{LEFT}" y="{top - 8}" font-weight="bold">{title}</text>')
         parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL}" fill="none" stroke="#ccc"/>')
         for tick in ticks:
-            parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
-                         f'stroke="#eee"/><text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
-                         f'{label(tick)}</text>')
+            parts.append(
+                f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                f'stroke="#eee"/><text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
+                f"{label(tick)}</text>"
+            )
         for t in range(0, int(span) + 1, 30):
             parts.append(f'<text x="{x(t):.1f}" y="{top + PANEL + 14}" text-anchor="middle">{t} s</text>')
         return y
@@ -330,21 +399,36 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
     parts.append(f'<polyline points="{points}" fill="none" stroke="#444" stroke-width="1.5"/>')
 
     top_vcpus = max(r.max for r in runs)
-    y = panel(1, "online vCPUs", top_vcpus + 0.5, list(range(0, top_vcpus + 1, max(1, top_vcpus // 4))),
-              lambda v: v, lambda v: f"{v:g}")
+    y = panel(
+        1,
+        "online vCPUs",
+        top_vcpus + 0.5,
+        list(range(0, top_vcpus + 1, max(1, top_vcpus // 4))),
+        lambda v: v,
+        lambda v: f"{v:g}",
+    )
     for i, run in enumerate(runs):
         steps = [*run.online, (span, run.online[-1][1])]
-        path = " ".join(f"{x(min(at, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f} "
-                        f"{x(min(nxt, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f}"
-                        for (at, n), (nxt, _) in zip(steps, steps[1:]))
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
-                     f'stroke-width="1.5"/>')
+        path = " ".join(
+            f"{x(min(at, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f} "
+            f"{x(min(nxt, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f}"
+            for (at, n), (nxt, _) in zip(steps, steps[1:])
+        )
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" stroke-width="1.5"/>')
 
     slo = runs[0].slo_ms
-    y = panel(2, f"p99 per {bin_s:g} s (ms, log scale; dashed: SLO {slo:g} ms)", 5000, [1, 10, 100, 1000],
-              lambda v: math.log10(max(v, 1.0)), lambda v: f"{v:g}")
-    parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(slo):.1f}" y2="{y(slo):.1f}" stroke="#d62728" '
-                 f'stroke-dasharray="4 3"/>')
+    y = panel(
+        2,
+        f"p99 per {bin_s:g} s (ms, log scale; dashed: SLO {slo:g} ms)",
+        5000,
+        [1, 10, 100, 1000],
+        lambda v: math.log10(max(v, 1.0)),
+        lambda v: f"{v:g}",
+    )
+    parts.append(
+        f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(slo):.1f}" y2="{y(slo):.1f}" stroke="#d62728" '
+        f'stroke-dasharray="4 3"/>'
+    )
     for i, run in enumerate(runs):
         points = []
         for b in range(int(span // bin_s)):
@@ -352,14 +436,18 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
             if ms:
                 p99 = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
                 points.append(f"{x((b + 0.5) * bin_s):.1f},{y(min(p99, 5000)):.1f}")
-        parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
-                     f'stroke-width="1.5"/>')
+        parts.append(
+            f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
+            f'stroke-width="1.5"/>'
+        )
 
     for i, run in enumerate(runs):
         ly = GAP + PANEL + GAP + 14 + 18 * i
         colour = COLOURS[i % len(COLOURS)]
-        parts.append(f'<line x1="{WIDTH - RIGHT + 12}" x2="{WIDTH - RIGHT + 32}" y1="{ly - 4}" y2="{ly - 4}" '
-                     f'stroke="{colour}" stroke-width="2"/><text x="{WIDTH - RIGHT + 38}" y="{ly}">{run.name}</text>')
+        parts.append(
+            f'<line x1="{WIDTH - RIGHT + 12}" x2="{WIDTH - RIGHT + 32}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{colour}" stroke-width="2"/><text x="{WIDTH - RIGHT + 38}" y="{ly}">{run.name}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

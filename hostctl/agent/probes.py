@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from hostctl.model import Latency, Service
+from hostctl.wire.model import Latency, Service
 
 WINDOWS = (10.0, 60.0)
 
@@ -46,16 +46,24 @@ class Window:
         def pct(q: float) -> float:
             return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else 0.0
 
-        return Latency(window_s=self.seconds, count=len(self.samples), errors=errors,
-                       rps=round(len(self.samples) / self.seconds, 2), p50=pct(0.5), p90=pct(0.9), p99=pct(0.99),
-                       max=round(ok[-1], 3) if ok else 0.0)
+        return Latency(
+            window_s=self.seconds,
+            count=len(self.samples),
+            errors=errors,
+            rps=round(len(self.samples) / self.seconds, 2),
+            p50=pct(0.5),
+            p90=pct(0.9),
+            p99=pct(0.99),
+            max=round(ok[-1], 3) if ok else 0.0,
+        )
 
 
 class Prober:
     """Probes every listed service `rate` times a second, at most `max_in_flight` outstanding per service."""
 
-    def __init__(self, services: Callable[[], list[Service]], *, rate: float = 2.0, timeout: float = 2.0,
-                 max_in_flight: int = 8) -> None:
+    def __init__(
+        self, services: Callable[[], list[Service]], *, rate: float = 2.0, timeout: float = 2.0, max_in_flight: int = 8
+    ) -> None:
         self.services = services
         self.rate = rate
         self.timeout = timeout

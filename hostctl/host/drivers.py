@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import libvirt
 
 from hostctl.errors import HostctlError
-from hostctl.model import CVM
+from hostctl.wire.model import CVM
 
 
 class WorkerDriver(Protocol):
@@ -128,4 +128,3 @@ class EmulatedDriver:
             dom.setVcpusFlags(target, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
             raise HostctlError(f"{cvm.name}: emulated scale to {target} failed: {e.get_error_message()}") from None
-

@@ -13,38 +13,50 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hostctl import __version__, elastic_experiment, experiment, sitecli, wrk
-from hostctl.agent import Agent
-from hostctl.audit import AuditLog
-from hostctl.audit import default_path as audit_default_path
-from hostctl.backend import LibvirtHost
+from hostctl import __version__
+from hostctl.agent.audit import AuditLog
+from hostctl.agent.audit import default_path as audit_default_path
+from hostctl.agent.server import Agent
+from hostctl.cli import site as sitecli
+from hostctl.client.link import Fleet
+from hostctl.client.render import format_scale, format_snapshot
+from hostctl.client.site import Site
+from hostctl.client.site import load as load_site
 from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
-from hostctl.elastic import DEFAULT_POLICIES, PolicySpec, load_policies
+from hostctl.elastic.runner import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
-from hostctl.link import Fleet
-from hostctl.loadtrace import bursty
-from hostctl.loadgen import check_bounds, load_host
-from hostctl.model import Snapshot
-from hostctl.render import format_scale, format_snapshot
-from hostctl.runs import RunLog
-from hostctl.site import Site
-from hostctl.site import load as load_site
+from hostctl.experiments import elastic_vs_fixed as elastic_experiment
+from hostctl.experiments import security_overhead as experiment
+from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.load import wrk
+from hostctl.load.generators import check_bounds, load_host
+from hostctl.load.runs import RunLog
+from hostctl.load.trace import bursty
+from hostctl.wire.model import Snapshot
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hostctl", description=__doc__)
     p.add_argument("--version", action="version", version=f"hostctl {__version__}")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI"),
-                       help="libvirt URI of one host (qemu:///system, qemu+ssh://host/system, test:///path/node.xml)")
+    where.add_argument(
+        "--uri",
+        default=os.environ.get("LIBVIRT_DEFAULT_URI"),
+        help="libvirt URI of one host (qemu:///system, qemu+ssh://host/system, test:///path/node.xml)",
+    )
     where.add_argument("--site", type=Path, help="site inventory: reach every host's agent over SSH")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     status = sub.add_parser("status", help="show the host and its CVMs")
     status.add_argument("--json", action="store_true", help="print the host snapshot as JSON")
-    status.add_argument("--sample", type=float, default=0.5, metavar="SECONDS",
-                        help="measure CPU use over this long (0: skip; default 0.5)")
+    status.add_argument(
+        "--sample",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="measure CPU use over this long (0: skip; default 0.5)",
+    )
 
     scale = sub.add_parser("scale", help="set a CVM's online vCPUs (boot vCPUs + active workers)")
     scale.add_argument("cvm", metavar="CVM", help="the CVM's name (with --site: HOST/CVM)")
@@ -68,45 +80,68 @@ def parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="run a load experiment over the site's CVMs (with --site)")
     experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     overhead = experiments.add_parser(
-        "security-overhead", help="the same wrk load against comparable CVMs of each security type, one after the "
-                                  "other: p50/p90/p99 and the increase over plain, saved as Markdown and CSV")
+        "security-overhead",
+        help="the same wrk load against comparable CVMs of each security type, one after the "
+        "other: p50/p90/p99 and the increase over plain, saved as Markdown and CSV",
+    )
     overhead.add_argument("--out", type=Path, default=Path("."), help="folder for the tables (default: here)")
     overhead.add_argument("--duration", type=int, default=10, metavar="S", help="seconds per run (default 10)")
     overhead.add_argument("--connections", type=int, default=8, metavar="N", help="wrk connections (default 8)")
     overhead.add_argument("--threads", type=int, default=2, metavar="N", help="wrk threads (default 2)")
     overhead.add_argument("--timeout", type=int, default=2, metavar="S", help="wrk request timeout (default 2)")
-    overhead.add_argument("--script", default="home-timeline", metavar="NAME",
-                          help=f"shipped wrk script: {', '.join(wrk.SCRIPTS)} (default home-timeline)")
+    overhead.add_argument(
+        "--script",
+        default="home-timeline",
+        metavar="NAME",
+        help=f"shipped wrk script: {', '.join(wrk.SCRIPTS)} (default home-timeline)",
+    )
     overhead.add_argument("--load-host", metavar="NAME", help="a load generator of the site (default: this machine)")
     overhead.add_argument("--history", type=Path, help="run history file (default: XDG state dir)")
     elastic = experiments.add_parser(
-        "elastic-vs-fixed", help="replay one bursty trace (open loop, ~150 s per run) against one CVM with fixed-min, "
-                                 "fixed-max and each elastic policy: latency, SLO windows, worker-vCPU-seconds, "
-                                 "scale actions, reaction; saved as Markdown and SVG")
-    elastic.add_argument("--cvm", metavar="HOST/CVM", help="the CVM to load (default: the first running CVM with "
-                                                           "worker vCPUs and a service)")
-    elastic.add_argument("--runs", metavar="A,B,...", help="runs by name (default: fixed-min, fixed-max and every "
-                                                           "policy of the agent)")
-    elastic.add_argument("--scale", type=float, default=1.0, metavar="F",
-                         help="multiply the trace's request rates (default 1: 60 to 480 req/s)")
+        "elastic-vs-fixed",
+        help="replay one bursty trace (open loop, ~150 s per run) against one CVM with fixed-min, "
+        "fixed-max and each elastic policy: latency, SLO windows, worker-vCPU-seconds, "
+        "scale actions, reaction; saved as Markdown and SVG",
+    )
+    elastic.add_argument(
+        "--cvm",
+        metavar="HOST/CVM",
+        help="the CVM to load (default: the first running CVM with worker vCPUs and a service)",
+    )
+    elastic.add_argument(
+        "--runs", metavar="A,B,...", help="runs by name (default: fixed-min, fixed-max and every policy of the agent)"
+    )
+    elastic.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply the trace's request rates (default 1: 60 to 480 req/s)",
+    )
     elastic.add_argument("--out", type=Path, default=Path("."), help="folder for the table and plot (default: here)")
 
     agent_opts = argparse.ArgumentParser(add_help=False)
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
     agent_opts.add_argument("--audit", type=Path, default=None, help="audit log (default: XDG state dir)")
     agent_opts.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
-    agent_opts.add_argument("--probe-rate", type=float, default=2.0,
-                            help="latency probes per second per service (default 2; 0: off)")
-    agent_opts.add_argument("--policies", type=Path, default=None, metavar="DIR",
-                            help="elastic policy files (default: the configs/policies shipped with hostctl, "
-                                 "if present)")
+    agent_opts.add_argument(
+        "--probe-rate", type=float, default=2.0, help="latency probes per second per service (default 2; 0: off)"
+    )
+    agent_opts.add_argument(
+        "--policies",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="elastic policy files (default: the configs/policies shipped with hostctl, if present)",
+    )
     agent = sub.add_parser("agent", parents=[agent_opts], help="serve one peer on stdin/stdout (run over SSH)")
     agent.add_argument("--stdio", action="store_true", required=True)
     serve = sub.add_parser("serve", parents=[agent_opts], help="serve on a unix socket (long-running, systemd)")
     serve.add_argument("--socket", type=Path, required=True)
 
-    demo = sub.add_parser("demo", help="run the embedded demo site").add_subparsers(dest="demo", required=True,
-                                                                                  metavar="ACTION")
+    demo = sub.add_parser("demo", help="run the embedded demo site").add_subparsers(
+        dest="demo", required=True, metavar="ACTION"
+    )
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument("--runtime", type=Path, default=launcher.default_runtime(), help="runtime directory")
     demo_up = demo.add_parser("up", parents=[runtime], help="start the demo hosts in the background")
@@ -172,8 +207,13 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
     """`experiment security-overhead`: run it over the site's links, print the table and save it."""
     if args.experiment == "elastic-vs-fixed":
         return await _elastic_vs_fixed(args, site)
-    params = wrk.Params(threads=args.threads, connections=args.connections, duration_s=args.duration,
-                        timeout_s=args.timeout, script=args.script)
+    params = wrk.Params(
+        threads=args.threads,
+        connections=args.connections,
+        duration_s=args.duration,
+        timeout_s=args.timeout,
+        script=args.script,
+    )
     check_bounds(params, site.load)
     host = load_host(site, args.load_host)
     shown = ""
@@ -189,8 +229,13 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
     try:
         await fleet.ready()
         report = await experiment.security_overhead(
-            site, lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot is not None},
-            params, host=host, progress=progress, history=RunLog(args.history))
+            site,
+            lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot is not None},
+            params,
+            host=host,
+            progress=progress,
+            history=RunLog(args.history),
+        )
     finally:
         await fleet.stop()
     markdown, table = report.save(args.out)
@@ -208,8 +253,12 @@ async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
         print(what, file=sys.stderr, flush=True)
 
     comparison = await elastic_experiment.on_site(
-        site, bursty().scaled(args.scale), cvm=args.cvm, runs=args.runs.split(",") if args.runs else None,
-        progress=progress)
+        site,
+        bursty().scaled(args.scale),
+        cvm=args.cvm,
+        runs=args.runs.split(",") if args.runs else None,
+        progress=progress,
+    )
     markdown, plot = comparison.save(args.out)
     print(comparison.markdown())
     print(f"saved: {markdown} and {plot}")
@@ -223,8 +272,14 @@ async def _agent(args: argparse.Namespace) -> int:
     policies = _policies(args.policies)
     host = LibvirtHost(args.uri)
     await host.open()
-    agent = Agent(host, audit=AuditLog(args.audit or audit_default_path()), readonly=args.readonly,
-                  interval=args.interval, probe_rate=args.probe_rate, policies=policies)
+    agent = Agent(
+        host,
+        audit=AuditLog(args.audit or audit_default_path()),
+        readonly=args.readonly,
+        interval=args.interval,
+        probe_rate=args.probe_rate,
+        policies=policies,
+    )
     agent.start()
     try:
         if args.command == "agent":

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from hostctl.config import check, non_negative, positive
-from hostctl.policies import Want
+from hostctl.elastic.policies import Want
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,20 @@ def guard(want: Want, s: Situation, settings: GuardSettings) -> Decision:
     current = s.current
     if s.operator_at is not None and s.now - s.operator_at < settings.operator_grace_s:
         left = settings.operator_grace_s - (s.now - s.operator_at)
-        return hold(current, "operator", f"operator scaled it {s.now - s.operator_at:.0f} s ago; "
-                                         f"policy paused {left:.0f} s more")
+        return hold(
+            current,
+            "operator",
+            f"operator scaled it {s.now - s.operator_at:.0f} s ago; policy paused {left:.0f} s more",
+        )
     if s.sample_age is None:
         return hold(current, "stale", "no samples yet", alert=True)
     if s.sample_age > settings.stale_after_s:
-        return hold(current, "stale", f"samples are {s.sample_age:.1f} s old "
-                                      f"(stale after {settings.stale_after_s:g} s)", alert=True)
+        return hold(
+            current,
+            "stale",
+            f"samples are {s.sample_age:.1f} s old (stale after {settings.stale_after_s:g} s)",
+            alert=True,
+        )
     if want.desired is None:
         return hold(current, "no-data", want.reason, alert=True)
     target = max(s.boot, min(s.max, want.desired))
@@ -103,17 +110,27 @@ def guard(want: Want, s: Situation, settings: GuardSettings) -> Decision:
     if target > current:
         target = min(target, current + settings.max_step_up)
         if since < settings.cooldown_up_s:
-            return hold(current, "cooldown", f"{want.reason}; cooling down "
-                                             f"({since:.1f} of {settings.cooldown_up_s:g} s since the last change)")
+            return hold(
+                current,
+                "cooldown",
+                f"{want.reason}; cooling down ({since:.1f} of {settings.cooldown_up_s:g} s since the last change)",
+            )
         room = capacity(s, settings) - s.host_workers
         if target - current > room:
             target = current + max(0, room)
             if target == current:
-                return hold(current, "capacity", f"{want.reason}; host at capacity ({s.host_workers} workers "
-                                                 f"of {capacity(s, settings)})", alert=True)
+                return hold(
+                    current,
+                    "capacity",
+                    f"{want.reason}; host at capacity ({s.host_workers} workers of {capacity(s, settings)})",
+                    alert=True,
+                )
         return Decision(current, target, "up", want.reason)
     target = max(target, current - settings.max_step_down)
     if since < settings.cooldown_down_s:
-        return hold(current, "cooldown", f"{want.reason}; cooling down "
-                                         f"({since:.1f} of {settings.cooldown_down_s:g} s since the last change)")
+        return hold(
+            current,
+            "cooldown",
+            f"{want.reason}; cooling down ({since:.1f} of {settings.cooldown_down_s:g} s since the last change)",
+        )
     return Decision(current, target, "down", want.reason + bound)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from hostctl.security import SecurityType
+from hostctl.wire.security import SecurityType
 
 # Our metadata lives in two namespaces: one written when a CVM is defined (security where libvirt cannot
 # express it, boot vCPUs, worker driver), one rewritten after every scale (so other clients see a change).
@@ -40,9 +40,7 @@ def parse_domain(xml: str) -> DomainFacts:
     if vcpu is not None and vcpu.text:
         facts.vcpus_max = int(vcpu.text)
         facts.vcpus_current = int(vcpu.get("current", vcpu.text))
-    facts.guest_agent = any(
-        t.get("name") == "org.qemu.guest_agent.0" for t in root.findall("devices/channel/target")
-    )
+    facts.guest_agent = any(t.get("name") == "org.qemu.guest_agent.0" for t in root.findall("devices/channel/target"))
     launch = root.find("launchSecurity")
     if launch is not None:
         facts.policy = _int(launch.findtext("policy"), 0)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from hostctl.errors import HostctlError
-from hostctl.model import Model
+from hostctl.wire.model import Model
 
 JSON_PREFIX = "hostctl-wrk-json "
 SCRIPTS = ("home-timeline", "user-timeline", "compose-post", "mixed")
@@ -93,8 +93,16 @@ class Params:
 
     def args(self, script_path: str, url: str) -> list[str]:
         """wrk's arguments after the binary."""
-        return [f"-t{self.threads}", f"-c{self.connections}", f"-d{self.duration_s}s",
-                f"--timeout={self.timeout_s}s", "--latency", "-s", script_path, url]
+        return [
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{self.duration_s}s",
+            f"--timeout={self.timeout_s}s",
+            "--latency",
+            "-s",
+            script_path,
+            url,
+        ]
 
     def describe(self) -> str:
         script = f" -s {self.script}" if self.script else ""
@@ -111,7 +119,7 @@ def script_text(name: str | None) -> str:
     """The Lua run by wrk: the named shipped script (None: none) followed by the JSON `done()` hook."""
     if name is not None:
         check_script(name)
-    folder = resources.files("hostctl") / "scripts"
+    folder = resources.files("hostctl.load") / "scripts"
     body = (folder / f"{name}.lua").read_text(encoding="utf-8") if name else ""
     return body + "\n" + (folder / "report.lua").read_text(encoding="utf-8")
 
@@ -128,7 +136,7 @@ def parse(output: str) -> WrkResult:
     for line in output.splitlines():
         if line.startswith(JSON_PREFIX):
             try:
-                return _from_json(json.loads(line[len(JSON_PREFIX):]))
+                return _from_json(json.loads(line[len(JSON_PREFIX) :]))
             except (ValueError, KeyError, TypeError):
                 break  # a torn or foreign line: the text summary printed before it still counts
     return _from_text(output)
@@ -193,8 +201,9 @@ def check_exit(where: str, status: int | None, killed_by: str | None, stderr: st
         raise HostctlError(f"wrk on {where} exited with status {status}: {detail}")
 
 
-async def watch(running: asyncio.Future[object], duration_s: float, progress: Progress | None,
-                tick: float = 0.5) -> None:
+async def watch(
+    running: asyncio.Future[object], duration_s: float, progress: Progress | None, tick: float = 0.5
+) -> None:
     """Report (elapsed, duration) to `progress` every `tick` seconds until `running` is done."""
     start = time.monotonic()
     while not running.done():
@@ -203,9 +212,15 @@ async def watch(running: asyncio.Future[object], duration_s: float, progress: Pr
         await asyncio.wait([running], timeout=tick)
 
 
-async def run(url: str, params: Params | None = None, *, progress: Progress | None = None, binary: str = "wrk",
-              **options: float | int | str | None) -> WrkResult:
-    """Run `binary` on this machine against `url` (no checks of target or bounds: see `hostctl.loadgen`).
+async def run(
+    url: str,
+    params: Params | None = None,
+    *,
+    progress: Progress | None = None,
+    binary: str = "wrk",
+    **options: float | int | str | None,
+) -> WrkResult:
+    """Run `binary` on this machine against `url` (no checks of target or bounds: see `hostctl.load.generators`).
 
     `params` or keyword options (threads, connections, duration_s, timeout_s, script). Cancelling kills wrk.
     """
@@ -217,16 +232,23 @@ async def run(url: str, params: Params | None = None, *, progress: Progress | No
         script = Path(tmp) / "run.lua"
         script.write_text(script_text(params.script), encoding="utf-8")
         proc = await asyncio.create_subprocess_exec(
-            found, *params.args(str(script), url), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            found,
+            *params.args(str(script), url),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
         output = asyncio.ensure_future(proc.communicate())
         try:
             async with asyncio.timeout(params.duration_s + params.timeout_s + GRACE_S):
                 await watch(output, params.duration_s, progress)
                 out, err = await output
         except TimeoutError:
-            raise HostctlError(f"wrk on this machine did not finish within {params.duration_s} s + "
-                               f"{params.timeout_s + GRACE_S:g} s; killed, nothing recorded") from None
+            raise HostctlError(
+                f"wrk on this machine did not finish within {params.duration_s} s + "
+                f"{params.timeout_s + GRACE_S:g} s; killed, nothing recorded"
+            ) from None
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -1,0 +1,1 @@
+"""Client side: the `hostctl` command line."""

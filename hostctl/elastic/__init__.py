@@ -1,0 +1,1 @@
+"""Host side: elastic policies, the guard around them and the runner in the agent."""

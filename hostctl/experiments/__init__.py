@@ -1,0 +1,1 @@
+"""Client side: experiments run against a site (security overhead, elastic versus fixed)."""

@@ -1,0 +1,1 @@
+"""Host side: one libvirt host, its domains' XML and the worker vCPU drivers."""

@@ -1,0 +1,1 @@
+"""Client side: wrk runs, load generators, run history and load traces."""
