@@ -5,13 +5,21 @@ BIN := $(VENV)/bin
 APT_PACKAGES := libvirt-dev pkg-config wrk openssh-server openssh-client
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench screenshots system-packages clean
+.PHONY: demo test lint bench screenshots system-packages clean
 
 demo: $(STAMP)
 	$(BIN)/dittotui
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Style, types and the import rules between the two sides (pyproject.toml holds every setting).
+LINTED := hostctl dittotui tests bench scripts
+lint: $(STAMP)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/demo_latency.py
@@ -37,7 +45,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 clean:

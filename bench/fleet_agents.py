@@ -27,13 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hostctl import __version__  # noqa: E402
-from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, _checked, _peer_user  # noqa: E402
-from hostctl.demo.config import DEFAULT_POLICY  # noqa: E402
-from hostctl.errors import HostctlError, ScaleRefused  # noqa: E402
-from hostctl.wire import rpc  # noqa: E402
-from hostctl.wire.model import CVM, DomainState, Event, Host, Snapshot  # noqa: E402
-from hostctl.wire.security import SecurityType  # noqa: E402
+from hostctl import __version__
+from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, _checked, _peer_user
+from hostctl.demo.config import DEFAULT_POLICY
+from hostctl.errors import HostctlError, ScaleRefused
+from hostctl.wire import rpc
+from hostctl.wire.model import CVM, DomainState, Event, Host, Snapshot
+from hostctl.wire.security import SecurityType
 
 SECURITY_MIX = (SecurityType.SEV_SNP, SecurityType.SEV_SNP, SecurityType.SEV_ES, SecurityType.SEV, SecurityType.NONE)
 METHODS = ("hello", "snapshot", "subscribe", "scale")

@@ -13,14 +13,14 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from agents import AgentProcess  # noqa: E402
-from sshkit import openssh  # noqa: E402
+from agents import AgentProcess
+from sshkit import openssh
 
-from hostctl.client.link import HostLink, LinkState  # noqa: E402
-from hostctl.client.site import Defaults, HostEntry, demo_site  # noqa: E402
-from hostctl.demo.config import CVMSpec, HostSpec  # noqa: E402
-from hostctl.demo.nodexml import node_xml  # noqa: E402
-from hostctl.wire.security import SecurityType  # noqa: E402
+from hostctl.client.link import HostLink, LinkState
+from hostctl.client.site import Defaults, HostEntry, demo_site
+from hostctl.demo.config import CVMSpec, HostSpec
+from hostctl.demo.nodexml import node_xml
+from hostctl.wire.security import SecurityType
 
 CVMS = 50
 RTT_ROUNDS = 1000

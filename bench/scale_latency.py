@@ -14,10 +14,10 @@ from pathlib import Path
 import libvirt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_node  # noqa: E402
+from conftest import make_node
 
-from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, workers_metadata  # noqa: E402
-from hostctl.host.libvirt_host import LibvirtHost  # noqa: E402
+from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, workers_metadata
+from hostctl.host.libvirt_host import LibvirtHost
 
 ROUNDS = 2000
 OUT = Path(__file__).parent / "results" / "scale_latency.md"

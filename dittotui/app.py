@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog
 
 from dittotui.history import History
-from dittotui.rows import CVMRef, Row, cvm_rows, host_row, service_rows
+from dittotui.rows import Row, cvm_rows, host_row, service_rows
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.experiment import ExperimentScreen
@@ -31,6 +31,7 @@ from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
 from hostctl.client.link import Fleet, HostLink, LinkState
+from hostctl.client.ref import CVMRef
 from hostctl.client.render import format_event
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
@@ -385,7 +386,7 @@ class DittoApp(App[None]):
             self.notify("read-only session: nothing changed", severity="warning")
             return []
         refs = self.selected()
-        offered = [ref for ref in refs if (link := self.link_of(ref)) and "policy" in link.hello.get("methods", [])]
+        offered = [ref for ref in refs if (link := self.link_of(ref)) and link.offers("policy")]
         if refs and not offered:
             link = self.link_of(refs[0])
             agent = link.hello.get("agent", "?") if link else "?"
@@ -402,7 +403,7 @@ class DittoApp(App[None]):
         link = self.link_of(refs[0])
         assert link is not None
         try:
-            policies = await link.call("policies")
+            policies = await link.policies()
         except (HostctlError, rpc.RpcError) as e:
             self.log_line(f"{link.name}: cannot list policies: {e}", style="red")
             return
@@ -419,9 +420,8 @@ class DittoApp(App[None]):
             link = self.link_of(ref)
             if link is None:
                 continue
-            params = {k: v for k, v in (("enabled", enabled), ("name", name)) if v is not None}
             try:
-                await link.call("policy", cvm=ref.cvm, who=link.who, **params)
+                await link.set_policy(ref.cvm, name=name, enabled=enabled)
             except (HostctlError, rpc.RpcError) as e:
                 self.log_line(f"{ref.key}: policy not changed: {e}", style="red")
 

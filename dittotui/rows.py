@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from hostctl.client.link import HostLink, LinkState
@@ -17,23 +16,6 @@ from hostctl.wire.model import DomainState
 from hostctl.wire.security import SecurityType, decode_policy
 
 Row = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class CVMRef:
-    """Which CVM on which host: the key of a CVM row."""
-
-    host: str
-    cvm: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.host}/{self.cvm}"
-
-    @classmethod
-    def parse(cls, key: str) -> CVMRef:
-        host, _, cvm = key.partition("/")
-        return cls(host, cvm)
 
 
 def host_row(link: HostLink) -> Row:

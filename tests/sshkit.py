@@ -34,9 +34,9 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import asyncssh
 import psutil
@@ -44,15 +44,15 @@ import pytest
 import pytest_asyncio
 
 __all__ = [
-    "SSHD",
     "SESSION_PATH",
-    "SSHEndpoint",
-    "openssh",
-    "asyncssh_server",
+    "SSHD",
     "CuttableProxy",
-    "openssh_server",
+    "SSHEndpoint",
+    "asyncssh_server",
     "asyncssh_ssh_server",
     "free_port",
+    "openssh",
+    "openssh_server",
 ]
 
 SSHD = "/usr/sbin/sshd"
@@ -99,7 +99,7 @@ class SSHEndpoint:
     def known_hosts_line(self, port: int | None = None) -> str:
         return f"[{self.host}]:{self.port if port is None else port} {self.host_public_key}\n"
 
-    def for_port(self, port: int) -> "SSHEndpoint":
+    def for_port(self, port: int) -> SSHEndpoint:
         """The same server seen on another port (e.g. through a :class:`CuttableProxy`).
 
         known_hosts entries are port specific, so a sibling known_hosts file is written for
@@ -363,7 +363,7 @@ async def _wait_sshd(proc: asyncio.subprocess.Process, port: int, log_path: Path
             )
         try:
             banner = await _read_banner(LOOPBACK, port, 1.0)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             last = repr(e)
         else:
             if banner.startswith(b"SSH-"):
@@ -388,7 +388,7 @@ async def _stop_sshd(proc: asyncio.subprocess.Process) -> None:
         await asyncio.to_thread(_kill_tree, others)
     try:
         await asyncio.wait_for(proc.wait(), 5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
@@ -610,7 +610,7 @@ async def asyncssh_server(tmp: Path) -> AsyncIterator[SSHEndpoint]:
 class _Half(asyncio.Protocol):
     """One socket of a proxied connection; forwards to its peer."""
 
-    def __init__(self, proxy: "CuttableProxy", pair: "_Pair") -> None:
+    def __init__(self, proxy: CuttableProxy, pair: _Pair) -> None:
         self.proxy = proxy
         self.pair = pair
         self.transport: asyncio.Transport | None = None
@@ -658,7 +658,7 @@ class _Half(asyncio.Protocol):
 
 
 class _Pair:
-    def __init__(self, proxy: "CuttableProxy") -> None:
+    def __init__(self, proxy: CuttableProxy) -> None:
         self.proxy = proxy
         self.client = _Half(proxy, self)
         self.server: _Half | None = None
@@ -763,7 +763,7 @@ class CuttableProxy:
     def listening(self) -> bool:
         return self._server is not None
 
-    async def start(self) -> "CuttableProxy":
+    async def start(self) -> CuttableProxy:
         await self.start_listening()
         return self
 
@@ -830,7 +830,7 @@ class CuttableProxy:
         self.cut(rst=False)
         await asyncio.sleep(0)  # let transports finish closing
 
-    async def __aenter__(self) -> "CuttableProxy":
+    async def __aenter__(self) -> CuttableProxy:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:

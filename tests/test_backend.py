@@ -12,7 +12,7 @@ from conftest import make_node
 from hostctl.errors import HostctlError, ScaleRefused
 from hostctl.host.domxml import WORKERS_NS
 from hostctl.host.libvirt_host import LibvirtHost
-from hostctl.wire.model import DomainState
+from hostctl.wire.model import DomainState, Event
 from hostctl.wire.security import SecurityType
 
 
@@ -53,21 +53,25 @@ async def test_compare_and_set_refuses_a_stale_expectation(host: LibvirtHost) ->
 
 
 async def test_a_retried_request_applies_once(host: LibvirtHost) -> None:
+    events: list[Event] = []
+    host.on_event(events.append)
     first = await host.scale("snp", 3, expect=2, who="console")
     retry = await host.scale("snp", 3, expect=2, who="console")
     assert (first.before, first.after) == (2, 3)
     assert (retry.before, retry.after) == (3, 3) and "nothing changed" in retry.why
     assert host.cvm("snp").online_vcpus == 3
-    applied = [e for e in host.events if e.ok and e.before != e.after]
+    applied = [e for e in events if e.ok and e.before != e.after]
     assert len(applied) == 1
 
 
 @pytest.mark.parametrize("target", [0, 6, 100, -1])
 async def test_targets_outside_boot_to_max_are_refused(host: LibvirtHost, target: int) -> None:
+    events: list[Event] = []
+    host.on_event(events.append)
     with pytest.raises(ScaleRefused, match=r"outside boot\.\.max \(1\.\.5\)"):
         await host.scale("plain", target)
     assert host.cvm("plain").online_vcpus == 2
-    assert host.events[-1].ok is False
+    assert [e.ok for e in events] == [False]
 
 
 async def test_unknown_cvm_names_the_known_ones(host: LibvirtHost) -> None:

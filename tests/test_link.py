@@ -14,6 +14,7 @@ from agents import AgentProcess
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
 from hostctl.client.site import Defaults, demo_site
+from hostctl.wire.model import Event
 
 DEFAULTS = Defaults(interval=0.2, timeout=1.0, scale_timeout=5.0, backoff_max=0.5)
 
@@ -59,10 +60,12 @@ async def test_links_come_up_fresh_with_snapshots(fleet: Fleet) -> None:
 
 async def test_updates_keep_the_snapshot_current(fleet: Fleet) -> None:
     link = fleet.link("mec-a")
+    events: list[Event] = []
+    link.on_event(events.append)
     event = await link.scale("snp", 3, expect=2)
     assert (event.before, event.after, event.ok) == (2, 3, True) and event.who.startswith("tester")
     await until(lambda: link.snapshot.cvms[0].online_vcpus == 3)
-    await until(lambda: any(e.after == 3 for e in link.events))
+    await until(lambda: any(e.after == 3 for e in events))
 
 
 async def test_killed_agent_fails_the_request_goes_stale_and_recovers(

@@ -13,8 +13,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Sparkline, Static
 
 from dittotui.history import History
-from dittotui.rows import CVMRef
 from hostctl.client.link import HostLink
+from hostctl.client.ref import CVMRef
 from hostctl.load.runs import RunRecord
 
 

@@ -14,7 +14,7 @@ class PolicyScreen(ModalScreen[str | None]):
 
     BINDINGS = [("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, what: str, policies: list[dict[str, str]], current: str | None) -> None:
+    def __init__(self, what: str, policies: dict[str, str], current: str | None) -> None:
         super().__init__()
         self.what = what
         self.policies = policies
@@ -25,8 +25,8 @@ class PolicyScreen(ModalScreen[str | None]):
             yield Label(f"Elastic policy for {self.what}", id="question")
             yield OptionList(
                 *(
-                    Option(f"{'●' if p['name'] == self.current else ' '} {p['name']}: {p['description']}", id=p["name"])
-                    for p in self.policies
+                    Option(f"{'●' if name == self.current else ' '} {name}: {description}", id=name)
+                    for name, description in self.policies.items()
                 ),
                 id="policies",
             )
@@ -34,7 +34,7 @@ class PolicyScreen(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)
-        names = [p["name"] for p in self.policies]
+        names = list(self.policies)
         options.highlighted = names.index(self.current) if self.current in names else 0
         options.focus()
 

@@ -171,6 +171,7 @@ class Session:
         self.agent = agent
         self.peer = peer
         self.peer_user = peer_user
+        self.client = ""  # who the peer said it is in its hello: the default `who` of its actions
         self._events: list[Event] = []
         self._nudge = asyncio.Event()
         self._updates: asyncio.Task[None] | None = None
@@ -199,6 +200,7 @@ class Session:
             self._updates.cancel()
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.client = params.get("client", "")
         return {
             "protocol": PROTOCOL_VERSION,
             "agent": __version__,
@@ -220,7 +222,7 @@ class Session:
         return {"interval": interval}
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
-        who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
+        who = f"{params.get('who') or self.client or 'unknown'} ({self.peer_user})"
         event = await self.agent.host.scale(
             params["cvm"], params["target"], expect=params.get("expect"), who=who, why=params.get("why", "")
         )
@@ -236,7 +238,7 @@ class Session:
             raise rpc.RpcError(
                 rpc.INVALID_PARAMS, f"policy: unknown policy {name!r} (known: {', '.join(known) or 'none'})"[:300]
             )
-        who = f"{params.get('who') or 'unknown'} ({self.peer_user})"
+        who = f"{params.get('who') or self.client or 'unknown'} ({self.peer_user})"
         state = self.agent.elastic.choose(cvm, name=name, enabled=params.get("enabled"), who=who)
         return {
             "cvm": cvm,

@@ -14,6 +14,7 @@ import asyncio
 import json
 
 from hostctl.client.link import Fleet, HostLink, LinkState
+from hostctl.client.ref import CVMRef
 from hostctl.client.render import format_event, format_scale, format_snapshot
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
@@ -58,34 +59,24 @@ def _host_json(link: HostLink) -> dict[str, object]:
     }
 
 
-def _host_cvm(text: str) -> tuple[str, str]:
-    host, slash, cvm = text.partition("/")
-    if not slash or not host or not cvm:
-        raise HostctlError(f"with --site, name the CVM as HOST/CVM (got {text!r})")
-    return host, cvm
-
-
 async def _scale(fleet: Fleet, args: argparse.Namespace) -> int:
-    host, cvm = _host_cvm(args.cvm)
-    link = await _connected(fleet, host)
-    event = await link.scale(cvm, args.target, expect=args.expect, why=args.why)
+    ref = CVMRef.parse(args.cvm)
+    link = await _connected(fleet, ref.host)
+    event = await link.scale(ref.cvm, args.target, expect=args.expect, why=args.why)
     print(format_scale(event))
     return 0
 
 
 async def _policy(fleet: Fleet, args: argparse.Namespace) -> int:
-    host, cvm = _host_cvm(args.cvm)
-    link = await _connected(fleet, host)
-    if "policy" not in link.hello.get("methods", []):
-        raise HostctlError(f"{host}: its agent (hostctl {link.hello.get('agent', '?')}) offers no elastic policies")
-    changes = {key: value for key, value in (("name", args.name), ("enabled", args.enabled)) if value is not None}
-    state = await link.call("policy", cvm=cvm, who=link.who, **changes)
+    ref = CVMRef.parse(args.cvm)
+    link = await _connected(fleet, ref.host)
+    state = await link.set_policy(ref.cvm, name=args.name, enabled=args.enabled)
     if args.json:
-        print(json.dumps(state))
+        print(json.dumps({"cvm": ref.cvm, **state.to_dict()}))
         return 0
-    print(f"{host}/{cvm}: policy {state['policy']} {'on' if state['enabled'] else 'off'}")
-    if state["decision"]:
-        print(f"  last decision: {state['decision']}: {state['reason']}" + ("  (ALERT)" if state.get("alert") else ""))
+    print(f"{ref.key}: policy {state.policy} {'on' if state.enabled else 'off'}")
+    if state.decision:
+        print(f"  last decision: {state.decision}: {state.reason}" + ("  (ALERT)" if state.alert else ""))
     return 0
 
 
@@ -97,7 +88,7 @@ async def _audit(fleet: Fleet, args: argparse.Namespace) -> int:
     failed = False
     for link in links:
         try:
-            events += [Event.from_dict(e) for e in await link.call("audit", limit=args.limit)]
+            events += await link.audit(args.limit)
         except HostctlError as e:
             print(f"{link.name}: {e}")
             failed = True

@@ -14,7 +14,6 @@ import random
 import shlex
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -25,7 +24,7 @@ import asyncssh
 from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
-from hostctl.wire.model import CVM, Event, Host, Service, Snapshot
+from hostctl.wire.model import CVM, Elastic, Event, Host, Service, Snapshot
 
 
 class LinkState(StrEnum):
@@ -97,7 +96,6 @@ class HostLink:
         self.error = ""
         self.snapshot: Snapshot | None = None
         self.hello: dict[str, Any] = {}
-        self.events: deque[Event] = deque(maxlen=500)
         self.last_data: float | None = None
         self.attempts = 0
         self._client: rpc.Client | None = None
@@ -177,6 +175,29 @@ class HostLink:
             "scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect, who=self.who, why=why
         )
         return Event.from_dict(result)
+
+    def offers(self, method: str) -> bool:
+        """True when the agent listed `method` in its hello (False until it has answered)."""
+        return method in self.hello.get("methods", [])
+
+    async def policies(self) -> dict[str, str]:
+        """The agent's elastic policies, name -> one-line description (none from an agent without policies)."""
+        if not self.offers("policy"):
+            return {}
+        return {p["name"]: p["description"] for p in await self.call("policies")}
+
+    async def set_policy(self, cvm: str, *, name: str | None = None, enabled: bool | None = None) -> Elastic:
+        """The CVM's elastic state as its agent runs it, after choosing `name` and/or switching it on or off
+        (the agent audits every change); with neither, only read."""
+        if not self.offers("policy"):
+            agent = self.hello.get("agent", "?")
+            raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no elastic policies")
+        changes = {key: value for key, value in (("name", name), ("enabled", enabled)) if value is not None}
+        return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
+
+    async def audit(self, limit: int = 100) -> list[Event]:
+        """The last `limit` entries of the agent's audit log, oldest first."""
+        return [Event.from_dict(e) for e in await self.call("audit", limit=limit)]
 
     # -- the connection loop ---------------------------------------------------------------------
 
@@ -267,7 +288,6 @@ class HostLink:
         snapshot.ts = params.get("ts", time.time())
         for data in params.get("events", []):
             event = Event.from_dict(data)
-            self.events.append(event)
             for callback in self._event_listeners:
                 callback(event)
         self._fresh()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hostctl.wire.model import Event, Snapshot
 
@@ -51,7 +51,7 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
     """One audit line: when, where, what, who, why."""
     if as_json:
         return event.to_json()
-    when = datetime.fromtimestamp(event.ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = datetime.fromtimestamp(event.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome = "ok" if event.ok else "ALERT" if event.action == "alert" else "REFUSED"
     change = f" {event.before}->{event.after}" if event.before is not None or event.after is not None else ""
     return f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} by {event.who}" + (

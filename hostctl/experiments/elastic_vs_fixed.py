@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostctl.client.link import Fleet, HostLink
+from hostctl.client.ref import CVMRef
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.load.trace import Request, Trace, replay
@@ -238,23 +239,14 @@ async def on_site(
 
 async def _runs(link: HostLink) -> list[str]:
     """The runs this host's agent can do: the fixed sizes and its policies."""
-    return [*FIXED, *await _policies(link)]
-
-
-async def _policies(link: HostLink) -> dict[str, str]:
-    """The agent's policies with their descriptions (none from an agent without policies)."""
-    if "policy" not in link.hello.get("methods", []):
-        return {}
-    return {p["name"]: p["description"] for p in await link.call("policies")}
+    return [*FIXED, *await link.policies()]
 
 
 def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str, list[str]]:
     """The link, CVM name and service URLs to measure (with `wanted`, possibly none)."""
     if wanted is not None:
-        host, slash, name = wanted.partition("/")
-        if not slash or not host or not name:
-            raise HostctlError(f"name the CVM as HOST/CVM (got {wanted!r})")
-        candidates = [(fleet.link(host), name)]
+        ref = CVMRef.parse(wanted)
+        candidates = [(fleet.link(ref.host), ref.cvm)]
     else:
         candidates = [
             (link, c.name)
@@ -290,7 +282,7 @@ async def compare(
         raise HostctlError(
             f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, max {first.max_vcpus})"
         )
-    described = await _policies(link)
+    described = await link.policies()
     known = [*FIXED, *described]
     for name in runs:
         if name not in known:
@@ -310,36 +302,31 @@ async def _run(
     link: HostLink, cvm: str, url: str, trace: Trace, name: str, *, slo_ms: float, settle_s: float, has_policies: bool
 ) -> Run:
     if has_policies:
-        await link.call("policy", cvm=cvm, enabled=False, who=link.who)
+        await link.set_policy(cvm, enabled=False)
     current = _cvm(link, cvm)
     start_count = current.max_vcpus if name == "fixed-max" else current.boot_vcpus
     await link.scale(cvm, start_count, expect=None, why=WHY)
     await asyncio.sleep(settle_s)  # let the previous run's queue drain and the policies' windows forget it
     if name not in FIXED:
-        await link.call("policy", cvm=cvm, name=name, enabled=True, who=link.who)
+        await link.set_policy(cvm, name=name, enabled=True)
     began = time.time()
     try:
         requests = await replay(trace, url)
     finally:
         if name not in FIXED:
-            await link.call("policy", cvm=cvm, enabled=False, who=link.who)
+            await link.set_policy(cvm, enabled=False)
     ended = time.time()
     events = [
         e
-        for e in await link.call("audit", limit=100_000)
-        if e["cvm"] == cvm
-        and e["action"] == "scale"
-        and e["ok"]
-        and began <= e["ts"] <= ended
-        and e["before"] != e["after"]
+        for e in await link.audit(100_000)
+        if e.cvm == cvm and e.action == "scale" and e.ok and began <= e.ts <= ended and e.before != e.after
     ]
-    online = [(0.0, start_count)] + [(e["ts"] - began, e["after"]) for e in sorted(events, key=lambda e: e["ts"])]
+    online = [(0.0, start_count)] + [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts)]
     return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events))
 
 
 def _cvm(link: HostLink, name: str) -> CVM:
-    snapshot = link.snapshot
-    cvm = None if snapshot is None else next((c for c in snapshot.cvms if c.name == name), None)
+    cvm = link.cvm(name)
     if cvm is None:
         raise HostctlError(f"{link.name}: no CVM {name!r}")
     if cvm.state is not DomainState.RUNNING:

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,7 +71,6 @@ class LibvirtHost:
     ) -> None:
         self.uri = uri
         self.name = name
-        self.events: deque[Event] = deque(maxlen=1000)
         self._driver_options = driver_options or {}
         self._capabilities = capabilities
         self._cpu_source = cpu_source
@@ -396,7 +394,6 @@ class LibvirtHost:
             callback(name)
 
     def _record(self, event: Event) -> None:
-        self.events.append(event)
         for callback in self._event_listeners:
             callback(event)
 

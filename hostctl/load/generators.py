@@ -161,9 +161,11 @@ class SSHLoadHost:
             raise HostctlError(f"wrk on {self.where} did not finish in time; killed, nothing recorded") from None
         finally:
             if waiting is None or not waiting.done():  # cancelled or timed out: kill wrk there, drop the channel
-                if pid.isdigit():
-                    with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
-                        async with asyncio.timeout(CLEANUP_TIMEOUT):
+                with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+                    async with asyncio.timeout(CLEANUP_TIMEOUT):
+                        if not pid:  # cancelled before its pid line was read: wrk may be running all the same
+                            pid = (await process.stdout.readline()).strip()
+                        if pid.isdigit():
                             await conn.run(shlex.join(["kill", "-KILL", pid]))
                 process.close()
                 if waiting is not None:
