@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from hostctl.stats import percentile
 from hostctl.wire.model import Latency, Service
 
 WINDOWS = (10.0, 60.0)
@@ -28,7 +29,7 @@ class Sample:
 
 
 class Window:
-    """Samples of the last `seconds`, and their summary."""
+    """Samples of the last `seconds`, and their summary (percentiles by nearest rank, `hostctl.stats`)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -44,7 +45,7 @@ class Window:
         errors = len(self.samples) - len(ok)
 
         def pct(q: float) -> float:
-            return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else 0.0
+            return round(percentile(ok, q), 3) if ok else 0.0
 
         return Latency(
             window_s=self.seconds,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from hostctl.config import check, non_negative, positive
+from hostctl.stats import percentile
 
 IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the agent's own probes stay under it)
 
@@ -254,9 +255,8 @@ def _mean_concurrency(samples: Sequence[Sample]) -> float | None:
 
 
 def _p99(probes: Sequence[Probe]) -> float:
-    """The 99th percentile latency; a failed probe counts as infinitely slow."""
-    ms = sorted(p.ms if p.ok else math.inf for p in probes)
-    return ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+    """The 99th percentile latency (nearest rank); a failed probe counts as infinitely slow."""
+    return percentile((p.ms if p.ok else math.inf for p in probes), 0.99)
 
 
 def _ms(value: float) -> str:

@@ -4,7 +4,8 @@ elastic policy of its agent, and compare latency, SLO windows, worker-vCPU-secon
 Shared by `bench/policies.py` (demo site) and `hostctl --site FILE experiment elastic-vs-fixed` (any site).
 
 Definitions:
-- p50/p99 are over every replayed request; a failed request counts with the time it took (at least the timeout).
+- p50/p99 (nearest rank, `hostctl.stats`) are over every replayed request; a failed request counts with the time
+  it took (at least the timeout).
 - A 10 s window (by send time) is within the SLO when its p99 is at most the SLO and none of its requests failed.
 - Worker-vCPU-seconds integrate the active workers (online vCPUs beyond the boot set) over the run, from the
   agent's audit log of scale events; boot vCPUs are the same in every run and left out.
@@ -27,6 +28,7 @@ from hostctl.client.ref import CVMRef
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.load.trace import Request, Trace, replay
+from hostctl.stats import percentile
 from hostctl.wire.model import CVM, DomainState
 
 FIXED = ("fixed-min", "fixed-max")
@@ -51,8 +53,8 @@ class Run:
     actions: int
 
     def percentile(self, q: float) -> float:
-        ms = sorted(r.ms for r in self.requests)
-        return ms[min(len(ms) - 1, max(0, math.ceil(q / 100 * len(ms)) - 1))] if ms else math.nan
+        """The `q`-th percentile (e.g. 99) of every request's latency; nan without requests."""
+        return percentile((r.ms for r in self.requests), q / 100) if self.requests else math.nan
 
     @property
     def errors(self) -> int:
@@ -64,8 +66,7 @@ class Run:
         for i in range(int(self.trace.seconds // seconds)):
             start = i * seconds
             inside = [r for r in self.requests if start <= r.at < start + seconds]
-            ms = sorted(r.ms for r in inside)
-            p99 = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)] if ms else 0.0
+            p99 = percentile((r.ms for r in inside), 0.99) if inside else 0.0
             out.append((start, p99, p99 <= self.slo_ms and all(r.ok for r in inside)))
         return out
 
@@ -105,8 +106,8 @@ class Run:
     def service_ms(self) -> float:
         """The p50 latency of the first phase (quiet load): the service time as the client sees it."""
         first = self.trace.phases[0].seconds
-        ms = sorted(r.ms for r in self.requests if r.at < first and r.ok)
-        return ms[len(ms) // 2] if ms else math.nan
+        ms = [r.ms for r in self.requests if r.at < first and r.ok]
+        return percentile(ms, 0.5) if ms else math.nan
 
 
 @dataclass
@@ -419,9 +420,9 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
     for i, run in enumerate(runs):
         points = []
         for b in range(int(span // bin_s)):
-            ms = sorted(r.ms for r in run.requests if b * bin_s <= r.at < (b + 1) * bin_s)
+            ms = [r.ms for r in run.requests if b * bin_s <= r.at < (b + 1) * bin_s]
             if ms:
-                p99 = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+                p99 = percentile(ms, 0.99)
                 points.append(f"{x((b + 0.5) * bin_s):.1f},{y(min(p99, 5000)):.1f}")
         parts.append(
             f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
