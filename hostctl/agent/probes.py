@@ -22,7 +22,9 @@ WINDOWS = (10.0, 60.0)
 
 
 @dataclass
-class Sample:
+class ProbeSample:
+    """One probe of one service: when it was sent (monotonic clock), how long it took (ms), whether it worked."""
+
     at: float
     ms: float
     ok: bool
@@ -33,9 +35,9 @@ class Window:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.samples: deque[Sample] = deque()
+        self.samples: deque[ProbeSample] = deque()
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: ProbeSample) -> None:
         self.samples.append(sample)
 
     def stats(self, now: float) -> Latency:
@@ -105,7 +107,7 @@ class Prober:
                 if key not in self.windows:
                     self.windows[key] = tuple(Window(s) for s in WINDOWS)
                 if self._in_flight.get(key, 0) >= self.max_in_flight:
-                    self._record(key, Sample(time.monotonic(), self.timeout * 1000, ok=False))
+                    self._record(key, ProbeSample(time.monotonic(), self.timeout * 1000, ok=False))
                     continue
                 request = asyncio.get_running_loop().create_task(self._probe(key, service.url))
                 self._requests.add(request)
@@ -126,9 +128,9 @@ class Prober:
             ok = False
         finally:
             self._in_flight[key] -= 1
-        self._record(key, Sample(started, (time.monotonic() - started) * 1000, ok))
+        self._record(key, ProbeSample(started, (time.monotonic() - started) * 1000, ok))
 
-    def _record(self, key: str, sample: Sample) -> None:
+    def _record(self, key: str, sample: ProbeSample) -> None:
         for window in self.windows[key]:
             window.add(sample)
 

@@ -31,7 +31,7 @@ IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the age
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
+class CVMSample:
     """One sampler tick for one CVM: online vCPUs, CPU use (%) and concurrency over the tick (None: unknown)."""
 
     ts: float
@@ -55,7 +55,7 @@ class Signals:
 
     now: float
     current: int
-    samples: Sequence[Sample] = ()
+    samples: Sequence[CVMSample] = ()
     probes: Sequence[Probe] = ()
 
     def settled_since(self) -> float:
@@ -67,7 +67,7 @@ class Signals:
             return -math.inf
         return samples[changed + 1].ts if changed + 1 < len(samples) else self.now
 
-    def recent(self, seconds: float) -> list[Sample]:
+    def recent(self, seconds: float) -> list[CVMSample]:
         """Samples of the last `seconds`; at least the newest one (a window shorter than a tick still sees it)."""
         window = [s for s in self.samples if s.ts > self.now - seconds]
         return window or list(self.samples[-1:])
@@ -249,7 +249,7 @@ KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
 }
 
 
-def _mean_concurrency(samples: Sequence[Sample]) -> float | None:
+def _mean_concurrency(samples: Sequence[CVMSample]) -> float | None:
     values = [s.concurrency for s in samples if s.concurrency is not None]
     return sum(values) / len(values) if values else None
 
