@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hostctl.client import site as sites
 from hostctl.demo import launcher
+from hostctl.experiments import elastic_report
 from hostctl.experiments.elastic_vs_fixed import on_site
 from hostctl.load.trace import bursty
 
@@ -78,13 +79,14 @@ async def main(argv: list[str]) -> None:
         "`configs/policies`; load from `hostctl.load.trace.replay` in this process; "
         "2-CPU machine shared with other work."
     )
-    md, svg = comparison.save(
+    md, svg = elastic_report.save(
+        comparison,
         OUT,
         args.stem,
         header="# Elastic policies against fixed sizes (demo site)\n\n"
         f"One run of `{' '.join(['python bench/policies.py', *argv])}`.",
     )
-    print(comparison.markdown())
+    print(elastic_report.markdown(comparison))
     print(f"saved: {md} and {svg}")
 
 
