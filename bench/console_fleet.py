@@ -56,7 +56,7 @@ from dittotui.app import DittoApp  # noqa: E402
 from dittotui.session import DemoSession  # noqa: E402
 from dittotui.tables import CVMTable  # noqa: E402
 from hostctl.client.link import HostLink, LinkState  # noqa: E402
-from hostctl.client.site import demo_site  # noqa: E402
+from hostctl.demo.site import demo_site  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "console_fleet.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"

@@ -17,9 +17,10 @@ from agents import AgentProcess
 from sshkit import openssh
 
 from hostctl.client.link import HostLink, LinkState
-from hostctl.client.site import Defaults, HostEntry, demo_site
+from hostctl.client.site import Defaults, HostEntry
 from hostctl.demo.config import CVMSpec, HostSpec
 from hostctl.demo.nodexml import node_xml
+from hostctl.demo.site import demo_site
 from hostctl.wire.security import SecurityType
 
 CVMS = 50

@@ -16,6 +16,7 @@ from conftest import ROOT, make_node
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.server import Agent
 from hostctl.client import site as sites
+from hostctl.demo.site import demo_site
 from hostctl.elastic.runner import load_policies, state_path
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire import rpc
@@ -328,7 +329,7 @@ async def hostctl(*argv: str) -> tuple[int, str, str]:
 
 async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
-    sites.write(sites.demo_site({"edge-1": served.socket}), site)
+    sites.write(demo_site({"edge-1": served.socket}), site)
     rc, out, _ = await hostctl("--site", str(site), "policy", "edge-1/snp", "--name", "slo", "--on")
     assert rc == 0 and out.splitlines()[0] == "edge-1/snp: policy slo on"
     await until(lambda: served.agent.elastic.state("snp").decision != "")  # type: ignore[union-attr]

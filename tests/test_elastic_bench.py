@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from agents import AgentProcess
 
-from hostctl.client import site as sites
 from hostctl.demo.services import CVMService, Endpoint
+from hostctl.demo.site import demo_site
 from hostctl.experiments import elastic_report
 from hostctl.experiments.elastic_plot import timeline_svg
 from hostctl.experiments.elastic_vs_fixed import Comparison, Run, on_site
@@ -109,7 +109,7 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, "mec-1", wake_ms=10)
     await agent.start()
     try:
-        site = sites.demo_site({"mec-1": agent.socket})
+        site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)))
         comparison = await on_site(site, trace, runs=["fixed-min", "concurrency"], settle_s=0.5)
     finally:

@@ -13,7 +13,8 @@ import pytest
 from agents import AgentProcess
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
-from hostctl.client.site import Defaults, demo_site
+from hostctl.client.site import Defaults
+from hostctl.demo.site import demo_site
 from hostctl.wire.model import Event
 
 DEFAULTS = Defaults(interval=0.2, timeout=1.0, scale_timeout=5.0, backoff_max=0.5)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostctl.client import site
+from hostctl.demo.site import demo_site
 from hostctl.errors import ConfigError, HostctlError
 
 EXAMPLE = ROOT / "configs" / "site.example.toml"
@@ -167,7 +168,7 @@ def test_local_hosts_have_no_target() -> None:
 
 def test_demo_site_reaches_hosts_through_local_sockets(tmp_path: Path) -> None:
     svc = site.ServiceEntry(cvm="social-snp", name="social-network", url="http://127.0.0.1:8081/")
-    s = site.demo_site({"mec-1": tmp_path / "mec-1.sock", "mec-2": tmp_path / "mec-2.sock"}, {"mec-1": [svc]})
+    s = demo_site({"mec-1": tmp_path / "mec-1.sock", "mec-2": tmp_path / "mec-2.sock"}, {"mec-1": [svc]})
     assert [(h.name, h.ssh, h.socket) for h in s.hosts] == [
         ("mec-1", None, str(tmp_path / "mec-1.sock")),
         ("mec-2", None, str(tmp_path / "mec-2.sock")),

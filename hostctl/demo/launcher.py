@@ -19,6 +19,7 @@ from hostctl.agent.server import Agent
 from hostctl.client import site as sites
 from hostctl.demo import config as demo_config
 from hostctl.demo.host import DemoHost
+from hostctl.demo.site import demo_site
 from hostctl.elastic.runner import PolicySpec
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
@@ -145,9 +146,7 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
             await down(runtime)
             raise
         lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
-    sites.write(
-        sites.demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime)
-    )
+    sites.write(demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime))
     return lines
 
 
