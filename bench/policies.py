@@ -1,7 +1,7 @@
 """Elastic policies against fixed sizes on the demo site: one bursty trace, replayed open loop over real HTTP,
 for fixed-min, fixed-max and each policy. Writes bench/results/policies.md and bench/results/policies.svg.
 
-    python bench/policies.py [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
+    python -m bench.policies [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ async def main(argv: list[str]) -> None:
         OUT,
         args.stem,
         header="# Elastic policies against fixed sizes (demo site)\n\n"
-        f"One run of `{' '.join(['python bench/policies.py', *argv])}`.",
+        f"One run of `{' '.join(['python -m bench.policies', *argv])}`.",
     )
     print(elastic_report.markdown(comparison))
     print(f"saved: {md} and {svg}")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import make_node
 
 from hostctl.errors import HostctlError, ScaleRefused
 from hostctl.host.domxml import WORKERS_NS
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire.model import DomainState, Event
 from hostctl.wire.security import SecurityType
+from tests.support.nodes import make_node
 
 
 async def test_inventory_reads_security_and_vcpus(host: LibvirtHost) -> None:

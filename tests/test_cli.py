@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_node
+
+from tests.support import ROOT
+from tests.support.nodes import make_node
 
 
 def hostctl(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

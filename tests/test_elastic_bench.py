@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agents import AgentProcess
 
 from hostctl.demo.services import CVMService, Endpoint
 from hostctl.demo.site import demo_site
@@ -18,6 +17,7 @@ from hostctl.experiments import elastic_report
 from hostctl.experiments.elastic_plot import timeline_svg
 from hostctl.experiments.elastic_vs_fixed import Comparison, Run, on_site
 from hostctl.load.trace import Phase, Request, Trace, bursty, replay
+from tests.support.agents import AgentProcess
 
 
 def test_trace_rates_steps_and_scaling() -> None:

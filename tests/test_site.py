@@ -6,13 +6,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostctl.client import site
 from hostctl.demo.site import demo_site
 from hostctl.errors import ConfigError, HostctlError
+from tests.support import ROOT
 
 EXAMPLE = ROOT / "configs" / "site.example.toml"
 BASE = EXAMPLE.read_text()

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from agents import AgentProcess
-from conftest import make_node
-from sshkit import CuttableProxy, SSHEndpoint, asyncssh_server, openssh
-from test_link import until
 
 from hostctl.client.link import HostLink, LinkError, LinkState
 from hostctl.client.site import Defaults, HostEntry
+from tests.support.agents import AgentProcess
+from tests.support.asyncssh_server import asyncssh_server
+from tests.support.nodes import make_node
+from tests.support.openssh import openssh
+from tests.support.proxy import CuttableProxy
+from tests.support.ssh import SSHEndpoint
+from tests.support.waiting import until
 
 SERVERS = {"openssh": openssh, "asyncssh": asyncssh_server}
 
