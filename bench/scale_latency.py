@@ -70,9 +70,7 @@ async def main() -> None:
         "| step | p50 µs | p99 µs | max µs |",
         "|---|---:|---:|---:|",
     ]
-    lines += [
-        f"| {name} | {percentile(v, 0.5):.1f} | {percentile(v, 0.99):.1f} | {max(v):.1f} |" for name, v in rows
-    ]
+    lines += [f"| {name} | {percentile(v, 0.5):.1f} | {percentile(v, 0.99):.1f} | {max(v):.1f} |" for name, v in rows]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -167,7 +167,7 @@ name = "mec-1"
 
 def hostctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
     )
 
 

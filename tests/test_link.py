@@ -123,7 +123,7 @@ async def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     await link.ready(3)
     try:
         assert link.state is LinkState.CONNECTING and "cannot reach agent socket" in link.error
-        with pytest.raises(LinkError, match="not connected .*nothing was sent"):
+        with pytest.raises(LinkError, match=r"not connected .*nothing was sent"):
             await link.call("hello")
     finally:
         await link.stop()

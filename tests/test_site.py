@@ -130,7 +130,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_agent_and_socket_together_are_refused() -> None:
-    with pytest.raises(ValueError, match="agent .* or socket .*not both"):
+    with pytest.raises(ValueError, match=r"agent .* or socket .*not both"):
         site.HostEntry(name="h", ssh="h", socket="/run/a.sock", agent=["hostctl"])
 
 

@@ -282,11 +282,11 @@ def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, 
             raise rpc.RpcError(
                 rpc.INVALID_PARAMS, f"{method}: parameter {key!r} must be {kind.__name__}, got {value!r}"[:300]
             )
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        if bounds is not None and isinstance(value, int | float) and not bounds[0] <= value <= bounds[1]:
             raise rpc.RpcError(
                 rpc.INVALID_PARAMS, f"{method}: parameter {key!r} = {value!r} is outside {bounds[0]:g}..{bounds[1]:g}"
             )
-        if kind is str and len(value) > 1000:
+        if isinstance(value, str) and len(value) > 1000:
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: parameter {key!r} is longer than 1000 characters")
         clean[key] = value
     return clean

@@ -84,8 +84,11 @@ class Want:
 class Policy(Protocol):
     """A decision function with its own sample interval."""
 
-    interval: float
     reads_probes: ClassVar[bool]  # whether it looks at latency probes (they are gathered only then)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between decisions (and between the samples they look at)."""
 
     @property
     def horizon(self) -> float:

@@ -311,31 +311,35 @@ class ElasticRunner:
             track.task = asyncio.get_running_loop().create_task(self._loop(name, track))
 
     async def _loop(self, name: str, track: _Track) -> None:
+        """Decide every interval of the chosen policy for as long as it is on."""
         while track.enabled:
             spec = self.policies.get(track.policy)
             await asyncio.sleep(spec.policy.interval if spec is not None else 1.0)
-            if not track.enabled:
-                return
-            try:
-                await self.step(name)
-            except Exception as e:  # a bug must not silently end the policy: say so, and try again
-                current = track.decision.current if track.decision is not None else 0
-                track.decision, track.decided_at = (
-                    hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
-                    time.time(),
-                )
-                if track.logged != "error":
-                    self.record(
-                        Event(
-                            self.host.host.name,
-                            name,
-                            "alert",
-                            f"policy:{track.policy}",
-                            ok=False,
-                            why=track.decision.reason,
-                        )
+            if track.enabled:  # still on after the sleep
+                await self._tick(name, track)
+
+    async def _tick(self, name: str, track: _Track) -> None:
+        """One step; a failing step becomes an alerting hold instead of ending the policy."""
+        try:
+            await self.step(name)
+        except Exception as e:  # a bug must not silently end the policy: say so, and try again
+            current = track.decision.current if track.decision is not None else 0
+            track.decision, track.decided_at = (
+                hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
+                time.time(),
+            )
+            if track.logged != "error":
+                self.record(
+                    Event(
+                        self.host.host.name,
+                        name,
+                        "alert",
+                        f"policy:{track.policy}",
+                        ok=False,
+                        why=track.decision.reason,
                     )
-                    track.logged = "error"
+                )
+                track.logged = "error"
 
     # -- persistence -----------------------------------------------------------------------------
 
