@@ -36,9 +36,10 @@ async def wait(predicate: Callable[[], bool]) -> None:
     await until(predicate, timeout=30.0, interval=0.001)
 
 
-def online(link: HostLink, cvm: str) -> int:
-    assert link.snapshot is not None
-    return next(c for c in link.snapshot.cvms if c.name == cvm).online_vcpus
+def online(link: HostLink, name: str) -> int:
+    cvm = link.cvm(name)
+    assert cvm is not None, name
+    return cvm.online_vcpus
 
 
 async def over_ssh(tmp: Path) -> dict[str, list[float] | float]:

@@ -6,6 +6,7 @@
 - `openssh`: a real OpenSSH sshd on loopback (`openssh`)
 - `asyncssh_server`: an in-process asyncssh server running commands as real subprocesses (`asyncssh_server`)
 - `proxy`: a TCP proxy whose connections can be cut or paused (`CuttableProxy`)
+- `waiting`: polling for a condition with a deadline (`until`)
 """
 
 from pathlib import Path

@@ -75,7 +75,7 @@ class SSHEndpoint:
         opts.update(overrides)
         return opts
 
-    def connect(self, **overrides: Any) -> asyncssh.SSHClientConnection:  # an awaitable context manager
+    def connect(self, **overrides: Any) -> Any:
         """``asyncssh.connect(...)`` for this endpoint (await it or use ``async with``)."""
         return asyncssh.connect(**self.connect_options(**overrides))
 
