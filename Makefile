@@ -21,13 +21,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Each benchmark is a module run from the repository root, so `bench` and `tests.support` import without path edits.
 bench: $(STAMP)
-	$(BIN)/python bench/demo_latency.py
-	$(BIN)/python bench/scale_latency.py
-	$(BIN)/python bench/link_latency.py
-	$(BIN)/python bench/console_fleet.py
-	$(BIN)/python bench/security_overhead.py
-	$(BIN)/python bench/probe_overhead.py
+	$(BIN)/python -m bench.demo_latency
+	$(BIN)/python -m bench.scale_latency
+	$(BIN)/python -m bench.link_latency
+	$(BIN)/python -m bench.console_fleet
+	$(BIN)/python -m bench.security_overhead
+	$(BIN)/python -m bench.probe_overhead
 
 # SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
 screenshots: $(STAMP)

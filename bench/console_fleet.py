@@ -1,6 +1,6 @@
 """The console at fleet scale, and key press -> change on screen on the demo site.
 
-    python bench/console_fleet.py [--hosts 100] [--cvms 100] [--window 60] [--profile 5] [--presses 20]
+    python -m bench.console_fleet [--hosts 100] [--cvms 100] [--window 60] [--profile 5] [--presses 20]
                                   [--out FILE.md] [--pstats FILE]
 
 Part 1: `bench/fleet_agents.py` (one process, one unix socket per host, the real JSON-RPC protocol, every
@@ -44,20 +44,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import psutil
+import textual
+from textual.screen import Screen
+
+import dittotui.app as app_module
+from dittotui.app import DittoApp
+from dittotui.session import DemoSession
+from dittotui.tables import CVMTable
+from hostctl.client.link import HostLink, LinkState
+from hostctl.demo.site import demo_site
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-import textual  # noqa: E402
-from textual.screen import Screen  # noqa: E402
-
-import dittotui.app as app_module  # noqa: E402
-from dittotui.app import DittoApp  # noqa: E402
-from dittotui.session import DemoSession  # noqa: E402
-from dittotui.tables import CVMTable  # noqa: E402
-from hostctl.client.link import HostLink, LinkState  # noqa: E402
-from hostctl.client.site import demo_site  # noqa: E402
-
 OUT = ROOT / "bench" / "results" / "console_fleet.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
 SIZE = (200, 60)
@@ -265,7 +263,8 @@ def start_agents(args: argparse.Namespace, runtime: Path) -> subprocess.Popen[by
     return subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "bench" / "fleet_agents.py"),
+            "-m",
+            "bench.fleet_agents",
             "--hosts",
             str(args.hosts),
             "--cvms",
@@ -620,7 +619,7 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
     lines = [
         "# Console at fleet scale",
         "",
-        f"One run of `python bench/console_fleet.py` (Textual {textual.__version__}, Python "
+        f"One run of `python -m bench.console_fleet` (Textual {textual.__version__}, Python "
         f"{sys.version.split()[0]}, {os.cpu_count()} cores shared by the console, the agents' process and whatever "
         "else ran on the machine).",
         "",

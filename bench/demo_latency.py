@@ -39,7 +39,7 @@ async def main() -> None:
     lines = [
         "# Demo site: latency against active workers",
         "",
-        f"One run of `python bench/demo_latency.py`: `{cmd}` against `{ENDPOINT}` "
+        f"One run of `python -m bench.demo_latency`: `{cmd}` against `{ENDPOINT}` "
         f"({site.endpoints[0].service_ms:g} ms base service time, jitter ±{site.jitter:.0%}) on host mec-1, "
         "background traffic off. Each active worker adds one serving slot (the boot vCPU serves too).",
         "",

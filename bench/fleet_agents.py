@@ -1,15 +1,15 @@
 """A synthetic fleet for console benchmarks: many lightweight emulated host agents in ONE process.
 
-    python bench/fleet_agents.py --hosts 100 --cvms 100 --runtime DIR
+    python -m bench.fleet_agents --hosts 100 --cvms 100 --runtime DIR
 
 serves one unix socket per host (`DIR/host-NNN.sock`) speaking the real agent's JSON-RPC protocol (`hostctl.wire.rpc`,
 `hostctl.wire.model` dataclasses, the real agent's parameter schemas) for `hello`, `snapshot`, `subscribe` and `scale`.
 No libvirt, no HTTP services: every host's CVMs live in memory. Every `--interval` seconds (hosts staggered in
 phase) every CVM's `cpu_percent` takes a random-walk step and about `--churn` of them gain or lose one online vCPU;
-a subscribed peer gets `update` notifications carrying only the CVMs changed since its last update, like the real
-agent. `scale` is compare-and-set like the real backend (refused with code -32000 and data {"current": n} when
-`expect` does not match). `DIR/ready` is written (with the pid) once every socket listens; SIGTERM or SIGINT stop
-the process cleanly (sockets and the ready marker removed, exit status 0).
+a subscribed peer gets `update` notifications carrying only the CVMs changed since its last update, sent by the real
+agent's `hostctl.agent.updates.Subscription`. `scale` is compare-and-set like the real backend (refused with code
+-32000 and data {"current": n} when `expect` does not match). `DIR/ready` is written (with the pid) once every
+socket listens; SIGTERM or SIGINT stop the process cleanly (sockets and the ready marker removed, exit status 0).
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hostctl import __version__
 from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, _checked, _peer_user
+from hostctl.agent.updates import Subscription
 from hostctl.demo.config import DEFAULT_POLICY
 from hostctl.errors import HostctlError, ScaleRefused
 from hostctl.wire import rpc
@@ -40,7 +38,7 @@ METHODS = ("hello", "snapshot", "subscribe", "scale")
 
 
 class FleetHost:
-    """One emulated host: its CVMs in memory, a generation counter per CVM, and its connected sessions."""
+    """One emulated host: its CVMs in memory and its connected sessions."""
 
     def __init__(self, name: str, cvms: int, rng: random.Random) -> None:
         self.name = name
@@ -73,8 +71,6 @@ class FleetHost:
                 driver="emulated",
                 cpu_percent=round(rng.uniform(5, 95), 1),
             )
-        self.gen = 0  # bumped on every change; a CVM's entry is the generation it last changed in
-        self.changed: dict[str, int] = dict.fromkeys(self.cvms, 0)
         self.sessions: set[Session] = set()
         self._host_cpu()
 
@@ -85,7 +81,6 @@ class FleetHost:
 
     def sample(self, churn: float) -> None:
         """One sampling step: every CPU % walks, about `churn` of the CVMs gain or lose one online vCPU."""
-        self.gen += 1
         rng = self.rng
         for cvm in self.cvms.values():
             step = rng.uniform(0.5, 5.0) * rng.choice((-1.0, 1.0))
@@ -93,7 +88,6 @@ class FleetHost:
             if not 0.0 <= value <= 100.0:
                 value = cvm.cpu_percent - step
             cvm.cpu_percent = round(value, 1)
-            self.changed[cvm.name] = self.gen
         for cvm in rng.sample(list(self.cvms.values()), max(1, round(churn * len(self.cvms)))):
             if cvm.online_vcpus >= cvm.max_vcpus:
                 cvm.online_vcpus -= 1
@@ -141,8 +135,6 @@ class FleetHost:
         else:
             cvm.online_vcpus = target
             cvm.scaled_by, cvm.scaled_at = who, time.time()
-            self.gen += 1
-            self.changed[name] = self.gen
             self._host_cpu()
         event = Event(self.name, name, "scale", who, ok=True, before=current, after=target, why=why)
         self._record(event)
@@ -150,7 +142,7 @@ class FleetHost:
 
     def _record(self, event: Event) -> None:
         for session in self.sessions:
-            session.push(event)
+            session.updates.push(event)
 
 
 class Session:
@@ -161,23 +153,12 @@ class Session:
         self.peer = peer
         self.peer_user = peer_user
         self.interval = interval
-        self._events: list[Event] = []
-        self._nudge = asyncio.Event()
-        self._updates: asyncio.Task[None] | None = None
+        self.updates = Subscription(peer, fleet_host.snapshot)
 
     @property
     def methods(self) -> dict[str, rpc.Method]:
         handlers = {"hello": self.hello, "snapshot": self.snapshot, "subscribe": self.subscribe, "scale": self.scale}
         return {name: _checked(name, fn, False) for name, fn in handlers.items()}
-
-    def push(self, event: Event) -> None:
-        if self._updates is not None:
-            self._events.append(event)
-            self._nudge.set()
-
-    def close(self) -> None:
-        if self._updates is not None:
-            self._updates.cancel()
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -195,9 +176,7 @@ class Session:
 
     async def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         interval = params.get("interval", self.interval)
-        if self._updates is not None:
-            self._updates.cancel()
-        self._updates = asyncio.get_running_loop().create_task(self._send_updates(interval))
+        self.updates.start(interval)
         return {"interval": interval}
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -205,38 +184,6 @@ class Session:
         return self.fh.scale(
             params["cvm"], params["target"], params.get("expect"), who, params.get("why", "")
         ).to_dict()
-
-    async def _send_updates(self, interval: float) -> None:
-        """Every `interval` (or at once after a scale): the CVMs changed since the last update, host and services."""
-        fh = self.fh
-        sent_gen = -1
-        sent_host: dict[str, Any] | None = None
-        sent_services: list[dict[str, Any]] | None = None
-        seq = 0
-        while True:
-            gen = fh.gen
-            host = fh.host.to_dict()
-            services: list[dict[str, Any]] = []
-            events, self._events = self._events, []
-            seq += 1
-            update: dict[str, Any] = {
-                "seq": seq,
-                "ts": time.time(),
-                "cvms": {name: fh.cvms[name].to_dict() for name, g in fh.changed.items() if g > sent_gen},
-                "removed": [],
-                "events": [e.to_dict() for e in events],
-            }
-            if host != sent_host:
-                update["host"] = host
-            if services != sent_services:
-                update["services"] = services
-            await self.peer.notify("update", update)
-            sent_gen, sent_host, sent_services = gen, host, services
-            self._nudge.clear()
-            try:
-                await asyncio.wait_for(self._nudge.wait(), interval)
-            except TimeoutError:
-                pass
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -253,7 +200,7 @@ async def serve(args: argparse.Namespace) -> None:
         try:
             await rpc.serve(reader, session.peer, session.methods)
         finally:
-            session.close()
+            session.updates.close()
             fh.sessions.discard(session)
 
     servers = []
@@ -293,7 +240,7 @@ async def serve(args: argparse.Namespace) -> None:
             server.close()
         for fh in hosts:
             for session in list(fh.sessions):
-                session.close()
+                session.updates.close()
                 session.peer.writer.close()
             (runtime / f"{fh.name}.sock").unlink(missing_ok=True)
         await asyncio.gather(sampling, return_exceptions=True)

@@ -4,23 +4,24 @@ and the time from an agent restart to the host shown fresh again. Writes bench/r
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from agents import AgentProcess
-from sshkit import openssh
-
 from hostctl.client.link import HostLink, LinkState
-from hostctl.client.site import Defaults, HostEntry, demo_site
+from hostctl.client.site import Defaults, HostEntry
 from hostctl.demo.config import CVMSpec, HostSpec
 from hostctl.demo.nodexml import node_xml
+from hostctl.demo.site import demo_site
+from hostctl.stats import percentile
 from hostctl.wire.security import SecurityType
+from tests.support.agents import AgentProcess
+from tests.support.openssh import openssh
+from tests.support.waiting import until
 
 CVMS = 50
 RTT_ROUNDS = 1000
@@ -30,16 +31,15 @@ RESTARTS = 10
 OUT = Path(__file__).parent / "results" / "link_latency.md"
 
 
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1]
+async def wait(predicate: Callable[[], bool]) -> None:
+    """Poll every millisecond (the figures are in milliseconds), for at most 30 s."""
+    await until(predicate, timeout=30.0, interval=0.001)
 
 
-async def wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        await asyncio.sleep(0.001)
+def online(link: HostLink, name: str) -> int:
+    cvm = link.cvm(name)
+    assert cvm is not None, name
+    return cvm.online_vcpus
 
 
 async def over_ssh(tmp: Path) -> dict[str, list[float] | float]:
@@ -82,11 +82,11 @@ async def over_ssh(tmp: Path) -> dict[str, list[float] | float]:
         scale = []
         for i in range(SCALE_ROUNDS):
             name = f"cvm-{i % CVMS:02d}"
-            current = next(c for c in link.snapshot.cvms if c.name == name).online_vcpus
+            current = online(link, name)
             target = 3 if current == 2 else 2
             t0 = time.perf_counter()
             await link.scale(name, target, expect=current)
-            await wait(lambda: next(c for c in link.snapshot.cvms if c.name == name).online_vcpus == target)
+            await wait(lambda name=name, target=target: online(link, name) == target)
             scale.append((time.perf_counter() - t0) * 1e3)
         proc = psutil.Process(link.hello["pid"])
         proc.cpu_percent()
@@ -127,17 +127,19 @@ async def main() -> None:
     lines = [
         "# Link over OpenSSH on loopback",
         "",
-        f"One run of `python bench/link_latency.py`: Debian's OpenSSH sshd on 127.0.0.1, the agent run as "
+        f"One run of `python -m bench.link_latency`: Debian's OpenSSH sshd on 127.0.0.1, the agent run as "
         f"`hostctl agent --stdio` over the SSH channel, its host a libvirt test-driver node with {CVMS} CVMs "
-        "(emulated driver with its default 40 ms wake / 15 ms park per vCPU, which the scale figure includes; scales alternate 2→3 and 3→2), updates at 1 Hz.",
+        "(emulated driver with its default 40 ms wake / 15 ms park per vCPU, which the scale figure includes; "
+        "scales alternate 2→3 and 3→2), updates at 1 Hz. Percentiles by nearest rank.",
         "",
         "| measure | p50 | p99 |",
         "|---|---:|---:|",
-        f"| RPC round trip (`hello`), {RTT_ROUNDS} calls | {statistics.median(rtt):.2f} ms | {pct(rtt, 99):.2f} ms |",
+        f"| RPC round trip (`hello`), {RTT_ROUNDS} calls | {percentile(rtt, 0.5):.2f} ms | "
+        f"{percentile(rtt, 0.99):.2f} ms |",
         f"| `scale` end to end: request → driver applied → update received, {SCALE_ROUNDS} scales | "
-        f"{statistics.median(scale):.2f} ms | {pct(scale, 99):.2f} ms |",
+        f"{percentile(scale, 0.5):.2f} ms | {percentile(scale, 0.99):.2f} ms |",
         f"| agent restart → host shown fresh again (local socket, default backoff), {RESTARTS} restarts | "
-        f"{statistics.median(back):.0f} ms | {max(back):.0f} ms (max) |",
+        f"{percentile(back, 0.5):.0f} ms | {max(back):.0f} ms (max) |",
         "",
         f"Agent CPU while serving 1 Hz updates for {CVMS} CVMs (CPU sampling of all {CVMS} included), "
         f"over {CPU_SECONDS} s: **{ssh['cpu']:.1f}%** of one core; resident memory {ssh['rss']:.0f} MiB.",

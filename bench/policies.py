@@ -1,7 +1,7 @@
 """Elastic policies against fixed sizes on the demo site: one bursty trace, replayed open loop over real HTTP,
 for fixed-min, fixed-max and each policy. Writes bench/results/policies.md and bench/results/policies.svg.
 
-    python bench/policies.py [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
+    python -m bench.policies [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hostctl.client import site as sites
 from hostctl.demo import launcher
+from hostctl.experiments import elastic_report
 from hostctl.experiments.elastic_vs_fixed import on_site
 from hostctl.load.trace import bursty
 
@@ -78,13 +79,14 @@ async def main(argv: list[str]) -> None:
         "`configs/policies`; load from `hostctl.load.trace.replay` in this process; "
         "2-CPU machine shared with other work."
     )
-    md, svg = comparison.save(
+    md, svg = elastic_report.save(
+        comparison,
         OUT,
         args.stem,
         header="# Elastic policies against fixed sizes (demo site)\n\n"
-        f"One run of `{' '.join(['python bench/policies.py', *argv])}`.",
+        f"One run of `{' '.join(['python -m bench.policies', *argv])}`.",
     )
-    print(comparison.markdown())
+    print(elastic_report.markdown(comparison))
     print(f"saved: {md} and {svg}")
 
 

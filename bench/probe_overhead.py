@@ -95,7 +95,7 @@ async def main() -> None:
     lines = [
         "# Latency probes: their cost, and probe p99 against wrk p99",
         "",
-        f"`python bench/probe_overhead.py` on the demo site's host {HOST} ({services} services), on a 2-CPU machine.",
+        f"`python -m bench.probe_overhead` on the demo site's host {HOST} ({services} services), on a 2-CPU machine.",
         "",
         f"## Agent CPU (median of {CPU_WINDOW:g} s windows over {CPU_SECONDS} s; 100% = one core)",
         "",

@@ -4,8 +4,6 @@ through the backend (compare-and-set read, driver, metadata, re-read). Writes be
 from __future__ import annotations
 
 import asyncio
-import statistics
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -13,18 +11,13 @@ from pathlib import Path
 
 import libvirt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_node
-
 from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, workers_metadata
 from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.stats import percentile
+from tests.support.nodes import make_node
 
 ROUNDS = 2000
 OUT = Path(__file__).parent / "results" / "scale_latency.md"
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if q < 100 else max(values)
 
 
 async def main() -> None:
@@ -55,7 +48,7 @@ async def main() -> None:
         await asyncio.sleep(0.2)  # let the metadata events drain
         full = []
         current = host.cvm("snp").online_vcpus
-        for i in range(ROUNDS // 4):
+        for _ in range(ROUNDS // 4):
             target = 2 + (current - 1) % 3
             t0 = time.perf_counter()
             await host.scale("snp", target, expect=current, who="bench")
@@ -72,12 +65,12 @@ async def main() -> None:
         "",
         f"libvirt {libvirt.getVersion() // 1_000_000}.{libvirt.getVersion() // 1000 % 1000}, "
         f"libvirt-python {version('libvirt-python')}, one run, {ROUNDS} rounds (end to end: {ROUNDS // 4}).",
-        "`python bench/scale_latency.py` writes this file. Times in microseconds.",
+        "`python -m bench.scale_latency` writes this file. Times in microseconds (percentiles by nearest rank).",
         "",
         "| step | p50 µs | p99 µs | max µs |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {statistics.median(v):.1f} | {pct(v, 99):.1f} | {max(v):.1f} |" for name, v in rows]
+    lines += [f"| {name} | {percentile(v, 0.5):.1f} | {percentile(v, 0.99):.1f} | {max(v):.1f} |" for name, v in rows]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -47,7 +47,7 @@ async def main() -> None:
     lines = [
         "# Demo site: the security-overhead experiment",
         "",
-        f"`python bench/security_overhead.py`: `hostctl experiment security-overhead` as a library call on the "
+        f"`python -m bench.security_overhead`: `hostctl experiment security-overhead` as a library call on the "
         f"demo site ({overheads} configured service-time multipliers; background traffic and probes on, as "
         f"`hostctl demo up` runs it), repeated {REPEATS} times on a 2-CPU machine that also runs wrk.",
         "",

@@ -1,18 +1,24 @@
-"""Typed TOML settings: dataclasses filled from TOML with errors that name the file, field and value."""
+"""Typed TOML settings: dataclasses filled from TOML with errors that name the file, field and value, and
+written back to TOML that reads back to an equal dataclass."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import tomllib
 import types
 import typing
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hostctl.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -37,7 +43,7 @@ def build(cls: type[T], data: Any, *, source: str, where: str = "") -> T:
     """Build dataclass `cls` from a TOML table, checking keys, types and each field's `check`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a table, got {_show(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: {_join(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})")
@@ -76,7 +82,7 @@ def _convert(hint: Any, value: Any, *, source: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {where}: expected a table, got {_show(value)}")
         return {k: _convert(inner, v, source=source, where=_join(where, k)) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, source=source, where=where)
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:
@@ -120,3 +126,79 @@ def non_negative(value: float) -> str | None:
 def check(fn: typing.Callable[[Any], str | None], **kwargs: Any) -> Any:
     """A dataclass field with a value check (returns a problem string, or None when fine)."""
     return dataclasses.field(metadata={"check": fn}, **kwargs)
+
+
+# --- writing: the inverse of `build` ---------------------------------------------------------------------------
+
+
+def dumps(obj: DataclassInstance, header: str = "") -> str:
+    """`obj` as TOML text (`header`, a comment, first) that `build` reads back to an equal dataclass; fields that
+    are None are left out."""
+    lines = [header] if header else []
+    _emit_table(obj, [], lines, array=False)
+    return "\n".join(lines).strip() + "\n"
+
+
+def write(obj: DataclassInstance, path: Path, header: str = "") -> None:
+    """Write `dumps(obj, header)` to `path` atomically: a reader sees the old file or the new one, never a part."""
+    text = dumps(obj, header)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _emit_table(obj: DataclassInstance, keys: list[str], lines: list[str], *, array: bool) -> None:
+    if keys:
+        name = ".".join(keys)
+        lines += ["", f"[[{name}]]" if array else f"[{name}]"]
+    nested: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value) or (
+            isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value)
+        ):
+            nested.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_value(value)}")
+    for name, value in nested:
+        if isinstance(value, list):
+            for item in value:
+                _emit_table(item, [*keys, name], lines, array=True)
+        else:
+            _emit_table(value, [*keys, name], lines, array=False)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value)  # 1.0, 1e-05, inf, -inf: all valid TOML floats
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} to TOML")
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(text: str) -> str:
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c < " " or c == "\x7f":
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'

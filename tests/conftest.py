@@ -1,33 +1,19 @@
-"""Shared fixtures: demo hosts in libvirt's test driver, generated from real settings."""
+"""Shared fixtures: private state per test, a demo host in libvirt's test driver, and real SSH servers."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from hostctl.demo.config import CVMSpec, HostSpec
-from hostctl.demo.nodexml import node_xml
 from hostctl.host.libvirt_host import LibvirtHost
-from hostctl.wire.security import SecurityType
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_node(tmp_path: Path, driver: str = "emulated", name: str = "edge-1") -> Path:
-    """A node XML file with one CVM of each security type (boot 1, max 5, 2 online)."""
-    spec = HostSpec(
-        name=name,
-        cvms=[
-            CVMSpec(name="snp", security=SecurityType.SEV_SNP, boot_vcpus=1, max_vcpus=5, online_vcpus=2),
-            CVMSpec(name="es", security=SecurityType.SEV_ES, boot_vcpus=1, max_vcpus=5, online_vcpus=2),
-            CVMSpec(name="sev", security=SecurityType.SEV, boot_vcpus=1, max_vcpus=5, online_vcpus=2),
-            CVMSpec(name="plain", security=SecurityType.NONE, boot_vcpus=1, max_vcpus=5, online_vcpus=2),
-        ],
-    )
-    path = tmp_path / f"{name}-{driver}.xml"
-    path.write_text(node_xml(spec, driver=driver))
-    return path
+from tests.support.asyncssh_server import asyncssh_server
+from tests.support.nodes import make_node
+from tests.support.openssh import SSHD, openssh
+from tests.support.ssh import SSHEndpoint
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +23,7 @@ def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def host(tmp_path: Path):
+async def host(tmp_path: Path) -> AsyncIterator[LibvirtHost]:
     """An open LibvirtHost over a generated node whose CVMs use the emulated driver."""
     backend = LibvirtHost(
         f"test://{make_node(tmp_path)}", name="edge-1", driver_options={"emulated": {"wake_ms": 1, "park_ms": 1}}
@@ -45,3 +31,19 @@ async def host(tmp_path: Path):
     await backend.open()
     yield backend
     await backend.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def openssh_server(tmp_path: Path) -> AsyncIterator[SSHEndpoint]:
+    """A real OpenSSH sshd on a free loopback port (skipped if sshd is not installed)."""
+    if not os.path.exists(SSHD):
+        pytest.skip(f"{SSHD} not found: install openssh-server to run real-sshd tests")
+    async with openssh(tmp_path / "openssh") as endpoint:
+        yield endpoint
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def asyncssh_ssh_server(tmp_path: Path) -> AsyncIterator[SSHEndpoint]:
+    """An in-process asyncssh server running commands as real subprocesses."""
+    async with asyncssh_server(tmp_path / "asyncssh") as endpoint:
+        yield endpoint

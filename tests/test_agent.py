@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import make_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from hostctl.agent.audit import AuditLog
 from hostctl.agent.server import Agent
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire import rpc
+from tests.support.nodes import make_node
 
 
 class Served:

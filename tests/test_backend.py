@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import make_node
 
 from hostctl.errors import HostctlError, ScaleRefused
 from hostctl.host.domxml import WORKERS_NS
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire.model import DomainState, Event
 from hostctl.wire.security import SecurityType
+from tests.support.nodes import make_node
 
 
 async def test_inventory_reads_security_and_vcpus(host: LibvirtHost) -> None:
@@ -192,7 +193,7 @@ async def test_a_registered_driver_plugs_in_by_name(tmp_path: Path) -> None:
 
 
 async def test_unreachable_uri_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(HostctlError, match="cannot open libvirt URI 'test:///no/such/node.xml'"):
+    with pytest.raises(HostctlError, match=re.escape("cannot open libvirt URI 'test:///no/such/node.xml'")):
         await LibvirtHost("test:///no/such/node.xml").open()
     with pytest.raises(HostctlError, match="cannot open libvirt URI 'bogus:///x'"):
         await LibvirtHost("bogus:///x").open()

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_node
+
+from tests.support import ROOT
+from tests.support.nodes import make_node
 
 
 def hostctl(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -73,7 +75,9 @@ def test_unreachable_uri() -> None:
 
 def test_missing_uri() -> None:
     env_free = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
-    proc = subprocess.run([sys.executable, "-m", "hostctl", "status"], capture_output=True, text=True, env=env_free)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostctl", "status"], capture_output=True, text=True, env=env_free, check=False
+    )
     refused(proc, "no host given: pass --uri URI")
 
 

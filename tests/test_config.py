@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from hostctl.demo import config
 from hostctl.errors import ConfigError
+from tests.support import ROOT
 
 BASE = (ROOT / "configs" / "demo.toml").read_text()
 

@@ -4,21 +4,24 @@ applied through compare-and-set scales, the guard's holds, the audit log and the
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agents import AgentProcess
-from conftest import ROOT, make_node
 
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.server import Agent
 from hostctl.client import site as sites
+from hostctl.demo.site import demo_site
 from hostctl.elastic.runner import load_policies, state_path
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire import rpc
+from tests.support import ROOT, waiting
+from tests.support.agents import AgentProcess
+from tests.support.nodes import make_node
 
 GUARD = """
 max_step_up = 2
@@ -93,11 +96,7 @@ class Served:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for a condition (generous timeout: the machine is shared and slow)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+until = functools.partial(waiting.until, timeout=30.0, interval=0.05)  # generous: the machine is shared and slow
 
 
 async def state(served: Served, cvm: str = "snp") -> dict:
@@ -328,7 +327,7 @@ async def hostctl(*argv: str) -> tuple[int, str, str]:
 
 async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
-    sites.write(sites.demo_site({"edge-1": served.socket}), site)
+    sites.write(demo_site({"edge-1": served.socket}), site)
     rc, out, _ = await hostctl("--site", str(site), "policy", "edge-1/snp", "--name", "slo", "--on")
     assert rc == 0 and out.splitlines()[0] == "edge-1/snp: policy slo on"
     await until(lambda: served.agent.elastic.state("snp").decision != "")  # type: ignore[union-attr]

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agents import AgentProcess
 
-from hostctl.client import site as sites
 from hostctl.demo.services import CVMService, Endpoint
-from hostctl.experiments.elastic_vs_fixed import Comparison, Run, on_site, timeline_svg
+from hostctl.demo.site import demo_site
+from hostctl.experiments import elastic_report
+from hostctl.experiments.elastic_plot import timeline_svg
+from hostctl.experiments.elastic_vs_fixed import Comparison, Run, on_site
 from hostctl.load.trace import Phase, Request, Trace, bursty, replay
+from tests.support.agents import AgentProcess
 
 
 def test_trace_rates_steps_and_scaling() -> None:
@@ -74,7 +76,7 @@ def test_windows_worker_seconds_and_reaction_of_a_hand_made_run() -> None:
     assert run([(0.0, 1)], requests).reactions(10.0)[0][2] is None  # never
     assert run([(0.0, 9)], requests).reactions(10.0)[0][2] == 0.0  # already enough
     assert r.percentile(50) == 10.0 and r.percentile(100) == 900.0 and r.windows()[1][1] == 800.0
-    failed = run([(0.0, 1)], [Request(1.0, 5.0, False)] + requests[11:])
+    failed = run([(0.0, 1)], [Request(1.0, 5.0, False), *requests[11:]])
     assert not failed.windows()[0][2]  # a failure breaks its window's SLO whatever the p99
 
 
@@ -85,16 +87,16 @@ def test_the_table_and_the_plot(tmp_path: Path) -> None:
         "http://x/e",
         runs=[run([(0.0, 9)], requests, "fixed-max"), run([(0.0, 1), (10.5, 6), (22.0, 1)], requests, "p")],
     )
-    table = comparison.markdown().splitlines()
+    table = elastic_report.markdown(comparison).splitlines()
     assert table[0].startswith("| run | p50 ms | p99 ms | 10 s windows within SLO | worker-vCPU-s | vs fixed-max")
     assert table[2].startswith("| fixed-max |") and "| 100% |" in table[2]
     assert table[3].startswith("| p |") and "| 2 |" in table[3]
-    (verdict,) = comparison.verdicts()
+    (verdict,) = elastic_report.verdicts(comparison)
     assert verdict == (
         "p: misses the targets (SLO windows 100% ≥ 99%; worker-vCPU-s 24% of fixed-max ≤ 60%; "
         "slowest reaction never > 1 s)"
     )  # 6 vCPUs, where 400 req/s x 13 ms / 0.8 needs 7
-    md, svg = comparison.save(tmp_path, "x")
+    md, svg = elastic_report.save(comparison, tmp_path, "x")
     root = ET.fromstring(svg.read_text())
     assert root.tag.endswith("svg") and len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 5
     assert "![timeline](x.svg)" in md.read_text()
@@ -107,7 +109,7 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, "mec-1", wake_ms=10)
     await agent.start()
     try:
-        site = sites.demo_site({"mec-1": agent.socket})
+        site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)))
         comparison = await on_site(site, trace, runs=["fixed-min", "concurrency"], settle_s=0.5)
     finally:
@@ -118,7 +120,7 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
     assert elastic.actions > 0 and max(n for _, n in elastic.online) > 1 and elastic.worker_seconds > 0
     assert elastic.online[0] == (0.0, 1) and all(0 <= at <= trace.seconds for at, _ in elastic.online)
     assert len(elastic.requests) > 1000 and len(fixed.requests) > 1000  # ~2500 sent at the trace's rate
-    assert [v.split(":")[0] for v in comparison.verdicts()] == ["concurrency"]
+    assert [v.split(":")[0] for v in elastic_report.verdicts(comparison)] == ["concurrency"]
     events = [json.loads(line) for line in agent.audit.read_text().splitlines()]
     switches = [e["why"] for e in events if e["action"] == "policy"]
     assert switches[-2:] == ["on (concurrency on)", "off (concurrency off)"]  # left off after its run

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agents import AgentProcess
 
 from hostctl.load import wrk
 from hostctl.wire import rpc
+from tests.support.agents import AgentProcess
 
 
 @pytest.fixture

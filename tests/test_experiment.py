@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from hostctl.client.site import HostEntry, Site
 from hostctl.errors import HostctlError
@@ -20,6 +19,7 @@ from hostctl.load.generators import Target, Targets
 from hostctl.load.wrk import Params, WrkResult
 from hostctl.wire.model import CVM, DomainState, Host, Service, Snapshot
 from hostctl.wire.security import SecurityType
+from tests.support import ROOT
 
 S = SecurityType
 
@@ -167,7 +167,7 @@ name = "mec-1"
 
 def hostctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", "hostctl", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
     )
 
 

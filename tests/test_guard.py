@@ -138,7 +138,16 @@ def test_a_run_respects_cooldowns_grace_and_capacity(run: tuple[GuardSettings, l
 
 
 def situation(**changes: object) -> Situation:
-    base = dict(now=100.0, current=2, boot=1, max=9, host_cpus=16, host_boot=3, host_workers=1, sample_age=0.1)
+    base = {
+        "now": 100.0,
+        "current": 2,
+        "boot": 1,
+        "max": 9,
+        "host_cpus": 16,
+        "host_boot": 3,
+        "host_workers": 1,
+        "sample_age": 0.1,
+    }
     return Situation(**{**base, **changes})  # type: ignore[arg-type]
 
 

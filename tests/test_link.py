@@ -10,21 +10,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agents import AgentProcess
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
-from hostctl.client.site import Defaults, demo_site
+from hostctl.client.site import Defaults
+from hostctl.demo.site import demo_site
 from hostctl.wire.model import Event
+from tests.support.agents import AgentProcess
+from tests.support.waiting import until
 
 DEFAULTS = Defaults(interval=0.2, timeout=1.0, scale_timeout=5.0, backoff_max=0.5)
-
-
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -129,7 +123,7 @@ async def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     await link.ready(3)
     try:
         assert link.state is LinkState.CONNECTING and "cannot reach agent socket" in link.error
-        with pytest.raises(LinkError, match="not connected .*nothing was sent"):
+        with pytest.raises(LinkError, match=r"not connected .*nothing was sent"):
             await link.call("hello")
     finally:
         await link.stop()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sshkit import SSHEndpoint, asyncssh_server, free_port, openssh
 
 from hostctl.client.site import Defaults, HostEntry, LoadBounds, LoadGenerator, ServiceEntry, Site
 from hostctl.client.site import load as load_site
@@ -26,6 +25,9 @@ from hostctl.load.generators import SSHLoadHost, Targets, check_bounds, run_load
 from hostctl.load.runs import RunLog
 from hostctl.load.wrk import Params
 from hostctl.wire.model import Service
+from tests.support.asyncssh_server import asyncssh_server
+from tests.support.openssh import openssh
+from tests.support.ssh import SSHEndpoint, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 

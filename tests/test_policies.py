@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from hostctl.elastic.policies import Concurrency, Probe, Sample, Signals, Slo, Threshold
+from hostctl.elastic.policies import Concurrency, CVMSample, Probe, Signals, Slo, Threshold
 from hostctl.elastic.runner import DEFAULT_POLICIES, load_policies
 from hostctl.errors import ConfigError
 
 
-def cpu_trace(*cpus: float, online: int = 2, step: float = 0.5) -> list[Sample]:
-    return [Sample(ts=i * step, online=online, cpu=c) for i, c in enumerate(cpus, start=1)]
+def cpu_trace(*cpus: float, online: int = 2, step: float = 0.5) -> list[CVMSample]:
+    return [CVMSample(ts=i * step, online=online, cpu=c) for i, c in enumerate(cpus, start=1)]
 
 
-def concurrency_trace(*values: float | None, step: float = 0.2) -> list[Sample]:
-    return [Sample(ts=round(i * step, 3), online=2, cpu=50.0, concurrency=v) for i, v in enumerate(values, start=1)]
+def concurrency_trace(*values: float | None, step: float = 0.2) -> list[CVMSample]:
+    return [CVMSample(ts=round(i * step, 3), online=2, cpu=50.0, concurrency=v) for i, v in enumerate(values, start=1)]
 
 
 # -- threshold ---------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_threshold_parks_below_the_low_band_and_holds_inside() -> None:
 
 
 def test_threshold_without_cpu_samples_has_no_answer() -> None:
-    want = Threshold().decide(Signals(now=1.0, current=2, samples=[Sample(0.9, 2, cpu=None)]))
+    want = Threshold().decide(Signals(now=1.0, current=2, samples=[CVMSample(0.9, 2, cpu=None)]))
     assert want.desired is None and want.reason == "no CPU samples"
     assert Threshold().decide(Signals(now=1.0, current=2)).desired is None
 
@@ -76,7 +76,7 @@ def test_slo_adds_workers_in_proportion_to_the_excess() -> None:
 
 def test_slo_excess_is_capped_and_failures_count_as_breaches() -> None:
     policy = Slo(target_ms=50, window_s=3)
-    trace = probes(10, 12, 11, 5, 5) + [Probe(2.6, 2000.0, ok=False)]
+    trace = [*probes(10, 12, 11, 5, 5), Probe(2.6, 2000.0, ok=False)]
     want = policy.decide(Signals(now=3.0, current=2, probes=trace))
     assert want.desired == 2 + 6 and "failing" in want.reason  # excess capped at 4x: 2 + ceil(2 * 3)
 
@@ -94,12 +94,12 @@ def test_slo_parks_only_after_a_calm_while() -> None:
 
 def test_slo_judges_only_probes_since_the_current_count_took_effect() -> None:
     policy = Slo(target_ms=50, window_s=3, min_probes=4)
-    samples = [Sample(ts=t / 2, online=2 if t < 4 else 4) for t in range(1, 7)]  # 2 vCPUs, then 4 from 2.0 s
+    samples = [CVMSample(ts=t / 2, online=2 if t < 4 else 4) for t in range(1, 7)]  # 2 vCPUs, then 4 from 2.0 s
     slow_then_fast = probes(200, 200, 200, start=0.5) + probes(9, 9, 9, 9, start=2.0, step=0.25)
     want = policy.decide(Signals(now=3.0, current=4, samples=samples, probes=slow_then_fast))
     assert want.desired == 4 and "within target" in want.reason  # the slow probes were at 2 vCPUs
     early = policy.decide(
-        Signals(now=2.4, current=4, samples=samples[:4] + [Sample(2.0, 4)], probes=slow_then_fast[:5])
+        Signals(now=2.4, current=4, samples=[*samples[:4], CVMSample(2.0, 4)], probes=slow_then_fast[:5])
     )
     assert early.desired == 4 and early.reason == "waiting for 4 probes at 4 vCPUs"
     just_scaled = Signals(now=3.0, current=5, samples=samples)  # no sample at 5 vCPUs yet
@@ -159,7 +159,7 @@ def test_concurrency_hovering_at_a_boundary_keeps_its_worker() -> None:
 
 
 def test_concurrency_without_samples_holds_and_says_so() -> None:
-    samples = [Sample(ts=1.0, online=2, cpu=80.0, concurrency=None)]  # a real host: CPU but no concurrency
+    samples = [CVMSample(ts=1.0, online=2, cpu=80.0, concurrency=None)]  # a real host: CPU but no concurrency
     want = Concurrency().decide(Signals(now=1.0, current=2, samples=samples))
     assert want.desired is None and want.reason == "no concurrency samples"
 

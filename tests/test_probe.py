@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hostctl.agent.probes import Prober, Sample, Window
+from hostctl.agent.probes import Prober, ProbeSample, Window
 from hostctl.demo.services import CVMService, Endpoint
 from hostctl.wire.model import Service
 
@@ -14,11 +14,11 @@ from hostctl.wire.model import Service
 def test_window_summarises_only_its_last_seconds() -> None:
     window = Window(10.0)
     for i in range(100):
-        window.add(Sample(at=100.0 + i * 0.1, ms=float(i + 1), ok=i % 10 != 9))
-    window.add(Sample(at=50.0, ms=999.0, ok=True))  # old, out of the window: pruned on read
+        window.add(ProbeSample(at=100.0 + i * 0.1, ms=float(i + 1), ok=i % 10 != 9))
+    window.add(ProbeSample(at=50.0, ms=999.0, ok=True))  # old, out of the window: pruned on read
     stats = window.stats(now=110.0)
     assert stats.count == 100 and stats.errors == 10 and stats.rps == 10.0
-    assert stats.p50 == 51.0 and stats.p99 == 99.0 and stats.max == 99.0
+    assert stats.p50 == 49.0 and stats.p99 == 99.0 and stats.max == 99.0  # nearest rank: the 45th of 90
     assert window.stats(now=200.0).count == 0 and window.stats(now=200.0).p99 == 0.0
 
 

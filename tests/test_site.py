@@ -6,12 +6,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostctl.client import site
+from hostctl.demo.site import demo_site
 from hostctl.errors import ConfigError, HostctlError
+from tests.support import ROOT
 
 EXAMPLE = ROOT / "configs" / "site.example.toml"
 BASE = EXAMPLE.read_text()
@@ -129,7 +130,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_agent_and_socket_together_are_refused() -> None:
-    with pytest.raises(ValueError, match="agent .* or socket .*not both"):
+    with pytest.raises(ValueError, match=r"agent .* or socket .*not both"):
         site.HostEntry(name="h", ssh="h", socket="/run/a.sock", agent=["hostctl"])
 
 
@@ -167,7 +168,7 @@ def test_local_hosts_have_no_target() -> None:
 
 def test_demo_site_reaches_hosts_through_local_sockets(tmp_path: Path) -> None:
     svc = site.ServiceEntry(cvm="social-snp", name="social-network", url="http://127.0.0.1:8081/")
-    s = site.demo_site({"mec-1": tmp_path / "mec-1.sock", "mec-2": tmp_path / "mec-2.sock"}, {"mec-1": [svc]})
+    s = demo_site({"mec-1": tmp_path / "mec-1.sock", "mec-2": tmp_path / "mec-2.sock"}, {"mec-1": [svc]})
     assert [(h.name, h.ssh, h.socket) for h in s.hosts] == [
         ("mec-1", None, str(tmp_path / "mec-1.sock")),
         ("mec-2", None, str(tmp_path / "mec-2.sock")),

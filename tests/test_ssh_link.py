@@ -14,13 +14,16 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from agents import AgentProcess
-from conftest import make_node
-from sshkit import CuttableProxy, SSHEndpoint, asyncssh_server, openssh
-from test_link import until
 
 from hostctl.client.link import HostLink, LinkError, LinkState
 from hostctl.client.site import Defaults, HostEntry
+from tests.support.agents import AgentProcess
+from tests.support.asyncssh_server import asyncssh_server
+from tests.support.nodes import make_node
+from tests.support.openssh import openssh
+from tests.support.proxy import CuttableProxy
+from tests.support.ssh import SSHEndpoint
+from tests.support.waiting import until
 
 SERVERS = {"openssh": openssh, "asyncssh": asyncssh_server}
 
@@ -89,7 +92,7 @@ async def test_the_agent_runs_over_ssh(server: SSHEndpoint, tmp_path: Path) -> N
         assert {c.name for c in link.snapshot.cvms} == {"snp", "es", "sev", "plain"}
         event = await link.scale("snp", 3, expect=2)
         assert (event.before, event.after) == (2, 3)
-        await until(lambda: next(c for c in link.snapshot.cvms if c.name == "snp").online_vcpus == 3)
+        await until(lambda: link.cvm("snp").online_vcpus == 3)
         audit = json.loads((tmp_path / "stdio-audit.jsonl").read_text().splitlines()[-1])
         assert audit["who"].startswith("alice@laptop (root@")
         if server.kind == "openssh":  # sshd tells the agent where the console connects from

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shlex
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import asyncssh
 import psutil
 import pytest
-from sshkit import (
-    SSHD,
-    CuttableProxy,
-    SSHEndpoint,
-    asyncssh_server,
-    asyncssh_ssh_server,  # noqa: F401  (fixture)
-    openssh,
-    openssh_server,  # noqa: F401  (fixture)
-)
+
+from tests.support.asyncssh_server import asyncssh_server
+from tests.support.openssh import SSHD, openssh
+from tests.support.proxy import CuttableProxy
+from tests.support.ssh import SSHEndpoint
+from tests.support.waiting import until
 
 PY = sys.executable
 
@@ -51,15 +48,7 @@ def sock_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def eventually(pred, timeout: float = 5.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+eventually = functools.partial(until, timeout=5.0, interval=0.05)
 
 
 class Watch(asyncssh.SSHClient):

@@ -1,1 +1,1 @@
-"""Host side: the agent that owns one host (JSON-RPC server), its audit log and latency probes."""
+"""Host side: the agent that owns one host (JSON-RPC server and its update stream), its audit log and probes."""

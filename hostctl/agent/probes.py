@@ -15,26 +15,29 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from hostctl.stats import percentile
 from hostctl.wire.model import Latency, Service
 
 WINDOWS = (10.0, 60.0)
 
 
 @dataclass
-class Sample:
+class ProbeSample:
+    """One probe of one service: when it was sent (monotonic clock), how long it took (ms), whether it worked."""
+
     at: float
     ms: float
     ok: bool
 
 
 class Window:
-    """Samples of the last `seconds`, and their summary."""
+    """Samples of the last `seconds`, and their summary (percentiles by nearest rank, `hostctl.stats`)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.samples: deque[Sample] = deque()
+        self.samples: deque[ProbeSample] = deque()
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: ProbeSample) -> None:
         self.samples.append(sample)
 
     def stats(self, now: float) -> Latency:
@@ -44,7 +47,7 @@ class Window:
         errors = len(self.samples) - len(ok)
 
         def pct(q: float) -> float:
-            return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else 0.0
+            return round(percentile(ok, q), 3) if ok else 0.0
 
         return Latency(
             window_s=self.seconds,
@@ -104,7 +107,7 @@ class Prober:
                 if key not in self.windows:
                     self.windows[key] = tuple(Window(s) for s in WINDOWS)
                 if self._in_flight.get(key, 0) >= self.max_in_flight:
-                    self._record(key, Sample(time.monotonic(), self.timeout * 1000, ok=False))
+                    self._record(key, ProbeSample(time.monotonic(), self.timeout * 1000, ok=False))
                     continue
                 request = asyncio.get_running_loop().create_task(self._probe(key, service.url))
                 self._requests.add(request)
@@ -125,9 +128,9 @@ class Prober:
             ok = False
         finally:
             self._in_flight[key] -= 1
-        self._record(key, Sample(started, (time.monotonic() - started) * 1000, ok))
+        self._record(key, ProbeSample(started, (time.monotonic() - started) * 1000, ok))
 
-    def _record(self, key: str, sample: Sample) -> None:
+    def _record(self, key: str, sample: ProbeSample) -> None:
         for window in self.windows[key]:
             window.add(sample)
 

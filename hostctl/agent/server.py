@@ -1,8 +1,8 @@
 """The host agent: owns one host and speaks JSON-RPC 2.0 (one object per line) over stdio or a unix socket.
 
-Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes), `scale`, `audit`,
-`policies` (the configured elastic policies) and `policy` (a CVM's elastic state; with `name` and/or `enabled`
-it changes it). Every scale, applied or refused, is in the audit log on disk before its reply is sent.
+Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes, see `hostctl.agent.updates`),
+`scale`, `audit`, `policies` (the configured elastic policies) and `policy` (a CVM's elastic state; with `name`
+and/or `enabled` it changes it). Every scale, applied or refused, is in the audit log on disk before its reply is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from hostctl import __version__
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.probes import Prober
+from hostctl.agent.updates import Subscription
 from hostctl.elastic.policies import Probe
 from hostctl.elastic.runner import ElasticRunner, PolicySpec, state_path
 from hostctl.host.libvirt_host import LibvirtHost
@@ -172,9 +173,7 @@ class Session:
         self.peer = peer
         self.peer_user = peer_user
         self.client = ""  # who the peer said it is in its hello: the default `who` of its actions
-        self._events: list[Event] = []
-        self._nudge = asyncio.Event()
-        self._updates: asyncio.Task[None] | None = None
+        self.updates = Subscription(peer, agent.snapshot)
 
     @property
     def methods(self) -> dict[str, rpc.Method]:
@@ -190,14 +189,11 @@ class Session:
         return {name: _checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
 
     def push(self, event: Event) -> None:
-        """Queue an audit event for this peer and send it without waiting for the interval."""
-        if self._updates is not None:
-            self._events.append(event)
-            self._nudge.set()
+        """Queue an audit event for this peer (if subscribed) and send it without waiting for the interval."""
+        self.updates.push(event)
 
     def close(self) -> None:
-        if self._updates is not None:
-            self._updates.cancel()
+        self.updates.close()
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         self.client = params.get("client", "")
@@ -216,9 +212,7 @@ class Session:
 
     async def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         interval = params.get("interval", self.agent.interval)
-        if self._updates is not None:
-            self._updates.cancel()
-        self._updates = asyncio.get_running_loop().create_task(self._send_updates(interval))
+        self.updates.start(interval)
         return {"interval": interval}
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -254,39 +248,6 @@ class Session:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
         return [e.to_dict() for e in events]
 
-    async def _send_updates(self, interval: float) -> None:
-        """Every `interval` (or at once after an action): what changed since the last update."""
-        sent_host: dict[str, Any] | None = None
-        sent_cvms: dict[str, dict[str, Any]] = {}
-        sent_services: list[dict[str, Any]] | None = None
-        seq = 0
-        while True:
-            snapshot = self.agent.snapshot()
-            host = snapshot.host.to_dict()
-            cvms = {c.name: c.to_dict() for c in snapshot.cvms}
-            services = [s.to_dict() for s in snapshot.services]
-            events, self._events = self._events, []
-            seq += 1
-            update: dict[str, Any] = {
-                "seq": seq,
-                "ts": time.time(),
-                "cvms": {name: data for name, data in cvms.items() if sent_cvms.get(name) != data},
-                "removed": [name for name in sent_cvms if name not in cvms],
-                "events": [e.to_dict() for e in events],
-            }
-            if host != sent_host:
-                update["host"] = host
-            if services != sent_services:
-                update["services"] = services
-            await self.peer.notify("update", update)
-            sent_host, sent_cvms, sent_services = host, cvms, services
-            self._nudge.clear()
-            try:
-                async with asyncio.timeout(interval):
-                    await self._nudge.wait()
-            except TimeoutError:
-                pass
-
 
 def _checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
     """Wrap a method with its schema check and the read-only refusal."""
@@ -321,11 +282,11 @@ def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, 
             raise rpc.RpcError(
                 rpc.INVALID_PARAMS, f"{method}: parameter {key!r} must be {kind.__name__}, got {value!r}"[:300]
             )
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        if bounds is not None and isinstance(value, int | float) and not bounds[0] <= value <= bounds[1]:
             raise rpc.RpcError(
                 rpc.INVALID_PARAMS, f"{method}: parameter {key!r} = {value!r} is outside {bounds[0]:g}..{bounds[1]:g}"
             )
-        if kind is str and len(value) > 1000:
+        if isinstance(value, str) and len(value) > 1000:
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"{method}: parameter {key!r} is longer than 1000 characters")
         clean[key] = value
     return clean

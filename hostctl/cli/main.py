@@ -26,6 +26,7 @@ from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.elastic.runner import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
+from hostctl.experiments import elastic_report
 from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
 from hostctl.host.libvirt_host import LibvirtHost
@@ -259,8 +260,8 @@ async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
         runs=args.runs.split(",") if args.runs else None,
         progress=progress,
     )
-    markdown, plot = comparison.save(args.out)
-    print(comparison.markdown())
+    markdown, plot = elastic_report.save(comparison, args.out)
+    print(elastic_report.markdown(comparison))
     print(f"saved: {markdown} and {plot}")
     return 0
 

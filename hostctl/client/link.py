@@ -192,7 +192,7 @@ class HostLink:
         if not self.offers("policy"):
             agent = self.hello.get("agent", "?")
             raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no elastic policies")
-        changes = {key: value for key, value in (("name", name), ("enabled", enabled)) if value is not None}
+        changes: dict[str, Any] = {k: v for k, v in (("name", name), ("enabled", enabled)) if v is not None}
         return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
 
     async def audit(self, limit: int = 100) -> list[Event]:

@@ -30,7 +30,7 @@ def format_snapshot(snapshot: Snapshot, *, services: bool = False) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
     if services:
         lines += [f"  {s.cvm}/{s.name}: {s.url}" for s in snapshot.services]
     return "\n".join(lines)

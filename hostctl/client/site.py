@@ -1,20 +1,15 @@
 """The site inventory: which hosts the console and CLI reach, how to reach each agent, services, load generators.
 
-A site file is TOML (see `configs/site.example.toml`), read with `hostctl.config` so every error names the file,
-the field path and the value. `write` serialises a `Site` back to TOML; `load(write(site))` gives the same site.
+A site file is TOML (see `configs/site.example.toml`), read and written with `hostctl.config`: every error names
+the file, the field path and the value, and `load` reads back what `write` wrote to an equal site.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import math
-import os
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from hostctl import config
@@ -263,88 +258,8 @@ def load(path: Path) -> Site:
     return site
 
 
-def demo_site(hosts: dict[str, Path], services: Mapping[str, Iterable[ServiceEntry]] | None = None) -> Site:
-    """A site whose hosts are demo agents on this machine: host name -> agent socket path."""
-    services = services or {}
-    return Site(
-        hosts=[
-            HostEntry(name=name, socket=str(Path(sock).absolute()), services=list(services.get(name, ())))
-            for name, sock in hosts.items()
-        ]
-    )
-
-
-# --- writing -------------------------------------------------------------------------------------------------
-
-
-def dumps(site: Site) -> str:
-    """The site as TOML text (comment-free) that `load` reads back to an equal Site."""
-    lines = ["# hostctl site inventory (written by hostctl; see configs/site.example.toml)"]
-    _emit_table(site, [], lines, array=False)
-    return "\n".join(lines).strip() + "\n"
-
-
 def write(site: Site, path: Path) -> None:
-    """Write `site` to `path` atomically and record `path` as `site.source`."""
-    text = dumps(site)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `site` to `path` atomically, as TOML that `load` reads back to an equal Site; record `path` as
+    `site.source`."""
+    config.write(site, path, header="# hostctl site inventory (written by hostctl; see configs/site.example.toml)")
     site.source = str(path)
-
-
-def _emit_table(obj: Any, keys: list[str], lines: list[str], *, array: bool) -> None:
-    if keys:
-        name = ".".join(keys)
-        lines += ["", f"[[{name}]]" if array else f"[{name}]"]
-    nested: list[tuple[str, Any]] = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if value is None:
-            continue
-        if dataclasses.is_dataclass(value) or (
-            isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value)
-        ):
-            nested.append((f.name, value))
-        else:
-            lines.append(f"{f.name} = {_value(value)}")
-    for name, value in nested:
-        if isinstance(value, list):
-            for item in value:
-                _emit_table(item, [*keys, name], lines, array=True)
-        else:
-            _emit_table(value, [*keys, name], lines, array=False)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value)  # 1.0, 1e-05, inf, -inf: all valid TOML floats
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} to TOML")
-
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _string(text: str) -> str:
-    out = []
-    for c in text:
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{ord(c):04X}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'

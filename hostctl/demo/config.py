@@ -79,7 +79,8 @@ class Overhead:
     sev_snp: float = check(positive, default=1.45)
 
     def of(self, security: SecurityType) -> float:
-        return getattr(self, security.value.replace("-", "_"))
+        multiplier: float = getattr(self, security.value.replace("-", "_"))
+        return multiplier
 
 
 @dataclass

@@ -19,6 +19,7 @@ from hostctl.agent.server import Agent
 from hostctl.client import site as sites
 from hostctl.demo import config as demo_config
 from hostctl.demo.host import DemoHost
+from hostctl.demo.site import demo_site
 from hostctl.elastic.runner import PolicySpec
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
@@ -117,25 +118,7 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
         if proc.pid() is not None:
             lines.append(f"{spec.name}: already running (pid {proc.pid()})")
             continue
-        with proc.log.open("ab") as log:
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hostctl",
-                    "demo",
-                    "serve-host",
-                    spec.name,
-                    "--config",
-                    str(config_path),
-                    "--runtime",
-                    str(runtime),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        child = await asyncio.to_thread(_spawn, proc, config_path, runtime)  # fork and exec off the event loop
         proc.pidfile.write_text(str(child.pid))
         started.append((proc, child))
     for proc, child in started:
@@ -145,10 +128,31 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
             await down(runtime)
             raise
         lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
-    sites.write(
-        sites.demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime)
-    )
+    sites.write(demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime))
     return lines
+
+
+def _spawn(proc: HostProcess, config_path: Path, runtime: Path) -> subprocess.Popen[bytes]:
+    """`hostctl demo serve-host NAME` in a session of its own (it outlives this process), logging to its log file."""
+    with proc.log.open("ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hostctl",
+                "demo",
+                "serve-host",
+                proc.name,
+                "--config",
+                str(config_path),
+                "--runtime",
+                str(runtime),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
 
 
 def site_file(runtime: Path) -> Path:

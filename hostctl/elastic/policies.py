@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from hostctl.config import check, non_negative, positive
+from hostctl.stats import percentile
 
 IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the agent's own probes stay under it)
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
+class CVMSample:
     """One sampler tick for one CVM: online vCPUs, CPU use (%) and concurrency over the tick (None: unknown)."""
 
     ts: float
@@ -54,7 +55,7 @@ class Signals:
 
     now: float
     current: int
-    samples: Sequence[Sample] = ()
+    samples: Sequence[CVMSample] = ()
     probes: Sequence[Probe] = ()
 
     def settled_since(self) -> float:
@@ -66,7 +67,7 @@ class Signals:
             return -math.inf
         return samples[changed + 1].ts if changed + 1 < len(samples) else self.now
 
-    def recent(self, seconds: float) -> list[Sample]:
+    def recent(self, seconds: float) -> list[CVMSample]:
         """Samples of the last `seconds`; at least the newest one (a window shorter than a tick still sees it)."""
         window = [s for s in self.samples if s.ts > self.now - seconds]
         return window or list(self.samples[-1:])
@@ -83,8 +84,11 @@ class Want:
 class Policy(Protocol):
     """A decision function with its own sample interval."""
 
-    interval: float
     reads_probes: ClassVar[bool]  # whether it looks at latency probes (they are gathered only then)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between decisions (and between the samples they look at)."""
 
     @property
     def horizon(self) -> float:
@@ -248,15 +252,14 @@ KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
 }
 
 
-def _mean_concurrency(samples: Sequence[Sample]) -> float | None:
+def _mean_concurrency(samples: Sequence[CVMSample]) -> float | None:
     values = [s.concurrency for s in samples if s.concurrency is not None]
     return sum(values) / len(values) if values else None
 
 
 def _p99(probes: Sequence[Probe]) -> float:
-    """The 99th percentile latency; a failed probe counts as infinitely slow."""
-    ms = sorted(p.ms if p.ok else math.inf for p in probes)
-    return ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+    """The 99th percentile latency (nearest rank); a failed probe counts as infinitely slow."""
+    return percentile((p.ms if p.ok else math.inf for p in probes), 0.99)
 
 
 def _ms(value: float) -> str:

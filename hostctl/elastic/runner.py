@@ -28,7 +28,7 @@ from typing import Any
 
 from hostctl.config import build, read_toml
 from hostctl.elastic.guard import Decision, GuardSettings, Situation, guard, hold
-from hostctl.elastic.policies import KINDS, Policy, Probe, Sample, Signals
+from hostctl.elastic.policies import KINDS, CVMSample, Policy, Probe, Signals
 from hostctl.errors import ConfigError, HostctlError
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire.model import CVM, DomainState, Elastic, Event
@@ -117,7 +117,7 @@ class ElasticRunner:
         self.record = record
         self.probes = probes
         self._tracks: dict[str, _Track] = {}
-        self._samples: dict[str, deque[Sample]] = {}
+        self._samples: dict[str, deque[CVMSample]] = {}
         self._lock = asyncio.Lock()
         self._keep_s = max([10.0, *(2 * spec.policy.horizon + 1 for spec in policies.values())])
 
@@ -229,7 +229,7 @@ class ElasticRunner:
             if cvm.name not in running:
                 continue
             samples = self._samples.setdefault(cvm.name, deque())
-            samples.append(Sample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency))
+            samples.append(CVMSample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency))
             while samples[0].ts < now - self._keep_s:
                 samples.popleft()
 
@@ -285,7 +285,7 @@ class ElasticRunner:
         want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
         return guard(want, self._situation(cvm, track, now, samples), spec.guard)
 
-    def _situation(self, cvm: CVM, track: _Track, now: float, samples: deque[Sample] | tuple[()]) -> Situation:
+    def _situation(self, cvm: CVM, track: _Track, now: float, samples: deque[CVMSample] | tuple[()]) -> Situation:
         running = [c for c in self.host.cvms if c.state is DomainState.RUNNING]
         by_hand = (
             cvm.scaled_at is not None
@@ -311,31 +311,35 @@ class ElasticRunner:
             track.task = asyncio.get_running_loop().create_task(self._loop(name, track))
 
     async def _loop(self, name: str, track: _Track) -> None:
+        """Decide every interval of the chosen policy for as long as it is on."""
         while track.enabled:
             spec = self.policies.get(track.policy)
             await asyncio.sleep(spec.policy.interval if spec is not None else 1.0)
-            if not track.enabled:
-                return
-            try:
-                await self.step(name)
-            except Exception as e:  # a bug must not silently end the policy: say so, and try again
-                current = track.decision.current if track.decision is not None else 0
-                track.decision, track.decided_at = (
-                    hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
-                    time.time(),
-                )
-                if track.logged != "error":
-                    self.record(
-                        Event(
-                            self.host.host.name,
-                            name,
-                            "alert",
-                            f"policy:{track.policy}",
-                            ok=False,
-                            why=track.decision.reason,
-                        )
+            if track.enabled:  # still on after the sleep
+                await self._tick(name, track)
+
+    async def _tick(self, name: str, track: _Track) -> None:
+        """One step; a failing step becomes an alerting hold instead of ending the policy."""
+        try:
+            await self.step(name)
+        except Exception as e:  # a bug must not silently end the policy: say so, and try again
+            current = track.decision.current if track.decision is not None else 0
+            track.decision, track.decided_at = (
+                hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
+                time.time(),
+            )
+            if track.logged != "error":
+                self.record(
+                    Event(
+                        self.host.host.name,
+                        name,
+                        "alert",
+                        f"policy:{track.policy}",
+                        ok=False,
+                        why=track.decision.reason,
                     )
-                    track.logged = "error"
+                )
+                track.logged = "error"
 
     # -- persistence -----------------------------------------------------------------------------
 

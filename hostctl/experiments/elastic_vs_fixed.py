@@ -1,10 +1,12 @@
 """Elastic versus fixed: replay one bursty trace against one CVM's service with fixed-min, fixed-max and each
 elastic policy of its agent, and compare latency, SLO windows, worker-vCPU-seconds, scale actions and reaction.
 
-Shared by `bench/policies.py` (demo site) and `hostctl --site FILE experiment elastic-vs-fixed` (any site).
+Shared by `bench/policies.py` (demo site) and `hostctl --site FILE experiment elastic-vs-fixed` (any site); the
+report is `hostctl.experiments.elastic_report`, its plot `hostctl.experiments.elastic_plot`.
 
 Definitions:
-- p50/p99 are over every replayed request; a failed request counts with the time it took (at least the timeout).
+- p50/p99 (nearest rank, `hostctl.stats`) are over every replayed request; a failed request counts with the time
+  it took (at least the timeout).
 - A 10 s window (by send time) is within the SLO when its p99 is at most the SLO and none of its requests failed.
 - Worker-vCPU-seconds integrate the active workers (online vCPUs beyond the boot set) over the run, from the
   agent's audit log of scale events; boot vCPUs are the same in every run and left out.
@@ -16,17 +18,18 @@ Definitions:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hostctl.client.link import Fleet, HostLink
 from hostctl.client.ref import CVMRef
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.load.trace import Request, Trace, replay
+from hostctl.stats import percentile
 from hostctl.wire.model import CVM, DomainState
 
 FIXED = ("fixed-min", "fixed-max")
@@ -51,8 +54,8 @@ class Run:
     actions: int
 
     def percentile(self, q: float) -> float:
-        ms = sorted(r.ms for r in self.requests)
-        return ms[min(len(ms) - 1, max(0, math.ceil(q / 100 * len(ms)) - 1))] if ms else math.nan
+        """The `q`-th percentile (e.g. 99) of every request's latency; nan without requests."""
+        return percentile((r.ms for r in self.requests), q / 100) if self.requests else math.nan
 
     @property
     def errors(self) -> int:
@@ -60,12 +63,11 @@ class Run:
 
     def windows(self, seconds: float = WINDOW_S) -> list[tuple[float, float, bool]]:
         """(start, p99, within the SLO) per whole window of the trace."""
-        out = []
+        out: list[tuple[float, float, bool]] = []
         for i in range(int(self.trace.seconds // seconds)):
             start = i * seconds
             inside = [r for r in self.requests if start <= r.at < start + seconds]
-            ms = sorted(r.ms for r in inside)
-            p99 = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)] if ms else 0.0
+            p99 = percentile((r.ms for r in inside), 0.99) if inside else 0.0
             out.append((start, p99, p99 <= self.slo_ms and all(r.ok for r in inside)))
         return out
 
@@ -85,15 +87,16 @@ class Run:
     @property
     def worker_seconds(self) -> float:
         total, end = 0.0, self.trace.seconds
-        for (at, n), (until, _) in zip(self.online, [*self.online[1:], (end, 0)]):
+        for (at, n), (until, _) in itertools.pairwise([*self.online, (end, 0)]):
             total += max(0.0, min(until, end) - max(at, 0.0)) * (n - self.boot)
         return total
 
     def reactions(self, service_ms: float) -> list[tuple[float, float, float | None]]:
         """(step time, new rate, seconds until enough vCPUs or None) per load step of the trace."""
-        out = []
-        ends = [start for start, _ in self.trace.steps()][1:] + [self.trace.seconds]
-        for (start, rate), end in zip(self.trace.steps(), ends):
+        out: list[tuple[float, float, float | None]] = []
+        steps = self.trace.steps()
+        ends = [*(start for start, _ in steps[1:]), self.trace.seconds]
+        for (start, rate), end in zip(steps, ends, strict=True):
             enough = min(self.max, math.ceil(rate * service_ms / 1000 / UTILISATION))
             if self.online_at(start) >= enough:
                 out.append((start, rate, 0.0))
@@ -105,8 +108,8 @@ class Run:
     def service_ms(self) -> float:
         """The p50 latency of the first phase (quiet load): the service time as the client sees it."""
         first = self.trace.phases[0].seconds
-        ms = sorted(r.ms for r in self.requests if r.at < first and r.ok)
-        return ms[len(ms) // 2] if ms else math.nan
+        ms = [r.ms for r in self.requests if r.at < first and r.ok]
+        return percentile(ms, 0.5) if ms else math.nan
 
 
 @dataclass
@@ -118,87 +121,14 @@ class Comparison:
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def fixed_max(self) -> Run | None:
+        """The fixed-max run, the baseline of the worker-vCPU-seconds and of the service time; None without one."""
+        return next((r for r in self.runs if r.name == "fixed-max"), None)
+
     def service_ms(self) -> float:
-        fixed_max = next((r for r in self.runs if r.name == "fixed-max"), None)
-        return (fixed_max or self.runs[0]).service_ms()
-
-    def markdown(self) -> str:
-        service = self.service_ms()
-        fixed_max = next((r for r in self.runs if r.name == "fixed-max"), None)
-        lines = [
-            "| run | p50 ms | p99 ms | 10 s windows within SLO | worker-vCPU-s | vs fixed-max | scale actions "
-            "| reaction to steps (s) | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|",
-        ]
-        for run in self.runs:
-            share = (
-                "n/a"
-                if fixed_max is None or fixed_max.worker_seconds <= 0
-                else f"{run.worker_seconds / fixed_max.worker_seconds:.0%}"
-            )
-            reactions = ", ".join("never" if s is None else f"{s:.2f}" for *_, s in run.reactions(service))
-            windows = run.windows()
-            lines.append(
-                f"| {run.name} | {run.percentile(50):.1f} | {run.percentile(99):.1f} | "
-                f"{run.within_slo:.0%} ({sum(ok for *_, ok in windows)}/{len(windows)}) | "
-                f"{run.worker_seconds:.0f} | {share} | {run.actions} | {reactions} | {run.errors} |"
-            )
-        return "\n".join(lines)
-
-    def verdicts(self) -> list[str]:
-        """Each elastic run against the targets: SLO met in >= 99% of windows, <= 60% of fixed-max's
-        worker-vCPU-seconds, and every reaction within 1 s."""
-        fixed_max = next((r for r in self.runs if r.name == "fixed-max"), None)
-        lines = []
-        for run in self.runs:
-            if run.name in FIXED:
-                continue
-            reactions = [s for *_, s in run.reactions(self.service_ms())]
-            slowest = max((math.inf if s is None else s for s in reactions), default=0.0)
-            checks = [f"SLO windows {run.within_slo:.0%} {'≥' if run.within_slo >= 0.99 else '<'} 99%"]
-            if fixed_max is not None and fixed_max.worker_seconds > 0:
-                share = run.worker_seconds / fixed_max.worker_seconds
-                checks.append(f"worker-vCPU-s {share:.0%} of fixed-max {'≤' if share <= 0.6 else '>'} 60%")
-            checks.append(
-                f"slowest reaction {'never' if math.isinf(slowest) else f'{slowest:.2f} s'} "
-                f"{'≤' if slowest <= 1 else '>'} 1 s"
-            )
-            met = run.within_slo >= 0.99 and slowest <= 1 and all("> 60%" not in c for c in checks)
-            missed = [
-                f"{start:.0f}-{start + WINDOW_S:.0f} s (p99 {p99:.0f} ms)" for start, p99, ok in run.windows() if not ok
-            ]
-            lines.append(
-                f"{run.name}: {'meets' if met else 'misses'} the targets ({'; '.join(checks)})"
-                + (f"; windows over the SLO: {', '.join(missed)}" if missed else "")
-            )
-        return lines
-
-    def save(self, out: Path, stem: str = "elastic-vs-fixed", header: str = "") -> tuple[Path, Path]:
-        """Write `stem.md` (the table) and `stem.svg` (the timeline) into `out`."""
-        out.mkdir(parents=True, exist_ok=True)
-        md, svg = out / f"{stem}.md", out / f"{stem}.svg"
-        run = self.runs[0]
-        steps = ", ".join(f"{rate:.0f} req/s at {start:.0f} s" for start, rate in run.trace.steps())
-        text = [
-            header or "# Elastic versus fixed",
-            "",
-            f"Target: `{self.target}` ({self.url}), boot {run.boot} / max {run.max} vCPUs, SLO p99 ≤ "
-            f"{run.slo_ms:g} ms. Trace: {run.trace.seconds:.0f} s, open-loop Poisson arrivals "
-            f"({' → '.join(p.name for p in run.trace.phases)}); load steps: {steps}. Service time seen "
-            f"by the client at quiet load: {self.service_ms():.1f} ms.",
-            "",
-            self.markdown(),
-            "",
-            *(f"- {verdict}" for verdict in self.verdicts()),
-            "",
-            *(f"- {note}" for note in self.notes),
-            "",
-            f"![timeline]({svg.name})",
-            "",
-        ]
-        md.write_text("\n".join(text))
-        svg.write_text(timeline_svg(self.runs))
-        return md, svg
+        """The service time the reactions are judged by: fixed-max's (else the first run's) quiet p50."""
+        return (self.fixed_max or self.runs[0]).service_ms()
 
 
 async def on_site(
@@ -321,7 +251,8 @@ async def _run(
         for e in await link.audit(100_000)
         if e.cvm == cvm and e.action == "scale" and e.ok and began <= e.ts <= ended and e.before != e.after
     ]
-    online = [(0.0, start_count)] + [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts)]
+    steps = [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts) if e.after is not None]
+    online = [(0.0, start_count), *steps]
     return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events))
 
 
@@ -332,117 +263,3 @@ def _cvm(link: HostLink, name: str) -> CVM:
     if cvm.state is not DomainState.RUNNING:
         raise HostctlError(f"{link.name}/{name}: it is {cvm.state.value}, not running")
     return cvm
-
-
-# -- the timeline plot ---------------------------------------------------------------------------------
-
-COLOURS = ("#888888", "#222222", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e")
-WIDTH, PANEL, LEFT, RIGHT, GAP = 900, 170, 70, 150, 40
-
-
-def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
-    """Three panels over the trace's time: offered load, online vCPUs per run, p99 per `bin_s` per run."""
-    trace = runs[0].trace
-    span = trace.seconds
-    plot_w = WIDTH - LEFT - RIGHT
-    height = 3 * PANEL + 4 * GAP
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'font-family="sans-serif" font-size="11">',
-        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-    ]
-
-    def x(t: float) -> float:
-        return LEFT + plot_w * t / span
-
-    def panel(
-        index: int,
-        title: str,
-        top_value: float,
-        ticks: list[float],
-        scale: Callable[[float], float],
-        label: Callable[[float], str],
-    ) -> Callable[[float], float]:
-        top = GAP + index * (PANEL + GAP)
-
-        def y(v: float) -> float:
-            return top + PANEL - PANEL * scale(v) / scale(top_value)
-
-        parts.append(f'<text x="{LEFT}" y="{top - 8}" font-weight="bold">{title}</text>')
-        parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL}" fill="none" stroke="#ccc"/>')
-        for tick in ticks:
-            parts.append(
-                f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
-                f'stroke="#eee"/><text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
-                f"{label(tick)}</text>"
-            )
-        for t in range(0, int(span) + 1, 30):
-            parts.append(f'<text x="{x(t):.1f}" y="{top + PANEL + 14}" text-anchor="middle">{t} s</text>')
-        return y
-
-    peak = max(trace.rate(t / 10) for t in range(int(span * 10)))
-    y = panel(0, "offered load (req/s)", peak * 1.1, _ticks(peak * 1.1), lambda v: v, lambda v: f"{v:g}")
-    points = " ".join(f"{x(t / 4):.1f},{y(trace.rate(t / 4)):.1f}" for t in range(int(span * 4)))
-    parts.append(f'<polyline points="{points}" fill="none" stroke="#444" stroke-width="1.5"/>')
-
-    top_vcpus = max(r.max for r in runs)
-    y = panel(
-        1,
-        "online vCPUs",
-        top_vcpus + 0.5,
-        list(range(0, top_vcpus + 1, max(1, top_vcpus // 4))),
-        lambda v: v,
-        lambda v: f"{v:g}",
-    )
-    for i, run in enumerate(runs):
-        steps = [*run.online, (span, run.online[-1][1])]
-        path = " ".join(
-            f"{x(min(at, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f} "
-            f"{x(min(nxt, span)):.1f},{y(n + 0.06 * (i - len(runs) / 2)):.1f}"
-            for (at, n), (nxt, _) in zip(steps, steps[1:])
-        )
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" stroke-width="1.5"/>')
-
-    slo = runs[0].slo_ms
-    y = panel(
-        2,
-        f"p99 per {bin_s:g} s (ms, log scale; dashed: SLO {slo:g} ms)",
-        5000,
-        [1, 10, 100, 1000],
-        lambda v: math.log10(max(v, 1.0)),
-        lambda v: f"{v:g}",
-    )
-    parts.append(
-        f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(slo):.1f}" y2="{y(slo):.1f}" stroke="#d62728" '
-        f'stroke-dasharray="4 3"/>'
-    )
-    for i, run in enumerate(runs):
-        points = []
-        for b in range(int(span // bin_s)):
-            ms = sorted(r.ms for r in run.requests if b * bin_s <= r.at < (b + 1) * bin_s)
-            if ms:
-                p99 = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
-                points.append(f"{x((b + 0.5) * bin_s):.1f},{y(min(p99, 5000)):.1f}")
-        parts.append(
-            f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
-            f'stroke-width="1.5"/>'
-        )
-
-    for i, run in enumerate(runs):
-        ly = GAP + PANEL + GAP + 14 + 18 * i
-        colour = COLOURS[i % len(COLOURS)]
-        parts.append(
-            f'<line x1="{WIDTH - RIGHT + 12}" x2="{WIDTH - RIGHT + 32}" y1="{ly - 4}" y2="{ly - 4}" '
-            f'stroke="{colour}" stroke-width="2"/><text x="{WIDTH - RIGHT + 38}" y="{ly}">{run.name}</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
-
-
-def _ticks(top: float) -> list[float]:
-    step = 10 ** math.floor(math.log10(top / 2)) if top > 2 else 1
-    for mult in (1, 2, 5):
-        if top / (step * mult) <= 5:
-            step *= mult
-            break
-    return [i * step for i in range(int(top / step) + 1)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hostctl.wire.security import SecurityType
 
@@ -82,7 +83,11 @@ def workers_metadata(active: int, maximum: int, by: str, at: float) -> str:
     return ET.tostring(el, encoding="unicode")
 
 
-def _int(text: str | None, default: int | None) -> int | None:
+D = TypeVar("D", int, None)  # the default of `_int`: a number, or None for "not given"
+
+
+def _int(text: str | None, default: D) -> int | D:
+    """`text` as an integer (decimal, or hex with 0x), `default` when it is missing or blank."""
     if text is None or not text.strip():
         return default
     return int(text.strip(), 0)

@@ -53,7 +53,8 @@ def create(name: str, **options: Any) -> WorkerDriver:
 
 
 def _live(dom: libvirt.virDomain) -> int:
-    return dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    online: int = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)  # libvirt-python is untyped
+    return online
 
 
 @register("guest")
@@ -67,9 +68,10 @@ class GuestDriver:
 
     def online(self, dom: libvirt.virDomain) -> int:
         try:
-            return dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_GUEST)
+            online: int = dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_GUEST)  # libvirt-python is untyped
         except libvirt.libvirtError:
             return _live(dom)
+        return online
 
     def apply(self, dom: libvirt.virDomain, cvm: CVM, target: int) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -34,20 +35,23 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
 }
 
-_event_loop: asyncio.AbstractEventLoop | None = None
+
+class _EventBinding:
+    """The asyncio loop libvirt's event implementation is registered on: one per process."""
+
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 def register_event_loop() -> None:
     """Register libvirt's event loop on the running asyncio loop (once per process, before any open)."""
-    global _event_loop
     loop = asyncio.get_running_loop()
-    if _event_loop is loop:
+    if _EventBinding.loop is loop:
         return
-    if _event_loop is not None and not _event_loop.is_closed():
+    if _EventBinding.loop is not None and not _EventBinding.loop.is_closed():
         raise RuntimeError("libvirt events are already bound to another running event loop")
     libvirt.registerErrorHandler(lambda *_: None, None)
     libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-    _event_loop = loop
+    _EventBinding.loop = loop
 
 
 def is_local_hypervisor(uri: str) -> bool:
@@ -93,12 +97,12 @@ class LibvirtHost:
     async def open(self) -> None:
         """Open the connection and read the inventory; from then on events keep it current."""
         register_event_loop()
-        self._conn = await self._run(self._open_blocking)
+        conn = await self._run(self._open_blocking)
+        self._conn = conn
         host, cvms = await self._run(self._read_all)
         self._host = host
         self.name = host.name
         self._cvms = {c.name: c for c in cvms}
-        conn = self._conn
         self._callbacks = [
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None),
@@ -109,10 +113,8 @@ class LibvirtHost:
         conn, self._conn = self._conn, None
         if conn is not None:
             for cb in self._callbacks:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(cb)
-                except libvirt.libvirtError:
-                    pass
             self._callbacks = []
             await self._run(conn.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -167,9 +169,8 @@ class LibvirtHost:
         previous sample; without one it stays None (the host does not know it).
         """
         usage = await self._run(self._sample_blocking)
-        for name, pct in usage.items():
-            if self._cpu_source is not None:
-                pct = self._cpu_source(name)
+        for name, measured in usage.items():
+            pct = measured if self._cpu_source is None else self._cpu_source(name)
             cvm = self._cvms.get(name)
             if cvm is not None and pct is not None:
                 cvm.cpu_percent = round(pct, 1)
@@ -259,10 +260,8 @@ class LibvirtHost:
         except libvirt.libvirtError as e:
             raise HostctlError(f"cannot open libvirt URI {self.uri!r}: {e.get_error_message()}") from None
         if parsed.hostname:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.setKeepAlive(5, 3)
-            except libvirt.libvirtError:
-                pass
         return conn
 
     def _read_all(self) -> tuple[Host, list[CVM]]:

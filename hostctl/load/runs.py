@@ -48,7 +48,7 @@ class RunRecord(Model):
 
 
 @dataclass
-class History:
+class RunLogRead:
     """What a read found: the records in file order, and one problem line per line that was skipped."""
 
     records: list[RunRecord]
@@ -87,14 +87,14 @@ class RunLog:
         finally:
             os.close(fd)
 
-    def read(self) -> History:
+    def read(self) -> RunLogRead:
         """Every sound record; a line that is not one is named in `problems` and skipped."""
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return History([], [])
+            return RunLogRead([], [])
         except OSError as e:
-            return History([], [f"{self.path}: cannot read: {e.strerror}"])
+            return RunLogRead([], [f"{self.path}: cannot read: {e.strerror}"])
         records, problems = [], []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -103,4 +103,4 @@ class RunLog:
                 records.append(RunRecord.from_dict(json.loads(line)))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 problems.append(f"{self.path}:{number}: skipped, not a run record ({type(e).__name__})")
-        return History(records, problems)
+        return RunLogRead(records, problems)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from hostctl.errors import HostctlError
 from hostctl.wire.model import Model
@@ -142,21 +143,22 @@ def parse(output: str) -> WrkResult:
     return _from_text(output)
 
 
-def _from_json(data: dict[str, object]) -> WrkResult:
+def _from_json(data: dict[str, Any]) -> WrkResult:
+    """The scripts' JSON summary; a missing key or a value of the wrong kind raises (KeyError, TypeError, ...)."""
     errors = data["errors"]
     percentiles = data["percentiles_ms"]
     if not isinstance(errors, dict) or not isinstance(percentiles, dict) or not percentiles:
         raise ValueError("malformed summary")
-    requests, duration = int(data["requests"]), float(data["duration_s"])  # type: ignore[arg-type]
+    requests, duration = int(data["requests"]), float(data["duration_s"])
     return WrkResult(
         requests=requests,
         duration_s=duration,
         rps=round(requests / duration, 2) if duration > 0 else 0.0,
         percentiles={f"{float(k):g}": float(v) for k, v in percentiles.items()},
-        mean_ms=float(data["mean_ms"]),  # type: ignore[arg-type]
-        stdev_ms=float(data["stdev_ms"]),  # type: ignore[arg-type]
-        max_ms=float(data["max_ms"]),  # type: ignore[arg-type]
-        bytes=int(data["bytes"]),  # type: ignore[arg-type]
+        mean_ms=float(data["mean_ms"]),
+        stdev_ms=float(data["stdev_ms"]),
+        max_ms=float(data["max_ms"]),
+        bytes=int(data["bytes"]),
         connect_errors=int(errors["connect"]),
         read_errors=int(errors["read"]),
         write_errors=int(errors["write"]),
@@ -201,9 +203,7 @@ def check_exit(where: str, status: int | None, killed_by: str | None, stderr: st
         raise HostctlError(f"wrk on {where} exited with status {status}: {detail}")
 
 
-async def watch(
-    running: asyncio.Future[object], duration_s: float, progress: Progress | None, tick: float = 0.5
-) -> None:
+async def watch(running: asyncio.Future[Any], duration_s: float, progress: Progress | None, tick: float = 0.5) -> None:
     """Report (elapsed, duration) to `progress` every `tick` seconds until `running` is done."""
     start = time.monotonic()
     while not running.done():
@@ -224,7 +224,7 @@ async def run(
 
     `params` or keyword options (threads, connections, duration_s, timeout_s, script). Cancelling kills wrk.
     """
-    params = params or Params(**options)  # type: ignore[arg-type]
+    params = params or Params(**options)  # type: ignore[arg-type]  # Params checks each value's kind itself
     found = shutil.which(binary)
     if found is None:
         raise HostctlError(f"wrk is not installed on this machine ({binary} not found; apt-get install wrk)")

@@ -27,16 +27,18 @@ class DomainState(StrEnum):
 
 
 class Model:
-    """Mixin: lossless conversion to and from JSON-compatible dicts."""
+    """Mixin of dataclasses: lossless conversion to and from JSON-compatible dicts."""
 
     __slots__ = ()
+    __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass on each subclass
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return cls(**{name: load(data[name]) for name, load in _loaders(cls) if name in data})
+        loaders = _loaders(cls)  # type: ignore[arg-type]  # mypy takes type[Self] for unhashable; a class is hashable
+        return cls(**{name: load(data[name]) for name, load in loaders if name in data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

@@ -1,4 +1,5 @@
-"""Real agent processes for link tests: demo hosts whose worker wake-up is slow enough to catch mid-request."""
+"""Real agent processes for link tests and benches: demo hosts whose worker wake-up is slow enough to catch
+mid-request."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
-
 from hostctl.demo.launcher import HostProcess
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
+from tests.support import ROOT
 
 CONFIG = """
 sample_interval = 0.2
@@ -78,7 +78,7 @@ class AgentProcess:
 
     async def start(self) -> None:
         self.socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
+        self.proc = await asyncio.to_thread(subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
         for _ in range(200):
             if self.socket.exists():
                 with contextlib.suppress(HostctlError, OSError, TimeoutError):
