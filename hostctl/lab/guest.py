@@ -146,7 +146,7 @@ def find_kernel(boot: Path = Path("/boot"), modules: Path = Path("/lib/modules")
                 missing.append(name)
         if not missing:
             return kernel, release, found
-        problems.append(f"{kernel.name} lacks {', '.join(missing)}.ko in {modules / release}")
+        problems.append(f"{kernel.name} has no {', '.join(m + '.ko' for m in missing)} under {modules / release}")
     raise HostctlError(f"no kernel in {boot} with its virtio modules: {'; '.join(problems)}")
 
 

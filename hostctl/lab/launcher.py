@@ -359,8 +359,16 @@ _STATE = {
 
 
 def _prefixed(conn: libvirt.virConnect, prefix: str) -> list[libvirt.virDomain]:
-    doms = within(CALL_TIMEOUT, "listing domains", conn.listAllDomains, 0)
-    return sorted((d for d in doms if d.name().startswith(prefix)), key=lambda d: d.name())
+    """Every domain (running or not) whose name starts with `prefix`."""
+
+    def listed() -> list[tuple[str, libvirt.virDomain]]:
+        try:
+            return [(d.name(), d) for d in conn.listAllDomains(0)]
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"cannot list domains: {e.get_error_message()}") from None
+
+    doms = within(CALL_TIMEOUT, "listing domains", listed)
+    return [d for name, d in sorted(doms, key=lambda pair: pair[0]) if name.startswith(prefix)]
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -421,7 +429,12 @@ def _stop_agent(lab: Lab) -> list[str]:
 
 
 def _down_blocking(lab: Lab) -> list[str]:
-    lines = _stop_agent(lab) + _remove_domains(lab) + libvirtd.stop(lab.runtime)
+    lines = _stop_agent(lab)
+    removed, left = _remove_domains(lab)
+    lines += removed
+    if left:  # stopping libvirtd now would orphan their QEMU processes
+        return [*lines, f"libvirtd left running: {', '.join(left)} could not be removed; run lab down again"]
+    lines += libvirtd.stop(lab.runtime)
     if lab.runtime.is_dir():
         for path in lab.files():
             path.unlink(missing_ok=True)
@@ -432,26 +445,34 @@ def _down_blocking(lab: Lab) -> list[str]:
     return lines
 
 
-def _remove_domains(lab: Lab) -> list[str]:
+def _remove_domains(lab: Lab) -> tuple[list[str], list[str]]:
+    """Destroy and undefine every domain with the lab's prefix: (lines, names of those that remain)."""
     lines: list[str] = []
+    left: list[str] = []
     prefix = lab.prefix()
     try:
         conn = libvirtd.open_connection()
     except HostctlError as e:
         if lab.state.is_file():
             lines.append(f"cannot remove {prefix}* domains: {e}")
-    else:
-        try:
-            for dom in _prefixed(conn, prefix):
-                lines.append(_remove(dom))
-        finally:
-            with contextlib.suppress(libvirt.libvirtError, HostctlError):
-                within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
-    return lines
+        return lines, left
+    try:
+        for dom in _prefixed(conn, prefix):
+            problem = _remove(dom)
+            lines.append(f"{dom.name()}: {problem or 'destroyed and undefined'}")
+            if problem:
+                left.append(dom.name())
+    except HostctlError as e:
+        lines.append(f"cannot list {prefix}* domains: {e}")
+        left.append(f"{prefix}*")
+    finally:
+        with contextlib.suppress(libvirt.libvirtError, HostctlError):
+            within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
+    return lines, left
 
 
-def _remove(dom: libvirt.virDomain) -> str:
-    name = dom.name()
+def _remove(dom: libvirt.virDomain) -> str | None:
+    """Destroy (if running) and undefine `dom`: None when done, else why not."""
 
     def remove() -> None:
         if dom.isActive():
@@ -459,12 +480,12 @@ def _remove(dom: libvirt.virDomain) -> str:
         dom.undefine()
 
     try:
-        within(CALL_TIMEOUT, f"removing {name}", remove)
+        within(CALL_TIMEOUT, f"removing {dom.name()}", remove)
     except libvirt.libvirtError as e:
-        return f"{name}: not removed: {e.get_error_message()}"
+        return f"not removed: {e.get_error_message()}"
     except HostctlError as e:
-        return f"{name}: not removed: {e}"
-    return f"{name}: destroyed and undefined"
+        return f"not removed: {e}"
+    return None
 
 
 def _tail(log: Path, lines: int = 3) -> str:
