@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 URI = libvirtd.URI
 UP_TIMEOUT = 330  # libvirtd, the image (built once), three TCG boots on a busy machine, the agent
 CALL_TIMEOUT = 90  # one CLI call against the running lab
+TEST_PREFIX = "ditto-test-"  # then the session's pid: domains of a session that died can be told apart
 
 
 def hostctl(*args: str | Path, timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -94,7 +96,8 @@ def lab() -> Iterator[LabSite]:
     """The lab, up once for the session; always taken down, its domains removed even if `lab up` failed."""
     # Under the temp dir (not pytest's private tmp): QEMU runs as its own user and must reach the boot files.
     runtime = Path(tempfile.mkdtemp(prefix="dittotui-lab-test-"))
-    prefix = f"ditto-test-{os.getpid()}-"
+    prefix = f"{TEST_PREFIX}{os.getpid()}-"
+    _sweep_dead_sessions()
     try:
         done = hostctl("lab", "up", "--runtime", runtime, "--prefix", prefix, timeout=UP_TIMEOUT)
         assert done.returncode == 0, f"lab up failed: {done.stderr.strip()}"
@@ -102,6 +105,17 @@ def lab() -> Iterator[LabSite]:
     finally:
         hostctl("lab", "down", "--runtime", runtime, timeout=CALL_TIMEOUT)
         _sweep(runtime, prefix)
+
+
+def _sweep_dead_sessions() -> None:
+    """Domains of an earlier session killed before its teardown (its pid is in their prefix) are removed."""
+    if not libvirtd.answers():
+        return
+    for name in prefixed_domains(TEST_PREFIX):
+        session = re.match(rf"{TEST_PREFIX}(\d+)-", name)
+        if session and not procs.running(int(session.group(1))):
+            virsh("destroy", name)
+            virsh("undefine", name)
 
 
 def _sweep(runtime: Path, prefix: str) -> None:
@@ -210,6 +224,21 @@ def test_a_runtime_that_is_a_file_is_one_line_and_exit_2(action: str, tmp_path: 
     assert done.stdout == ""
 
 
+def test_a_runtime_qemu_cannot_enter_is_one_line_and_exit_2() -> None:
+    closed = Path(tempfile.mkdtemp())  # mode 0700, in the temp dir everyone may enter
+    try:
+        runtime = closed / "run"
+        done = hostctl("lab", "up", "--runtime", runtime)
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [
+            f"hostctl: runtime directory {runtime}: QEMU's user cannot enter {closed} (mode 0700); "
+            f"pass --runtime under {tempfile.gettempdir()}"
+        ]
+        assert not runtime.exists()
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
+
+
 def test_a_bad_prefix_is_one_line_and_exit_2(tmp_path: Path) -> None:
     done = hostctl("lab", "up", "--runtime", tmp_path / "run", "--prefix", "../x")
     assert done.returncode == 2
@@ -241,6 +270,8 @@ def test_down_leaves_no_domain_and_no_daemon_it_started(lab: LabSite) -> None:
     for name in ("snp-1", "snp-2", "plain"):
         assert f"{lab.cvm(name)}: destroyed and undefined" in done.stdout
     assert not procs.running(agent), "the host agent still runs"
+    if "libvirtd left running" in done.stdout:  # another user's guests run on the libvirtd the lab started
+        started.clear()
     for name, pid in started.items():
         assert f"{name}: stopped (pid {pid})" in done.stdout
         assert not procs.running(pid), f"the {name} the lab started still runs"

@@ -119,22 +119,26 @@ def check_runtime(runtime: Path, *, create: bool) -> Lab:
     if runtime.exists() and not runtime.is_dir():
         raise HostctlError(f"runtime directory {runtime} is not a directory")
     if create:
-        try:
-            runtime.mkdir(parents=True, exist_ok=True)
-            runtime.chmod(0o711)  # QEMU runs as its own user: it must reach the boot files
-        except OSError as e:
-            raise HostctlError(f"runtime directory {runtime}: {e.strerror}") from None
         if blocked := _closed_ancestor(runtime):
             raise HostctlError(
                 f"runtime directory {runtime}: QEMU's user cannot enter {blocked} "
                 f"(mode {stat.S_IMODE(blocked.stat().st_mode):04o}); pass --runtime under {tempfile.gettempdir()}"
             )
+        try:
+            runtime.mkdir(parents=True, exist_ok=True)
+            runtime.chmod(0o711)  # QEMU runs as its own user: it must reach the boot files
+        except OSError as e:
+            raise HostctlError(f"runtime directory {runtime}: {e.strerror}") from None
     return Lab(runtime)
 
 
 def _closed_ancestor(path: Path) -> Path | None:
-    for d in [*reversed(path.resolve().parents), path.resolve()]:
-        if not d.stat().st_mode & stat.S_IXOTH:
+    """The first existing directory on the way to `path` that others may not enter (the lab makes the rest)."""
+    path = path.absolute()
+    for d in [*reversed(path.parents), path]:
+        if not d.exists():
+            return None
+        if d != path and not d.stat().st_mode & stat.S_IXOTH:
             return d
     return None
 
@@ -156,6 +160,11 @@ async def up(
     except ValueError as e:
         raise HostctlError(str(e)) from None
     lab = check_runtime(runtime, create=True)
+    if lab.state.is_file() and lab.prefix() != prefix:
+        raise HostctlError(
+            f"the lab in {runtime} runs with domain prefix {lab.prefix()!r}: pass --prefix {lab.prefix()} "
+            "or take it down first (hostctl lab down)"
+        )
     lines: list[str] = []
     try:
         lines += await asyncio.to_thread(_up_blocking, lab, prefix, cache, guests, boot_timeout)
@@ -434,6 +443,11 @@ def _down_blocking(lab: Lab) -> list[str]:
     lines += removed
     if left:  # stopping libvirtd now would orphan their QEMU processes
         return [*lines, f"libvirtd left running: {', '.join(left)} could not be removed; run lab down again"]
+    if libvirtd.daemons(lab.runtime)[1].pid() is not None and (others := _active_domains()):
+        # Somebody else's guests run on the libvirtd we started: stopping it would orphan their QEMU processes.
+        lines.append(f"libvirtd left running (started by the lab): it still runs {', '.join(others)}")
+        for daemon in libvirtd.daemons(lab.runtime):
+            daemon.pidfile.unlink(missing_ok=True)
     lines += libvirtd.stop(lab.runtime)
     if lab.runtime.is_dir():
         for path in lab.files():
@@ -469,6 +483,26 @@ def _remove_domains(lab: Lab) -> tuple[list[str], list[str]]:
         with contextlib.suppress(libvirt.libvirtError, HostctlError):
             within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
     return lines, left
+
+
+def _active_domains() -> list[str]:
+    """The names of the running domains of the host (any prefix); unknown counts as none running."""
+    try:
+        conn = libvirtd.open_connection()
+    except HostctlError:
+        return []
+    try:
+        names = within(
+            CALL_TIMEOUT,
+            "listing domains",
+            lambda: [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)],
+        )
+    except (HostctlError, libvirt.libvirtError):
+        names = []
+    finally:
+        with contextlib.suppress(libvirt.libvirtError, HostctlError):
+            within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
+    return sorted(names)
 
 
 def _remove(dom: libvirt.virDomain) -> str | None:
