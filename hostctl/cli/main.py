@@ -350,7 +350,7 @@ async def _lab(args: argparse.Namespace) -> int:
     """`lab up|status|down`: the lab site's real guests, as `demo` is for the emulated one."""
     if args.lab == "up":
         print("\n".join(await lab_launcher.up(args.runtime, prefix=args.prefix, cache=args.cache)))
-        print(f"site file: {lab_launcher.Lab(args.runtime).site}")
+        print(f"site file: {lab_launcher.Lab(args.runtime.absolute()).site}")
         return 0
     if args.lab == "down":
         print("\n".join(await lab_launcher.down(args.runtime)))

@@ -115,7 +115,8 @@ class Lab:
 
 
 def check_runtime(runtime: Path, *, create: bool) -> Lab:
-    """The lab at `runtime`; HostctlError if that path is not a directory (or cannot be made one)."""
+    """The lab at `runtime` (made absolute); HostctlError if that path is not a directory (or cannot be made one)."""
+    runtime = runtime.absolute()
     if runtime.exists() and not runtime.is_dir():
         raise HostctlError(f"runtime directory {runtime} is not a directory")
     if create:
@@ -162,17 +163,21 @@ async def up(
     lab = check_runtime(runtime, create=True)
     if lab.state.is_file() and lab.prefix() != prefix:
         raise HostctlError(
-            f"the lab in {runtime} runs with domain prefix {lab.prefix()!r}: pass --prefix {lab.prefix()} "
+            f"the lab in {lab.runtime} runs with domain prefix {lab.prefix()!r}: pass --prefix {lab.prefix()} "
             "or take it down first (hostctl lab down)"
         )
     lines: list[str] = []
     try:
         lines += await asyncio.to_thread(_up_blocking, lab, prefix, cache, guests, boot_timeout)
         lines += await _start_agent(lab)
+        site = sites.Site(hosts=[sites.HostEntry(name=HOST, socket=str(lab.socket), uri=libvirtd.URI)])
+        sites.write(site, lab.site)
+    except OSError as e:
+        await down(runtime)
+        raise HostctlError(f"lab up: {e.filename or runtime}: {e.strerror}") from None
     except BaseException:
         await down(runtime)
         raise
-    sites.write(sites.Site(hosts=[sites.HostEntry(name=HOST, socket=str(lab.socket), uri=libvirtd.URI)]), lab.site)
     return lines
 
 
@@ -299,7 +304,7 @@ def _spawn(argv: list[str], lab: Lab) -> subprocess.Popen[bytes]:
 async def status(runtime: Path) -> dict[str, Any]:
     """The lab as it is: libvirtd, each prefixed guest (libvirt's and the guest's own vCPU view), the agent."""
     lab = check_runtime(runtime, create=False)
-    report: dict[str, Any] = {"runtime": str(runtime), "prefix": lab.prefix(), "running": lab.state.is_file()}
+    report: dict[str, Any] = {"runtime": str(lab.runtime), "prefix": lab.prefix(), "running": lab.state.is_file()}
     report.update(await asyncio.to_thread(_status_blocking, lab))
     agent: dict[str, Any] = {"pid": lab.agent_pid(), "socket": str(lab.socket)}
     if agent["pid"] is None:
@@ -425,7 +430,10 @@ async def down(runtime: Path) -> list[str]:
     """Stop the host agent, destroy and undefine every prefixed domain, stop the daemons `up` started, and
     remove the runtime directory's lab files (and the directory, once empty)."""
     lab = check_runtime(runtime, create=False)
-    lines = await asyncio.to_thread(_down_blocking, lab)
+    try:
+        lines = await asyncio.to_thread(_down_blocking, lab)
+    except OSError as e:
+        raise HostctlError(f"lab down: {e.filename or runtime}: {e.strerror}") from None
     return lines or ["lab is not running"]
 
 
