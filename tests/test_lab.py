@@ -23,7 +23,8 @@ import pytest
 
 from hostctl.errors import HostctlError
 from hostctl.lab import guest, libvirtd, procs
-from hostctl.lab.launcher import HOST, Lab
+from hostctl.lab.launcher import HOST
+from hostctl.lab.runtime import Lab
 
 pytestmark = pytest.mark.lab
 

@@ -30,7 +30,9 @@ from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.lab import launcher as lab_launcher
+from hostctl.lab import status as lab_status
 from hostctl.lab.domains import PREFIX as LAB_PREFIX
+from hostctl.lab.runtime import Lab, default_runtime
 from hostctl.load import wrk
 from hostctl.load.generators import check_bounds, load_host
 from hostctl.load.runs import RunLog
@@ -160,13 +162,13 @@ def parser() -> argparse.ArgumentParser:
         dest="lab", required=True, metavar="ACTION"
     )
     lab_runtime = argparse.ArgumentParser(add_help=False)
-    lab_runtime.add_argument("--runtime", type=Path, default=lab_launcher.default_runtime(), help="runtime directory")
+    lab_runtime.add_argument("--runtime", type=Path, default=default_runtime(), help="runtime directory")
     lab_up = lab.add_parser("up", parents=[lab_runtime], help="start libvirtd if needed, the guests and an agent")
     lab_up.add_argument("--prefix", default=LAB_PREFIX, help="domain name prefix (ends in '-')")
     lab_up.add_argument("--cache", type=Path, default=None, help="guest image cache (default: XDG cache dir)")
     lab.add_parser("down", parents=[lab_runtime], help="stop and remove everything lab up started")
-    lab_status = lab.add_parser("status", parents=[lab_runtime], help="show the guests as libvirt and they see them")
-    lab_status.add_argument("--json", action="store_true")
+    lab_show = lab.add_parser("status", parents=[lab_runtime], help="show the guests as libvirt and they see them")
+    lab_show.add_argument("--json", action="store_true")
     return p
 
 
@@ -350,14 +352,14 @@ async def _lab(args: argparse.Namespace) -> int:
     """`lab up|status|down`: the lab site's real guests, as `demo` is for the emulated one."""
     if args.lab == "up":
         print("\n".join(await lab_launcher.up(args.runtime, prefix=args.prefix, cache=args.cache)))
-        print(f"site file: {lab_launcher.Lab(args.runtime.absolute()).site}")
+        print(f"site file: {Lab(args.runtime.absolute()).site}")
         return 0
     if args.lab == "down":
         print("\n".join(await lab_launcher.down(args.runtime)))
         return 0
-    report = await lab_launcher.status(args.runtime)
-    print(json.dumps(report, indent=2) if args.json else lab_launcher.format_status(report))
-    return 0 if lab_launcher.healthy(report) else 1
+    report = await lab_status.report(args.runtime)
+    print(json.dumps(report, indent=2) if args.json else lab_status.format_report(report))
+    return 0 if lab_status.healthy(report) else 1
 
 
 def _who() -> str:

@@ -1,6 +1,6 @@
-"""Launch the lab site: libvirtd, a few real guests and one host agent serving them; up, status, down.
+"""Launch the lab site: libvirtd, a few real guests and one host agent serving them; up and down.
 
-Every call that can block is bounded; the blocking parts run on threads (`up`, `status` and `down` are async
+Every call that can block is bounded; the blocking parts run on threads (`up` and `down` are async
 for the CLI's loop, like the demo's launcher). What `up` started is recorded in the runtime directory, so `down`
 stops exactly that: the agent, every domain with the lab's prefix, and the daemons only if `up` started them.
 """
@@ -12,15 +12,11 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import libvirt
 
@@ -29,119 +25,14 @@ from hostctl.errors import HostctlError
 from hostctl.lab import domains, guest, libvirtd, procs, qga
 from hostctl.lab.bounded import within
 from hostctl.lab.domains import GUESTS, GuestSpec
+from hostctl.lab.libvirtd import CALL_TIMEOUT
+from hostctl.lab.runtime import Lab, check_runtime
 from hostctl.wire import rpc
 
 HOST = "lab"  # the lab's host in its site file
 BOOT_TIMEOUT = 180.0  # from starting the guests until every guest agent answers
 AGENT_TIMEOUT = 30.0  # from starting the host agent until it answers
-CALL_TIMEOUT = 60.0  # one libvirt call: define, start, destroy, undefine, list
 STOP_TIMEOUT = 10.0  # the host agent's exit after SIGTERM
-
-
-def default_runtime() -> Path:
-    """Where the lab keeps its sockets, pid files, boot files and logs (QEMU's user must be able to enter it)."""
-    return Path(tempfile.gettempdir()) / f"dittotui-lab-{os.getuid()}"
-
-
-@dataclass(frozen=True)
-class Lab:
-    """The files of one lab in its runtime directory."""
-
-    runtime: Path
-
-    @property
-    def state(self) -> Path:
-        return self.runtime / "lab.json"
-
-    @property
-    def site(self) -> Path:
-        return self.runtime / "site.toml"
-
-    @property
-    def socket(self) -> Path:
-        return self.runtime / "agent.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.runtime / "agent.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.runtime / "agent.log"
-
-    @property
-    def audit(self) -> Path:
-        return self.runtime / "audit.jsonl"
-
-    @property
-    def kernel(self) -> Path:
-        return self.runtime / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.runtime / "initrd.img"
-
-    def console(self, name: str) -> Path:
-        return self.runtime / f"{name}.console"
-
-    def files(self) -> list[Path]:
-        """Every file the lab may leave in its runtime directory."""
-        fixed = [self.state, self.site, self.socket, self.pidfile, self.log, self.audit, self.kernel, self.initrd]
-        daemon_files = [f for d in libvirtd.daemons(self.runtime) for f in (d.pidfile, d.log)]
-        return fixed + daemon_files + sorted(self.runtime.glob("*.console"))
-
-    def prefix(self) -> str:
-        """The domain prefix `up` recorded (the default if it recorded none)."""
-        try:
-            recorded = json.loads(self.state.read_text())["prefix"]
-            return domains.check_prefix(str(recorded))
-        except (OSError, ValueError, KeyError, TypeError):
-            return domains.PREFIX
-
-    def agent_pid(self) -> int | None:
-        """The host agent's pid, if the process that `up` started still runs (not a reused pid)."""
-        pid = procs.read_pid(self.pidfile)
-        if pid is None:
-            return None
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child that exited
-        if not procs.running(pid):
-            return None
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if b"hostctl" in argv and str(self.socket).encode() in argv else None
-
-
-def check_runtime(runtime: Path, *, create: bool) -> Lab:
-    """The lab at `runtime` (made absolute); HostctlError if that path is not a directory (or cannot be made one)."""
-    runtime = runtime.absolute()
-    if runtime.exists() and not runtime.is_dir():
-        raise HostctlError(f"runtime directory {runtime} is not a directory")
-    if create:
-        if blocked := _closed_ancestor(runtime):
-            raise HostctlError(
-                f"runtime directory {runtime}: QEMU's user cannot enter {blocked} "
-                f"(mode {stat.S_IMODE(blocked.stat().st_mode):04o}); pass --runtime under {tempfile.gettempdir()}"
-            )
-        try:
-            runtime.mkdir(parents=True, exist_ok=True)
-            runtime.chmod(0o711)  # QEMU runs as its own user: it must reach the boot files
-        except OSError as e:
-            raise HostctlError(f"runtime directory {runtime}: {e.strerror}") from None
-    return Lab(runtime)
-
-
-def _closed_ancestor(path: Path) -> Path | None:
-    """The first existing directory on the way to `path` that others may not enter (the lab makes the rest)."""
-    path = path.absolute()
-    for d in [*reversed(path.parents), path]:
-        if not d.exists():
-            return None
-        if d != path and not d.stat().st_mode & stat.S_IXOTH:
-            return d
-    return None
 
 
 # -- up ------------------------------------------------------------------------------------------------------
@@ -298,131 +189,6 @@ def _spawn(argv: list[str], lab: Lab) -> subprocess.Popen[bytes]:
     return child
 
 
-# -- status --------------------------------------------------------------------------------------------------
-
-
-async def status(runtime: Path) -> dict[str, Any]:
-    """The lab as it is: libvirtd, each prefixed guest (libvirt's and the guest's own vCPU view), the agent."""
-    lab = check_runtime(runtime, create=False)
-    report: dict[str, Any] = {"runtime": str(lab.runtime), "prefix": lab.prefix(), "running": lab.state.is_file()}
-    report.update(await asyncio.to_thread(_status_blocking, lab))
-    agent: dict[str, Any] = {"pid": lab.agent_pid(), "socket": str(lab.socket)}
-    if agent["pid"] is None:
-        agent["error"] = "not running"
-    else:
-        try:
-            hello = await asyncio.wait_for(rpc.call_unix(str(lab.socket), "hello", timeout=5), 10)
-            agent["host"] = hello.get("host") if isinstance(hello, dict) else None
-        except (HostctlError, OSError, TimeoutError) as e:
-            agent["error"] = str(e) or "no answer within 5 s"
-    report["agent"] = agent
-    report["site"] = str(lab.site) if lab.site.is_file() else None
-    return report
-
-
-def _status_blocking(lab: Lab) -> dict[str, Any]:
-    ours = libvirtd.daemons(lab.runtime)[1].pid() is not None
-    try:
-        conn = libvirtd.open_connection()
-    except HostctlError as e:
-        return {"libvirtd": {"serving": False, "started_by_lab": ours, "error": str(e)}, "guests": []}
-    try:
-        guests = [_guest_status(dom) for dom in _prefixed(conn, lab.prefix())]
-    finally:
-        with contextlib.suppress(libvirt.libvirtError, HostctlError):
-            within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
-    return {"libvirtd": {"serving": True, "started_by_lab": ours}, "guests": guests}
-
-
-def _guest_status(dom: libvirt.virDomain) -> dict[str, Any]:
-    name = dom.name()
-
-    def read() -> tuple[int, int, int]:
-        state = dom.state()[0]
-        active = dom.isActive()
-        plugged = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE if active else libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-        return state, plugged, dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
-
-    entry: dict[str, Any] = {"name": name}
-    try:
-        state, plugged, maximum = within(CALL_TIMEOUT, f"reading {name}", read)
-    except (HostctlError, libvirt.libvirtError) as e:
-        entry["error"] = str(e) if isinstance(e, HostctlError) else e.get_error_message()
-        return entry
-    entry.update(state=_STATE.get(state, "other"), libvirt_vcpus=plugged, max_vcpus=maximum)
-    if state != libvirt.VIR_DOMAIN_RUNNING:
-        entry.update(guest_online=None, guest_why=f"{entry['state']}: no guest view")
-        return entry
-    try:
-        seen = qga.vcpus(dom)
-        entry.update(guest_online=seen.online, guest_present=seen.present)
-    except HostctlError as e:
-        entry.update(guest_online=None, guest_why=str(e))
-    return entry
-
-
-_STATE = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-}
-
-
-def _prefixed(conn: libvirt.virConnect, prefix: str) -> list[libvirt.virDomain]:
-    """Every domain (running or not) whose name starts with `prefix`."""
-
-    def listed() -> list[tuple[str, libvirt.virDomain]]:
-        try:
-            return [(d.name(), d) for d in conn.listAllDomains(0)]
-        except libvirt.libvirtError as e:
-            raise HostctlError(f"cannot list domains: {e.get_error_message()}") from None
-
-    doms = within(CALL_TIMEOUT, "listing domains", listed)
-    return [d for name, d in sorted(doms, key=lambda pair: pair[0]) if name.startswith(prefix)]
-
-
-def format_status(report: dict[str, Any]) -> str:
-    """`lab status` for people: libvirtd, each guest with libvirt's and the guest's own vCPU counts, the agent."""
-    if not report["running"] and not report["guests"]:
-        return "lab is not running (start it with: hostctl lab up)"
-    daemon = report["libvirtd"]
-    who = "started by the lab" if daemon.get("started_by_lab") else "not started by the lab"
-    lines = [f"libvirtd: {'serving ' + libvirtd.URI if daemon['serving'] else daemon.get('error')} ({who})"]
-    for g in report["guests"]:
-        if "error" in g:
-            lines.append(f"  {g['name']}: {g['error']}")
-            continue
-        guest_view = (
-            f"{g['guest_online']} of {g['guest_present']} online in the guest"
-            if g.get("guest_online") is not None
-            else f"guest view unknown ({g['guest_why']})"
-        )
-        lines.append(f"  {g['name']}: {g['state']}, libvirt {g['libvirt_vcpus']}/{g['max_vcpus']} vCPUs, {guest_view}")
-    agent = report["agent"]
-    if "error" in agent:
-        lines.append(f"host agent: {agent['error']}")
-    else:
-        lines.append(f"host agent: pid {agent['pid']}, socket {agent['socket']}")
-    if report["site"]:
-        lines.append(f"site file: {report['site']}")
-    return "\n".join(lines)
-
-
-def healthy(report: dict[str, Any]) -> bool:
-    """True when the lab is up: libvirtd serves, every guest's agent answers, the host agent answers."""
-    return (
-        bool(report["running"])
-        and bool(report["libvirtd"]["serving"])
-        and bool(report["guests"])
-        and all(g.get("guest_online") is not None for g in report["guests"])
-        and "error" not in report["agent"]
-    )
-
-
 # -- down ----------------------------------------------------------------------------------------------------
 
 
@@ -479,7 +245,7 @@ def _remove_domains(lab: Lab) -> tuple[list[str], list[str]]:
             lines.append(f"cannot remove {prefix}* domains: {e}")
         return lines, left
     try:
-        for dom in _prefixed(conn, prefix):
+        for dom in libvirtd.prefixed_domains(conn, prefix):
             problem = _remove(dom)
             lines.append(f"{dom.name()}: {problem or 'destroyed and undefined'}")
             if problem:

@@ -1,4 +1,5 @@
-"""A libvirtd serving qemu:///system: used if one answers, else started (virtlogd + libvirtd) and later stopped.
+"""A libvirtd serving qemu:///system: used if one answers, else started (virtlogd + libvirtd) and later stopped;
+and bounded connections to it.
 
 The daemons the lab starts are remembered by pid files in its runtime directory, so `stop` ends exactly what
 `ensure` started and never a daemon somebody else runs.
@@ -26,6 +27,7 @@ URI = "qemu:///system"
 OPEN_TIMEOUT = 10.0  # one attempt to open the URI
 START_TIMEOUT = 30.0  # from starting the daemons to the URI opening
 STOP_TIMEOUT = 15.0  # SIGTERM, then SIGKILL
+CALL_TIMEOUT = 60.0  # one libvirt call of the lab: define, start, destroy, undefine, list
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -73,6 +75,19 @@ def open_connection(timeout: float = OPEN_TIMEOUT) -> libvirt.virConnect:
             raise HostctlError(f"cannot open {URI}: {e.get_error_message()}") from None
 
     return within(timeout, f"opening {URI}", connect)
+
+
+def prefixed_domains(conn: libvirt.virConnect, prefix: str) -> list[libvirt.virDomain]:
+    """Every domain (running or not) whose name starts with `prefix`."""
+
+    def listed() -> list[tuple[str, libvirt.virDomain]]:
+        try:
+            return [(d.name(), d) for d in conn.listAllDomains(0)]
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"cannot list domains: {e.get_error_message()}") from None
+
+    doms = within(CALL_TIMEOUT, "listing domains", listed)
+    return [d for name, d in sorted(doms, key=lambda pair: pair[0]) if name.startswith(prefix)]
 
 
 def answers(timeout: float = OPEN_TIMEOUT) -> bool:
