@@ -8,6 +8,7 @@ The tests run in file order: the last one takes the lab down and checks that not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -152,6 +153,14 @@ def test_guest_image_is_cached_with_its_manifest(lab: LabSite) -> None:
     assert {"busybox-static", "qemu-guest-agent", "libc6"} <= set(packages)
     assert any(name.startswith("linux-image-") for name in packages)
     assert str(image.initrd.parent) in lab.up
+
+
+def test_the_image_key_follows_its_inputs() -> None:
+    source = guest.inputs()
+    assert dataclasses.replace(source).key() == source.key()
+    newer = dataclasses.replace(source, packages={**source.packages, "qemu-guest-agent": "99:0"})
+    assert newer.key() != source.key(), "a new package version must rebuild the image"
+    assert dataclasses.replace(source, release="9.9.9-test").key() != source.key()
 
 
 def test_guest_driver_wakes_and_parks_workers_in_the_guest(lab: LabSite) -> None:
