@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := libvirt-dev pkg-config wrk openssh-server openssh-client
+# The lab site and the real-hypervisor tests: libvirtd + QEMU (TCG) and guests built from Debian packages.
+# libvirt-daemon-system creates QEMU's user and qemu.conf, without which libvirtd's QEMU driver will not start.
+APT_PACKAGES += qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients
+APT_PACKAGES += linux-image-amd64 busybox-static qemu-guest-agent cpio
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench screenshots system-packages clean

@@ -30,6 +30,10 @@ from hostctl.experiments import elastic_report
 from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
 from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.lab import launcher as lab_launcher
+from hostctl.lab import status as lab_status
+from hostctl.lab.domains import PREFIX as LAB_PREFIX
+from hostctl.lab.runtime import Lab, default_runtime
 from hostctl.load import wrk
 from hostctl.load.generators import check_bounds, load_host
 from hostctl.load.runs import RunLog
@@ -154,6 +158,18 @@ def parser() -> argparse.ArgumentParser:
     serve_host.add_argument("name")
     serve_host.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     serve_host.add_argument("--policies", type=Path, default=None, metavar="DIR")
+
+    lab = sub.add_parser("lab", help="run the lab site: real QEMU guests under libvirtd (root)").add_subparsers(
+        dest="lab", required=True, metavar="ACTION"
+    )
+    lab_runtime = argparse.ArgumentParser(add_help=False)
+    lab_runtime.add_argument("--runtime", type=Path, default=default_runtime(), help="runtime directory")
+    lab_up = lab.add_parser("up", parents=[lab_runtime], help="start libvirtd if needed, the guests and an agent")
+    lab_up.add_argument("--prefix", default=LAB_PREFIX, help="domain name prefix (ends in '-')")
+    lab_up.add_argument("--cache", type=Path, default=None, help="guest image cache (default: XDG cache dir)")
+    lab.add_parser("down", parents=[lab_runtime], help="stop and remove everything lab up started")
+    lab_show = lab.add_parser("status", parents=[lab_runtime], help="show the guests as libvirt and they see them")
+    lab_show.add_argument("--json", action="store_true")
     return p
 
 
@@ -178,6 +194,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return await _demo(args)
+    if args.command == "lab":
+        return await _lab(args)
     if args.command in ("agent", "serve"):
         return await _agent(args)
     if args.command == "experiment":
@@ -329,6 +347,20 @@ async def _demo(args: argparse.Namespace) -> int:
         if any("error" in e for e in entries):
             return 1
     return 0
+
+
+async def _lab(args: argparse.Namespace) -> int:
+    """`lab up|status|down`: the lab site's real guests, as `demo` is for the emulated one."""
+    if args.lab == "up":
+        print("\n".join(await lab_launcher.up(args.runtime, prefix=args.prefix, cache=args.cache)))
+        print(f"site file: {Lab(args.runtime.absolute()).site}")
+        return 0
+    if args.lab == "down":
+        print("\n".join(await lab_launcher.down(args.runtime)))
+        return 0
+    report = await lab_status.report(args.runtime)
+    print(json.dumps(report, indent=2) if args.json else lab_status.format_report(report))
+    return 0 if lab_status.healthy(report) else 1
 
 
 def _who() -> str:
