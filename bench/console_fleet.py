@@ -54,7 +54,7 @@ from textual.screen import Screen  # noqa: E402
 import dittotui.app as app_module  # noqa: E402
 from dittotui.app import DittoApp  # noqa: E402
 from dittotui.session import DemoSession  # noqa: E402
-from dittotui.tables import CVMTable  # noqa: E402
+from dittotui.tables.cvms import CVMTable  # noqa: E402
 from hostctl.client.link import HostLink, LinkState  # noqa: E402
 from hostctl.client.site import demo_site  # noqa: E402
 
@@ -514,12 +514,15 @@ def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
 
 CODE = [
     "dittotui/app.py",
-    "dittotui/rows.py",
-    "dittotui/tables.py",
-    "dittotui/history.py",
-    "hostctl/link.py",
-    "hostctl/model.py",
-    "hostctl/rpc.py",
+    "dittotui/tables/live.py",
+    "dittotui/tables/cells.py",
+    "dittotui/tables/hosts.py",
+    "dittotui/tables/cvms.py",
+    "dittotui/tables/services.py",
+    "dittotui/trends.py",
+    "hostctl/client/link.py",
+    "hostctl/wire/model.py",
+    "hostctl/wire/rpc.py",
 ]
 
 

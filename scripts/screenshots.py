@@ -35,7 +35,7 @@ from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable
+from dittotui.tables.cvms import CVMTable
 from hostctl.client.link import LinkState
 from hostctl.wire import model
 
@@ -71,7 +71,7 @@ def live_with_cpu(app: DittoApp) -> bool:
     cvms = [(link.name, c) for link in links for c in link.snapshot.cvms]  # type: ignore[union-attr]
     if app.query_one(CVMTable).row_count < len(cvms):
         return False
-    samples = [len(app.history.of(f"{host}/{c.name}").cpu) for host, c in cvms]
+    samples = [len(app.trends.of(f"{host}/{c.name}").cpu) for host, c in cvms]
     return min(samples) >= 3 and any(c.cpu_percent > 0 for _host, c in cvms)
 
 

@@ -18,7 +18,8 @@ from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable, HostsTable
+from dittotui.tables.cvms import CVMTable
+from dittotui.tables.hosts import HostsTable
 from hostctl.client.site import Defaults, demo_site
 from hostctl.demo import launcher
 from hostctl.wire import rpc
@@ -236,7 +237,7 @@ def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, AgentProcess]) -> None:
     from dittotui.screens.load import LoadScreen
-    from dittotui.tables import ServicesTable
+    from dittotui.tables.services import ServicesTable
 
     app = make_app(agents)
     async with app.run_test(size=(140, 40)) as pilot:
@@ -251,7 +252,7 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
         await pilot.press("escape")
         key = "mec-a/snp/home-timeline"
         await until(pilot, lambda: cell(app, ServicesTable, key, "wrk").endswith("ms"))
-        assert app.load_results[key].requests > 0 and app.load_results[key].errors == 0
+        assert app.wrk_results[key].requests > 0 and app.wrk_results[key].errors == 0
         assert cell(app, ServicesTable, "mec-b/snp/home-timeline", "wrk") == "-"
         services = app.query_one(ServicesTable)  # `w` on a service row aims at that service
         services.focus()

@@ -15,7 +15,7 @@ from textual.widgets import Button, Input, ProgressBar, Select
 
 from dittotui.app import DittoApp
 from dittotui.screens.load import LoadScreen
-from dittotui.tables import CVMTable
+from dittotui.tables.cvms import CVMTable
 from hostctl.client.site import Defaults, LoadBounds, LoadGenerator, demo_site
 from hostctl.load.runs import RunLog
 
@@ -75,7 +75,7 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         await pilot.click("#run")
         await until(pilot, lambda: "p99" in str(dialog.query_one("#result").render()), timeout=20)
         assert dialog.query_one("#progress", ProgressBar).progress == 2
-        assert app.load_results["mec-a/snp/home-timeline"].requests > 0
+        assert app.wrk_results["mec-a/snp/home-timeline"].requests > 0
     [record] = RunLog().read().records  # under the test's XDG_STATE_HOME
     assert (record.key, record.script, record.load_host, record.why) == (
         "mec-a/snp/home-timeline",
@@ -83,7 +83,7 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         "this machine",
         "console",
     )
-    assert record.result.errors == 0 and record.result == app.load_results[record.key]
+    assert record.result.errors == 0 and record.result == app.wrk_results[record.key]
 
 
 async def test_cancel_kills_wrk_and_records_nothing(agent: AgentProcess) -> None:
@@ -99,7 +99,7 @@ async def test_cancel_kills_wrk_and_records_nothing(agent: AgentProcess) -> None
         await until(pilot, lambda: "cancelled" in str(dialog.query_one("#result").render()))
         assert app.screen is dialog and dialog.query_one("#cancel", Button).disabled
         await until(pilot, lambda: not wrk_children())
-        assert "mec-a/snp/home-timeline" not in app.load_results
+        assert "mec-a/snp/home-timeline" not in app.wrk_results
         await pilot.press("escape")
         assert not isinstance(app.screen, LoadScreen)
     assert RunLog().read().records == []
@@ -116,7 +116,7 @@ async def test_the_sites_bounds_limit_the_dialog(agent: AgentProcess) -> None:
         await pilot.click("#run")
         await pilot.pause()
         assert "connections must be 1..8 and seconds 1..5" in str(dialog.query_one("#result").render())
-        assert not wrk_children() and app.load_results == {}
+        assert not wrk_children() and app.wrk_results == {}
 
 
 async def test_an_unreachable_load_host_is_a_clear_message(agent: AgentProcess) -> None:

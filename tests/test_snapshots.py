@@ -28,7 +28,9 @@ from dittotui.app import DittoApp
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
-from dittotui.tables import CVMTable, HostsTable, ServicesTable
+from dittotui.tables.cvms import CVMTable
+from dittotui.tables.hosts import HostsTable
+from dittotui.tables.services import ServicesTable
 from hostctl.client.link import LinkState
 from hostctl.client.site import load
 from hostctl.demo import launcher
