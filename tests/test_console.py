@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
 from dittotui.tables.cvms import CVMTable
 from dittotui.tables.hosts import HostsTable
+from dittotui.tables.services import ServicesTable
 from hostctl.client.site import Defaults, demo_site
 from hostctl.demo import launcher
 from hostctl.wire import rpc
@@ -27,9 +29,10 @@ from hostctl.wire import rpc
 HOSTS = ("mec-a", "mec-b")
 
 
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
-    procs = {name: AgentProcess(tmp_path, name, wake_ms=0) for name in HOSTS}
+@contextlib.asynccontextmanager
+async def agent_processes(runtime: Path, names: Iterable[str]) -> AsyncIterator[dict[str, AgentProcess]]:
+    """One running agent per host name (one SEV-SNP CVM `snp` each), stopped afterwards."""
+    procs = {name: AgentProcess(runtime, name, wake_ms=0) for name in names}
     for proc in procs.values():
         await proc.start()
     try:
@@ -37,6 +40,12 @@ async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
+    async with agent_processes(tmp_path, HOSTS) as procs:
+        yield procs
 
 
 def make_app(agents: dict[str, AgentProcess], **kwargs: object) -> DittoApp:
@@ -212,6 +221,22 @@ async def test_filter_sort_detail_and_help(agents: dict[str, AgentProcess]) -> N
         assert isinstance(app.screen, HelpScreen)
 
 
+async def test_j_k_g_and_shift_g_move_the_cursor_in_every_table(tmp_path: Path) -> None:
+    async with agent_processes(tmp_path, ("mec-a", "mec-b", "mec-c", "mec-d")) as four:
+        app = make_app(four)
+        async with app.run_test(size=(120, 36)) as pilot:
+            tables = [app.query_one(HostsTable), app.query_one(CVMTable), app.query_one(ServicesTable)]
+            await until(pilot, lambda: [table.row_count for table in tables] == [4, 4, 4])
+            for table in tables:
+                table.focus()
+                rows = []
+                for key in ("G", "k", "g", "j", "j", "k", "down", "up", "end", "home"):
+                    await pilot.press(key)
+                    rows.append(table.cursor_row)
+                    assert table.selected_key == table.keys[table.cursor_row]
+                assert rows == [3, 2, 0, 1, 2, 1, 2, 1, 3, 0], table.id
+
+
 async def test_quit_stops_the_demo_site_it_started() -> None:
     demo = DemoSession()
     app = DittoApp(demo=demo, refresh=0.1)
@@ -237,7 +262,6 @@ def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, AgentProcess]) -> None:
     from dittotui.screens.load import LoadScreen
-    from dittotui.tables.services import ServicesTable
 
     app = make_app(agents)
     async with app.run_test(size=(140, 40)) as pilot:

@@ -26,6 +26,7 @@ compare-and-set: a retry never applies twice.
 | `enter` | CVM detail: worker and CPU history |
 | `/` | filter CVMs and services (every word must match); `escape` clears |
 | `s` | sort the focused table by the next column; click a header to sort by it |
+| `j` / `k` | move down / up (or the arrow keys); `g` / `G` to the first / last row (or `home` / `end`) |
 | `tab` | move between tables |
 | `ctrl+p` | command palette: every action |
 | `?` | this help |

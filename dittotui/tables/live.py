@@ -43,12 +43,12 @@ class LiveTable(ScrollView, can_focus=True):
     COLUMNS: ClassVar[tuple[Column, ...]] = ()
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select", "Open", show=False),
-        Binding("up", "cursor(-1)", show=False),
-        Binding("down", "cursor(1)", show=False),
+        Binding("up,k", "cursor(-1)", show=False),
+        Binding("down,j", "cursor(1)", show=False),
         Binding("pageup", "page(-1)", show=False),
         Binding("pagedown", "page(1)", show=False),
-        Binding("home", "first", show=False),
-        Binding("end", "last", show=False),
+        Binding("home,g", "first", show=False),
+        Binding("end,G", "last", show=False),
         Binding("left", "scroll_left", show=False),
         Binding("right", "scroll_right", show=False),
     ]
