@@ -463,19 +463,19 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
 PROFILE_FUNCS = [
     # (label, file suffix, function name); the first TICK_ROWS run inside the tick
     ("`DittoApp.tick` (all of it)", "dittotui/app.py", "tick"),
-    ("  `cvm_rows` (build every CVM row)", "dittotui/rows.py", "cvm_rows"),
-    ("      `decode_policy` (`CVM.policy_flags`)", "hostctl/security.py", "decode_policy"),
-    ("  `LiveTable._apply` (sync the CVM, host and service rows)", "dittotui/tables.py", "_apply"),
+    ("  `cvm_rows` (build every CVM row)", "dittotui/tables/cvms.py", "cvm_rows"),
+    ("      `decode_policy` (`CVM.policy_flags`)", "hostctl/wire/security.py", "decode_policy"),
+    ("  `LiveTable._apply` (sync the CVM, host and service rows)", "dittotui/tables/live.py", "_apply"),
     ("    `Widget.refresh` (changed lines on screen)", "textual/widget.py", "refresh"),
-    ("  `host_row`", "dittotui/rows.py", "host_row"),
-    ("  `History.record`", "dittotui/history.py", "record"),
-    ("`HostLink._on_notification` (apply updates)", "hostctl/link.py", "_on_notification"),
-    ("  `Model.from_dict`", "hostctl/model.py", "from_dict"),
+    ("  `host_row`", "dittotui/tables/hosts.py", "host_row"),
+    ("  `Trends.record`", "dittotui/trends.py", "record"),
+    ("`HostLink._on_notification` (apply updates)", "hostctl/client/link.py", "_on_notification"),
+    ("  `Model.from_dict`", "hostctl/wire/model.py", "from_dict"),
     ("    `typing.get_type_hints`", "typing.py", "get_type_hints"),
     ("`json.loads` (rpc reader)", "json/__init__.py", "loads"),
     ("`Screen._on_timer_update` (layout + render)", "textual/screen.py", "_on_timer_update"),
-    ("  `LiveTable.render_line`", "dittotui/tables.py", "render_line"),
-    ("    `LiveTable._line` (render a changed row)", "dittotui/tables.py", "_line"),
+    ("  `LiveTable.render_line`", "dittotui/tables/live.py", "render_line"),
+    ("    `LiveTable._line` (render a changed row)", "dittotui/tables/live.py", "_line"),
 ]
 TICK_ROWS = 7
 
