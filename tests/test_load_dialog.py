@@ -73,7 +73,7 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         dialog.query_one("#script", Select).value = "user-timeline"
         dialog.query_one("#duration", Input).value = "2"
         await pilot.click("#run")
-        await until(pilot, lambda: "p99" in str(dialog.query_one("#result").render()), timeout=20)
+        await until(pilot, lambda: "p99" in str(dialog.query_one("#result").render()), within=20)
         assert dialog.query_one("#progress", ProgressBar).progress == 2
         assert app.wrk_results["mec-a/snp/home-timeline"].requests > 0
     [record] = RunLog().read().records  # under the test's XDG_STATE_HOME
@@ -133,6 +133,6 @@ async def test_an_unreachable_load_host_is_a_clear_message(agent: AgentProcess) 
                 "edge-1" in str(dialog.query_one("#result").render())
                 and "nothing ran" in str(dialog.query_one("#result").render())
             ),
-            timeout=15,
+            within=15,
         )
     assert RunLog().read().records == []

@@ -234,10 +234,10 @@ def snapshot(
     assert same
 
 
-async def wait_for(pilot: Pilot, what: str, ready: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(pilot: Pilot, what: str, ready: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not ready():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        assert time.monotonic() < deadline, f"no {what} within {within:g} s"
         await pilot.pause(0.05)
 
 
