@@ -74,11 +74,11 @@ def cell(app: DittoApp, table: type, row: str, column: str) -> str:
     return getattr(value, "plain", value)
 
 
-async def ready(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
+async def ready(pilot: Pilot[None], app: DittoApp) -> None:
     await until(pilot, lambda: app.query_one(CVMTable).row_count == len(HOSTS))
 
 
-async def select(pilot, app: DittoApp, key: str) -> None:  # type: ignore[no-untyped-def]
+async def select(pilot: Pilot[None], app: DittoApp, key: str) -> None:
     table = app.query_one(CVMTable)
     table.move_cursor(row=table.get_row_index(key))
     await pilot.pause()

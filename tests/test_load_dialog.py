@@ -11,6 +11,7 @@ import psutil
 import pytest
 from agents import AgentProcess
 from test_console import select, until
+from textual.pilot import Pilot
 from textual.widgets import Button, Input, ProgressBar, Select
 
 from dittotui.app import DittoApp
@@ -46,7 +47,7 @@ def make_app(agent: AgentProcess, bounds: LoadBounds | None = None) -> DittoApp:
     return DittoApp(site=site, refresh=0.05)
 
 
-async def open_dialog(pilot, app: DittoApp) -> LoadScreen:  # type: ignore[no-untyped-def]
+async def open_dialog(pilot: Pilot[None], app: DittoApp) -> LoadScreen:
     await until(pilot, lambda: app.fleet is not None and app.fleet.links["mec-a"].snapshot is not None)
     await until(pilot, lambda: bool(app.fleet.links["mec-a"].snapshot.services))  # type: ignore[union-attr]
     await select(pilot, app, "mec-a/snp")
@@ -55,7 +56,7 @@ async def open_dialog(pilot, app: DittoApp) -> LoadScreen:  # type: ignore[no-un
     return app.screen
 
 
-async def ready_one(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
+async def ready_one(pilot: Pilot[None], app: DittoApp) -> None:
     await until(pilot, lambda: app.query_one(CVMTable).row_count == 1)
 
 
