@@ -30,6 +30,7 @@ import cProfile
 import gc
 import hashlib
 import io
+import math
 import os
 import pstats
 import random
@@ -51,7 +52,7 @@ from textual.screen import Screen
 import dittotui.app as app_module
 from dittotui.app import DittoApp
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable
+from dittotui.tables.cvms import CVMTable
 from hostctl.client.link import HostLink, LinkState
 from hostctl.demo.site import demo_site
 
@@ -81,6 +82,7 @@ class Probes:
         self.start = self.end = 0.0  # perf_counter window
         self.ticks: list[tuple[float, bool]] = []  # (ms, dirty)
         self.renders: list[tuple[float, float]] = []  # (start, end) of every screen update, window or not
+        self.rendered = asyncio.Event()  # set after each screen update
         self.render_ms: list[float] = []
         self.notify_ms: list[float] = []
         self.age_ms: list[float] = []  # now - the update's ts, when it is applied
@@ -128,6 +130,7 @@ class Probes:
             original_render(screen)
             t1 = time.perf_counter()
             probes.renders.append((t0, t1))
+            probes.rendered.set()
             if len(probes.renders) > 20000:
                 del probes.renders[:10000]
             if probes.recording(t0) and work:  # (pilot.pause calls it with nothing to do)
@@ -220,18 +223,18 @@ async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event, peri
         samples.append((t0, max(0.0, (time.perf_counter() - t0 - period) * 1000)))
 
 
-async def wait_for(cond: Any, timeout: float, what: str, step: float = 0.1, app: DittoApp | None = None) -> float:
+async def wait_for(cond: Any, within: float, what: str, step: float = 0.1, app: DittoApp | None = None) -> float:
     t0 = time.monotonic()
     while not cond():
         if app is not None and (app._exception is not None or not app.is_running):
             raise RuntimeError(f"{what}: the app stopped ({app._exception!r})")
-        if time.monotonic() - t0 > timeout:
+        if time.monotonic() - t0 > within:
             states = (
                 "; ".join(f"{link.name} {link.state.value} {link.error}".strip() for link in app.links[:5])
                 if app is not None
                 else ""
             )
-            raise TimeoutError(f"{what}: not within {timeout:g} s ({'no fleet' if app and not app.fleet else states})")
+            raise TimeoutError(f"{what}: not within {within:g} s ({'no fleet' if app and not app.fleet else states})")
         await asyncio.sleep(step)
     return time.monotonic() - t0
 
@@ -339,8 +342,7 @@ async def fleet_part(args: argparse.Namespace, probes: Probes, window: float, pr
                 probes.profile_ticks = 0
                 probes.profile_start, probes.profile_end = w1, w1 + profile_s
                 probes.profile_started = probes.profile_stopped = 0.0
-            while time.perf_counter() < w1:
-                await asyncio.sleep(min(0.5, w1 - time.perf_counter()))
+            await asyncio.sleep(max(0.0, w1 - time.perf_counter()))
             res["resumed_late_s"] = time.perf_counter() - w1
             stop.set()
             res["stats"] = sampler.over(w0, w1)
@@ -443,7 +445,8 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
                     await pilot.pause(0.005)
                 t_cell = changed_at[-1] if changed_at else time.perf_counter()
                 while not any(start >= t_cell for start, _end in probes.renders):
-                    await asyncio.sleep(0.002)
+                    probes.rendered.clear()
+                    await probes.rendered.wait()
                 t_paint = next(end for start, end in probes.renders if start >= t_cell)
                 res["cell"].append((t_cell - t0) * 1000)
                 res["painted"].append((t_paint - t0) * 1000)
@@ -462,19 +465,19 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
 PROFILE_FUNCS = [
     # (label, file suffix, function name); the first TICK_ROWS run inside the tick
     ("`DittoApp.tick` (all of it)", "dittotui/app.py", "tick"),
-    ("  `cvm_rows` (build every CVM row)", "dittotui/rows.py", "cvm_rows"),
-    ("      `decode_policy` (`CVM.policy_flags`)", "hostctl/security.py", "decode_policy"),
-    ("  `LiveTable._apply` (sync the CVM, host and service rows)", "dittotui/tables.py", "_apply"),
+    ("  `cvm_rows` (build every CVM row)", "dittotui/tables/cvms.py", "cvm_rows"),
+    ("      `decode_policy` (`CVM.policy_flags`)", "hostctl/wire/security.py", "decode_policy"),
+    ("  `LiveTable._apply` (sync the CVM, host and service rows)", "dittotui/tables/live.py", "_apply"),
     ("    `Widget.refresh` (changed lines on screen)", "textual/widget.py", "refresh"),
-    ("  `host_row`", "dittotui/rows.py", "host_row"),
-    ("  `History.record`", "dittotui/history.py", "record"),
-    ("`HostLink._on_notification` (apply updates)", "hostctl/link.py", "_on_notification"),
-    ("  `Model.from_dict`", "hostctl/model.py", "from_dict"),
+    ("  `host_row`", "dittotui/tables/hosts.py", "host_row"),
+    ("  `Trends.record`", "dittotui/trends.py", "record"),
+    ("`HostLink._on_notification` (apply updates)", "hostctl/client/link.py", "_on_notification"),
+    ("  `Model.from_dict`", "hostctl/wire/model.py", "from_dict"),
     ("    `typing.get_type_hints`", "typing.py", "get_type_hints"),
     ("`json.loads` (rpc reader)", "json/__init__.py", "loads"),
     ("`Screen._on_timer_update` (layout + render)", "textual/screen.py", "_on_timer_update"),
-    ("  `LiveTable.render_line`", "dittotui/tables.py", "render_line"),
-    ("    `LiveTable._line` (render a changed row)", "dittotui/tables.py", "_line"),
+    ("  `LiveTable.render_line`", "dittotui/tables/live.py", "render_line"),
+    ("    `LiveTable._line` (render a changed row)", "dittotui/tables/live.py", "_line"),
 ]
 TICK_ROWS = 7
 
@@ -513,12 +516,15 @@ def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
 
 CODE = [
     "dittotui/app.py",
-    "dittotui/rows.py",
-    "dittotui/tables.py",
-    "dittotui/history.py",
-    "hostctl/link.py",
-    "hostctl/model.py",
-    "hostctl/rpc.py",
+    "dittotui/tables/live.py",
+    "dittotui/tables/cells.py",
+    "dittotui/tables/hosts.py",
+    "dittotui/tables/cvms.py",
+    "dittotui/tables/services.py",
+    "dittotui/trends.py",
+    "hostctl/client/link.py",
+    "hostctl/wire/model.py",
+    "hostctl/wire/rpc.py",
 ]
 
 
@@ -530,7 +536,7 @@ def code_hash() -> str:
 
 
 def fmt(v: float, digits: int = 1) -> str:
-    return "-" if v != v else f"{v:.{digits}f}"
+    return "-" if math.isnan(v) else f"{v:.{digits}f}"
 
 
 def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro: str = "") -> list[str]:
@@ -628,7 +634,8 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         f"- **Code measured** (no VCS information is read): sha256 of {', '.join(f.split('/')[-1] for f in CODE)} "
         f"= `{code_hash()}`.",
         f"- **Fleet**: `bench/fleet_agents.py`, one process serving {args.hosts} unix sockets (one per host) with the "
-        "real JSON-RPC protocol (`hostctl.wire.rpc`, `hostctl.wire.model`, the agent's parameter schemas), no HTTP services. "
+        "real JSON-RPC protocol (`hostctl.wire.rpc`, `hostctl.wire.model`, the agent's parameter schemas), no HTTP "
+        "services. "
         f"{args.cvms} CVMs per host ({rows} in all; SEV-SNP/SEV-ES/SEV/none mixed; boot 1, max 9 vCPUs). Every "
         "second every CVM's CPU % takes a random-walk step and ~10% of them change online vCPUs (hosts staggered "
         "in phase); each subscribed link gets an `update` with only the changed CVMs, as from the real agent: "
@@ -669,7 +676,8 @@ def report(args: argparse.Namespace, fleet: dict[str, Any], demo: dict[str, Any]
         "",
         f"All presses, sorted (key → cell / key → screen, ms): {', '.join(f'{v:.0f}' for v in sorted(c))} / "
         f"{', '.join(f'{v:.0f}' for v in sorted(p))}. Screen updates during the presses: {len(demo['render_ms'])}, "
-        f"p50 {fmt(pct(demo['render_ms'], 50))} ms, p99 {fmt(pct(demo['render_ms'], 99))} ms. Full garbage collections in the console process during the "
+        f"p50 {fmt(pct(demo['render_ms'], 50))} ms, p99 {fmt(pct(demo['render_ms'], 99))} ms. Full garbage "
+        "collections in the console process during the "
         f"presses: {len(demo['gc_ms'][2])}"
         + (f" (max {max(demo['gc_ms'][2]):.0f} ms)" if demo["gc_ms"][2] else "")
         + ".",

@@ -11,17 +11,17 @@ import gc
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog
 
-from dittotui.history import History
-from dittotui.rows import Row, cvm_rows, host_row, service_rows
+from dittotui.messages import ExperimentSaved, ScaleRequested, WrkRunRecorded
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.experiment import ExperimentScreen
@@ -29,7 +29,11 @@ from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable, HostsTable, LiveTable, ServicesTable
+from dittotui.tables.cvms import CVMTable, cvm_rows
+from dittotui.tables.hosts import HostsTable, host_row
+from dittotui.tables.live import LiveTable, Row
+from dittotui.tables.services import ServicesTable, service_rows
+from dittotui.trends import Trends
 from hostctl.client.link import Fleet, HostLink, LinkState
 from hostctl.client.ref import CVMRef
 from hostctl.client.render import format_event
@@ -38,7 +42,7 @@ from hostctl.errors import HostctlError
 from hostctl.load.runs import RunLog, RunRecord
 from hostctl.load.wrk import WrkResult
 from hostctl.wire import rpc
-from hostctl.wire.model import Elastic, Event
+from hostctl.wire.model import Elastic, Event, Snapshot
 
 FRAME_BUDGET_S = 0.015  # a tick stops rebuilding rows after this long; the rest follow a moment later
 
@@ -48,7 +52,7 @@ class DittoApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "dittotui"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus", "scale(1)", "+worker"),
         Binding("minus", "scale(-1)", "-worker"),
         Binding("space", "mark", "Mark", show=False),
@@ -76,10 +80,10 @@ class DittoApp(App[None]):
         self.readonly = readonly
         self.refresh_interval = refresh
         self.fleet: Fleet | None = None
-        self.history = History()
+        self.trends = Trends()
         self.marks: set[str] = set()
         self.filter_text = ""
-        self.load_results: dict[str, WrkResult] = {}  # per service: the last wrk result
+        self.wrk_results: dict[str, WrkResult] = {}  # per service: the last wrk result
         self.runs = runs or RunLog()
         self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
         self._dirty = True
@@ -88,7 +92,7 @@ class DittoApp(App[None]):
         self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
         self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
         self._results_version = 0
-        self._recorded: dict[str, float] = {}  # per host: the update last sampled into history
+        self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
         self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
@@ -144,23 +148,23 @@ class DittoApp(App[None]):
             link.on_update(self._mark_dirty)
             link.on_event(self._on_audit)
         self.fleet.start()
-        self.load_runs()
+        self.read_run_history()
 
     @work(exclusive=True, group="runs")
-    async def load_runs(self) -> None:
+    async def read_run_history(self) -> None:
         """Read the wrk run history (kept across restarts): each service shows its last result."""
-        history = await asyncio.to_thread(self.runs.read)
-        for problem in history.problems[:5]:
+        read = await asyncio.to_thread(self.runs.read)
+        for problem in read.problems[:5]:
             self.log_line(f"run history: {problem}", style="yellow")
-        self.run_history, self.load_results = {}, {}
-        for record in history.records:
+        self.run_history, self.wrk_results = {}, {}
+        for record in read.records:
             self._keep_run(record)
         self._results_version += 1
         self._dirty = True
 
     def _keep_run(self, record: RunRecord) -> None:
         self.run_history.setdefault(record.key, []).append(record)
-        self.load_results[record.key] = record.result
+        self.wrk_results[record.key] = record.result
 
     def _mark_dirty(self, _link: HostLink) -> None:
         self._dirty = True
@@ -222,10 +226,10 @@ class DittoApp(App[None]):
                 break
             self._row_versions[link.name] = version
             self._synced_at[link.name] = time.perf_counter()
-            self._record_history(link)
+            self._record_trends(link)
             cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
             services[link.name] = service_rows(
-                link, self.load_results, self.history.p99, slo_ms=slo_ms, filter_text=self.filter_text
+                link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )
         self.cvm_table.sync_groups(cvms)
         self.services_table.sync_groups(services)
@@ -239,24 +243,26 @@ class DittoApp(App[None]):
             cached = self._host_rows[link.name] = (version, host_row(link))
         return cached[1]
 
-    def _record_history(self, link: HostLink) -> None:
+    def _record_trends(self, link: HostLink) -> None:
         """Sample a live host's CVMs and services once per update it sends."""
         snap = link.snapshot
         if snap is None or link.state is not LinkState.FRESH or self._recorded.get(link.name) == snap.ts:
             return
         self._recorded[link.name] = snap.ts
-        self.history.record(link.name, snap.cvms)
+        self.trends.record(link.name, snap.cvms)
         for s in snap.services:
             if (live := s.latency.get("10s")) is not None and live.count:
-                self.history.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99, snap.ts)
+                self.trends.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99, snap.ts)
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:
             prefix = self.clock().strftime("%H:%M:%S ") if stamp else ""
             self.events.write(Text(prefix + text, style=style))
 
-    def record_load(self, record: RunRecord) -> None:
+    @on(WrkRunRecorded)
+    def keep_wrk_run(self, message: WrkRunRecorded) -> None:
         """Keep a finished wrk run (already appended to the run history file) next to its service."""
+        record = message.record
         self._keep_run(record)
         self._results_version += 1
         result = record.result
@@ -265,6 +271,14 @@ class DittoApp(App[None]):
             f"{result.rps:.0f} req/s, {result.errors} errors"
         )
         self._dirty = True
+
+    @on(ExperimentSaved)
+    def log_experiment(self, message: ExperimentSaved) -> None:
+        self.log_line(f"{message.what} saved: {message.report}")
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        """Each host's last snapshot (hosts never reached have none)."""
+        return {link.name: link.snapshot for link in self.links if link.snapshot is not None}
 
     # -- selection --------------------------------------------------------------------------------
 
@@ -278,14 +292,17 @@ class DittoApp(App[None]):
     def link_of(self, ref: CVMRef) -> HostLink | None:
         return self.fleet.links.get(ref.host) if self.fleet else None
 
-    def _confirm_bulk(self, refs: list[CVMRef], what: str, then: Callable[[], None]) -> None:
+    def _confirm_bulk(self, refs: list[CVMRef], what: str, then: Callable[[], object]) -> None:
         if len(refs) <= 1:
             then()
             return
         names = ", ".join(r.key for r in refs[:4]) + (" ..." if len(refs) > 4 else "")
-        self.push_screen(
-            ConfirmScreen(f"{what} on {len(refs)} marked CVMs?\n{names}"), lambda yes: then() if yes else None
-        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        self.push_screen(ConfirmScreen(f"{what} on {len(refs)} marked CVMs?\n{names}"), answered)
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -293,6 +310,11 @@ class DittoApp(App[None]):
         refs = self.selected()
         verb = "Wake one worker" if step > 0 else "Park one worker"
         self._confirm_bulk(refs, verb, lambda: self.scale_cvms(refs, step))
+
+    @on(ScaleRequested)
+    def scale_requested(self, message: ScaleRequested) -> None:
+        """A screen's `+`/`-` (the detail screen's, on its CVM)."""
+        self.scale_cvms(message.refs, message.step)
 
     def scale_cvms(self, refs: Iterable[CVMRef], step: int) -> None:
         """Scale each CVM by `step` workers, compare-and-set against the count on screen."""
@@ -339,14 +361,16 @@ class DittoApp(App[None]):
         else:
             refs = self.selected()[:1]
         link = self.link_of(refs[0]) if refs else None
-        if link is None or link.snapshot is None:
+        if self.fleet is None or link is None or link.snapshot is None:
             return
         services = [s for s in link.snapshot.services if s.cvm == refs[0].cvm]
         services.sort(key=lambda s: s.name != service)  # the chosen service first: the dialog's default
         if not services:
             self.notify(f"{refs[0].key} lists no services", severity="warning")
             return
-        self.push_screen(LoadScreen(link.name, services, history=self.runs))
+        self.push_screen(
+            LoadScreen(link.name, services, site=self.fleet.site, snapshots=self.snapshots, runs=self.runs)
+        )
 
     def action_experiment(self) -> None:
         if self.readonly:
@@ -355,14 +379,7 @@ class DittoApp(App[None]):
         if self.fleet is None:
             self.notify("no site is open yet", severity="warning")
             return
-        links = self.fleet.links
-        self.push_screen(
-            ExperimentScreen(
-                self.fleet.site,
-                lambda: {name: link.snapshot for name, link in links.items() if link.snapshot is not None},
-                self.runs,
-            )
-        )
+        self.push_screen(ExperimentScreen(self.fleet.site, self.snapshots, self.runs))
 
     def action_toggle_policy(self) -> None:
         """Switch the elastic policy of the selected (or marked) CVMs on, or off when all of them run it."""
@@ -430,7 +447,7 @@ class DittoApp(App[None]):
         ref = CVMRef.parse(event.key)
         link = self.link_of(ref)
         if link is not None:
-            self.push_screen(DetailScreen(ref, link, self.history, self.run_history))
+            self.push_screen(DetailScreen(ref, link, self.trends, self.run_history))
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -446,7 +463,7 @@ class DittoApp(App[None]):
     def filter_done(self) -> None:
         self.cvm_table.focus()
 
-    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+    def on_key(self, event: events.Key) -> None:
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_class("visible"):
             box.value = ""
@@ -455,7 +472,7 @@ class DittoApp(App[None]):
 
     def action_sort(self) -> None:
         table = self.focused if isinstance(self.focused, LiveTable) else self.cvm_table
-        keys = [column[0] for column in table.COLUMNS]
+        keys = [column.key for column in table.COLUMNS]
         current = keys.index(table.sort_column) if table.sort_column in keys else -1
         table.sort_by(keys[(current + 1) % len(keys)])
         self.notify(f"sorted by {table.sort_column}")
@@ -473,7 +490,7 @@ class DittoApp(App[None]):
             await self.demo.stop()
         self.exit()
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand(
             "Wake one worker", "Scale the selected (or marked) CVMs up by one", lambda: self.action_scale(1)

@@ -35,8 +35,9 @@ from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable
+from dittotui.tables.cvms import CVMTable
 from hostctl.client.link import LinkState
+from hostctl.client.ref import CVMRef
 from hostctl.wire import model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +52,11 @@ def log(message: str) -> None:
     print(f"screenshots: {message}", flush=True)
 
 
-async def wait_until(pilot: Pilot, what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(pilot: Pilot[None], what: str, ready: Callable[[], bool], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
     while not ready():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+            raise TimeoutError(f"gave up waiting for {what} after {within:.0f} s")
         await pilot.pause(0.1)
 
 
@@ -65,20 +66,21 @@ def events_text(app: DittoApp) -> str:
 
 def live_with_cpu(app: DittoApp) -> bool:
     """Every host live, every CVM row shown, and CPU samples in (some background traffic measured)."""
-    links = app.links
-    if not links or any(link.state is not LinkState.FRESH or link.snapshot is None for link in links):
+    links, snapshots = app.links, app.snapshots()
+    if not links or len(snapshots) < len(links) or any(link.state is not LinkState.FRESH for link in links):
         return False
-    cvms = [(link.name, c) for link in links for c in link.snapshot.cvms]  # type: ignore[union-attr]
+    cvms = [(host, c) for host, snapshot in snapshots.items() for c in snapshot.cvms]
     if app.query_one(CVMTable).row_count < len(cvms):
         return False
-    samples = [len(app.history.of(f"{host}/{c.name}").cpu) for host, c in cvms]
+    samples = [len(app.trends.of(f"{host}/{c.name}").cpu) for host, c in cvms]
     return min(samples) >= 3 and any(c.cpu_percent > 0 for _host, c in cvms)
 
 
 def cvm_of(app: DittoApp, key: str) -> model.CVM:
     """CVM `host/name` as the console last heard of it."""
-    host, _, name = key.partition("/")
-    cvm = app.fleet.links[host].cvm(name)  # type: ignore[union-attr]
+    ref = CVMRef.parse(key)
+    link = app.link_of(ref)
+    cvm = link.cvm(ref.cvm) if link is not None else None
     if cvm is None:
         raise LookupError(f"{key} is not in its host's snapshot")
     return cvm
@@ -93,57 +95,46 @@ def online_vcpus(app: DittoApp, key: str) -> int:
     return cvm_of(app, key).online_vcpus
 
 
-async def move_to(pilot: Pilot, key: str) -> None:
+async def move_to(pilot: Pilot[None], key: str) -> None:
     table = pilot.app.query_one(CVMTable)
     table.focus()
     table.move_cursor(row=table.get_row_index(key))
     await pilot.pause()
 
 
-async def scale_up(pilot: Pilot, key: str) -> None:
+async def scale_up(pilot: Pilot[None], key: str) -> None:
     """`+` on `key`; returns once the agent reports the new vCPU count."""
-    app: DittoApp = pilot.app  # type: ignore[assignment]
+    app = pilot.app
+    assert isinstance(app, DittoApp)
     before = online_vcpus(app, key)
     await move_to(pilot, key)
     await pilot.press("plus")
-    await wait_until(pilot, f"{key} to scale", lambda: online_vcpus(app, key) == before + 1, timeout=15)
+    await wait_until(pilot, f"{key} to scale", lambda: online_vcpus(app, key) == before + 1, within=15)
 
 
-async def shoot(pilot: Pilot, out: Path, name: str) -> None:
+async def shoot(pilot: Pilot[None], out: Path, name: str) -> None:
     await pilot.pause(0.3)  # let the last tick and any layout settle
     await pilot.wait_for_scheduled_animations()
     path = pilot.app.save_screenshot(name, str(out))
     log(f"wrote {Path(path).relative_to(ROOT) if Path(path).is_relative_to(ROOT) else path}")
 
 
-async def run_load(pilot: Pilot, screen: LoadScreen) -> bool:
-    """A short real wrk run from the dialog: seconds set to LOAD_SECONDS, then Run; waits for the result.
-
-    False when the run did not start.
-    """
+async def run_load(pilot: Pilot[None], screen: LoadScreen) -> None:
+    """A short real wrk run from the dialog: seconds set to LOAD_SECONDS, then Run; waits for the result."""
     screen.query_one("#duration", Input).value = str(LOAD_SECONDS)
     await pilot.pause(0.1)
     await pilot.click("#run")
     result = screen.query_one("#result", Label)
-    try:
-        await wait_until(pilot, "wrk to start", lambda: bool(str(result.content)), timeout=2)
-    except TimeoutError:
-        # LoadScreen keeps its task in `self._running`, which is also Textual's MessagePump._running (a bool,
-        # True while the screen runs): `Run` then never starts wrk, and `escape` raises AttributeError.
-        log(
-            "WARNING: the load dialog's Run button did nothing (LoadScreen._running shadows Textual's "
-            "MessagePump._running); load.svg shows the dialog before a run"
-        )
-        return False
     log(f"running wrk for {LOAD_SECONDS} s...")
-    await wait_until(pilot, "the wrk result", lambda: " req/s " in str(result.content), timeout=LOAD_SECONDS + 20)
-    return True
+    await wait_until(pilot, "the wrk result", lambda: " req/s " in str(result.content), within=LOAD_SECONDS + 20)
 
 
-async def open_load(pilot: Pilot) -> LoadScreen:
+async def open_load(pilot: Pilot[None]) -> LoadScreen:
     await pilot.press("w")
     await wait_until(pilot, "the load dialog", lambda: isinstance(pilot.app.screen, LoadScreen))
-    return pilot.app.screen  # type: ignore[return-value]
+    screen = pilot.app.screen
+    assert isinstance(screen, LoadScreen)
+    return screen
 
 
 async def take(out: Path, run_wrk: bool) -> None:
@@ -153,7 +144,7 @@ async def take(out: Path, run_wrk: bool) -> None:
         async with app.run_test(size=SIZE) as pilot:
             started = time.monotonic()
             log("starting the embedded demo site...")
-            await wait_until(pilot, "every host live with CPU data", lambda: live_with_cpu(app), timeout=45)
+            await wait_until(pilot, "every host live with CPU data", lambda: live_with_cpu(app), within=45)
             log(f"all {len(app.links)} hosts live after {time.monotonic() - started:.1f} s")
 
             # An elastic policy: pick it with `p` (shot), switch it on with `a`; its decisions then show on the
@@ -166,12 +157,12 @@ async def take(out: Path, run_wrk: bool) -> None:
             await pilot.press("enter")
             await pilot.pause(0.3)
             await pilot.press("a")
-            await wait_until(pilot, "the policy switched on", lambda: elastic_on(app, ELASTIC_CVM), timeout=10)
+            await wait_until(pilot, "the policy switched on", lambda: elastic_on(app, ELASTIC_CVM), within=10)
 
             # Build up history for the detail plots: one worker woken now, another half way through.
             history_start = time.monotonic()
             await scale_up(pilot, CVM)
-            await wait_until(pilot, "the audit event", lambda: "scale" in events_text(app), timeout=10)
+            await wait_until(pilot, "the audit event", lambda: "scale" in events_text(app), within=10)
 
             # Meanwhile: the help screen and the command palette.
             await pilot.press("question_mark")
@@ -214,14 +205,11 @@ async def take(out: Path, run_wrk: bool) -> None:
             # The wrk dialog, after a short real run when wrk is installed.
             screen = await open_load(pilot)
             if run_wrk and shutil.which("wrk"):
-                if not await run_load(pilot, screen):  # show the dialog as it opens instead
-                    await screen.dismiss()
-                    await pilot.pause(0.2)
-                    screen = await open_load(pilot)
+                await run_load(pilot, screen)
             else:
                 log("wrk not run (not installed, or --no-wrk): the dialog is shown before a run")
             await shoot(pilot, out, "load.svg")
-            await screen.dismiss()  # not `escape`: see run_load
+            await screen.dismiss()
             await pilot.pause(0.3)
 
             await move_to(pilot, CVM)

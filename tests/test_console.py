@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
+import psutil
 import pytest
-from agents import AgentProcess
+from textual.pilot import Pilot
 from textual.widgets import OptionList
 
 from dittotui.app import DittoApp
@@ -18,17 +20,22 @@ from dittotui.screens.detail import DetailScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables import CVMTable, HostsTable
-from hostctl.client.site import Defaults, demo_site
+from dittotui.tables.cvms import CVMTable
+from dittotui.tables.hosts import HostsTable
+from dittotui.tables.services import ServicesTable
+from hostctl.client.site import Defaults
 from hostctl.demo import launcher
+from hostctl.demo.site import demo_site
 from hostctl.wire import rpc
+from tests.support.agents import AgentProcess
 
 HOSTS = ("mec-a", "mec-b")
 
 
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
-    procs = {name: AgentProcess(tmp_path, name, wake_ms=0) for name in HOSTS}
+@contextlib.asynccontextmanager
+async def agent_processes(runtime: Path, names: Iterable[str]) -> AsyncIterator[dict[str, AgentProcess]]:
+    """One running agent per host name (one SEV-SNP CVM `snp` each), stopped afterwards."""
+    procs = {name: AgentProcess(runtime, name, wake_ms=0) for name in names}
     for proc in procs.values():
         await proc.start()
     try:
@@ -36,6 +43,12 @@ async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[dict[str, AgentProcess]]:
+    async with agent_processes(tmp_path, HOSTS) as procs:
+        yield procs
 
 
 def make_app(agents: dict[str, AgentProcess], **kwargs: object) -> DittoApp:
@@ -50,8 +63,8 @@ async def online_vcpus(agent: AgentProcess, cvm: str = "snp") -> int:
     return next(c["online_vcpus"] for c in snapshot["cvms"] if c["name"] == cvm)
 
 
-async def until(pilot, predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def until(pilot: Pilot[None], predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await pilot.pause(0.05)
@@ -62,11 +75,11 @@ def cell(app: DittoApp, table: type, row: str, column: str) -> str:
     return getattr(value, "plain", value)
 
 
-async def ready(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
+async def ready(pilot: Pilot[None], app: DittoApp) -> None:
     await until(pilot, lambda: app.query_one(CVMTable).row_count == len(HOSTS))
 
 
-async def select(pilot, app: DittoApp, key: str) -> None:  # type: ignore[no-untyped-def]
+async def select(pilot: Pilot[None], app: DittoApp, key: str) -> None:
     table = app.query_one(CVMTable)
     table.move_cursor(row=table.get_row_index(key))
     await pilot.pause()
@@ -211,16 +224,32 @@ async def test_filter_sort_detail_and_help(agents: dict[str, AgentProcess]) -> N
         assert isinstance(app.screen, HelpScreen)
 
 
+async def test_j_k_g_and_shift_g_move_the_cursor_in_every_table(tmp_path: Path) -> None:
+    async with agent_processes(tmp_path, ("mec-a", "mec-b", "mec-c", "mec-d")) as four:
+        app = make_app(four)
+        async with app.run_test(size=(120, 36)) as pilot:
+            tables = [app.query_one(HostsTable), app.query_one(CVMTable), app.query_one(ServicesTable)]
+            await until(pilot, lambda: [table.row_count for table in tables] == [4, 4, 4])
+            for table in tables:
+                table.focus()
+                rows = []
+                for key in ("G", "k", "g", "j", "j", "k", "down", "up", "end", "home"):
+                    await pilot.press(key)
+                    rows.append(table.cursor_row)
+                    assert table.selected_key == table.keys[table.cursor_row]
+                assert rows == [3, 2, 0, 1, 2, 1, 2, 1, 3, 0], table.id
+
+
 async def test_quit_stops_the_demo_site_it_started() -> None:
     demo = DemoSession()
     app = DittoApp(demo=demo, refresh=0.1)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.query_one(CVMTable).row_count == 9, timeout=20)
+        await until(pilot, lambda: app.query_one(CVMTable).row_count == 9, within=20)
         pids = [launcher.HostProcess(h, demo.runtime).pid() for h in ("mec-1", "mec-2", "regional-1")]
         assert all(pids)
         await pilot.press("q")
-        await until(pilot, lambda: not demo.running, timeout=10)
-    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+        await until(pilot, lambda: not demo.running, within=10)
+    assert not any(psutil.pid_exists(pid) for pid in pids)
     assert not demo.runtime.exists()
 
 
@@ -230,13 +259,13 @@ def test_bad_site_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert proc.returncode == 2 and proc.stderr.strip() == f"dittotui: {tmp_path / 'none.toml'}: no such file"
 
 
 async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, AgentProcess]) -> None:
     from dittotui.screens.load import LoadScreen
-    from dittotui.tables import ServicesTable
 
     app = make_app(agents)
     async with app.run_test(size=(140, 40)) as pilot:
@@ -247,11 +276,11 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
         assert isinstance(app.screen, LoadScreen)
         app.screen.query_one("#duration").value = "2"
         await pilot.click("#run")
-        await until(pilot, lambda: "p50" in str(app.screen.query_one("#result").render()), timeout=15)
+        await until(pilot, lambda: "p50" in str(app.screen.query_one("#result").render()), within=15)
         await pilot.press("escape")
         key = "mec-a/snp/home-timeline"
         await until(pilot, lambda: cell(app, ServicesTable, key, "wrk").endswith("ms"))
-        assert app.load_results[key].requests > 0 and app.load_results[key].errors == 0
+        assert app.wrk_results[key].requests > 0 and app.wrk_results[key].errors == 0
         assert cell(app, ServicesTable, "mec-b/snp/home-timeline", "wrk") == "-"
         services = app.query_one(ServicesTable)  # `w` on a service row aims at that service
         services.focus()
@@ -284,7 +313,7 @@ async def test_the_security_overhead_experiment_runs_from_the_console(agents: di
         screen.params = Params(threads=1, connections=4, duration_s=1, script="home-timeline")
         await pilot.pause()
         await pilot.click("#run")
-        await until(pilot, lambda: "saved:" in str(screen.query_one("#step").render()), timeout=30)
+        await until(pilot, lambda: "saved:" in str(screen.query_one("#step").render()), within=30)
         saved = sorted((app.runs.path.parent / "experiments").glob("security-overhead-*"))
         assert [p.suffix for p in saved] == [".csv", ".md"]
         table = saved[1].read_text()  # these agents serve HTTP on their SNP CVM only: the others are left out, and why

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from agents import AgentProcess
-from test_console import select, until
+from textual.pilot import Pilot
 from textual.widgets import Button, Input, ProgressBar, Select
 
 from dittotui.app import DittoApp
 from dittotui.screens.load import LoadScreen
-from dittotui.tables import CVMTable
-from hostctl.client.site import Defaults, LoadBounds, LoadGenerator, demo_site
+from dittotui.tables.cvms import CVMTable
+from hostctl.client.site import Defaults, LoadBounds, LoadGenerator
+from hostctl.demo.site import demo_site
 from hostctl.load.runs import RunLog
+from tests.support.agents import AgentProcess
+from tests.test_console import select, until
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -46,7 +48,7 @@ def make_app(agent: AgentProcess, bounds: LoadBounds | None = None) -> DittoApp:
     return DittoApp(site=site, refresh=0.05)
 
 
-async def open_dialog(pilot, app: DittoApp) -> LoadScreen:  # type: ignore[no-untyped-def]
+async def open_dialog(pilot: Pilot[None], app: DittoApp) -> LoadScreen:
     await until(pilot, lambda: app.fleet is not None and app.fleet.links["mec-a"].snapshot is not None)
     await until(pilot, lambda: bool(app.fleet.links["mec-a"].snapshot.services))  # type: ignore[union-attr]
     await select(pilot, app, "mec-a/snp")
@@ -55,7 +57,7 @@ async def open_dialog(pilot, app: DittoApp) -> LoadScreen:  # type: ignore[no-un
     return app.screen
 
 
-async def ready_one(pilot, app: DittoApp) -> None:  # type: ignore[no-untyped-def]
+async def ready_one(pilot: Pilot[None], app: DittoApp) -> None:
     await until(pilot, lambda: app.query_one(CVMTable).row_count == 1)
 
 
@@ -73,9 +75,9 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         dialog.query_one("#script", Select).value = "user-timeline"
         dialog.query_one("#duration", Input).value = "2"
         await pilot.click("#run")
-        await until(pilot, lambda: "p99" in str(dialog.query_one("#result").render()), timeout=20)
+        await until(pilot, lambda: "p99" in str(dialog.query_one("#result").render()), within=20)
         assert dialog.query_one("#progress", ProgressBar).progress == 2
-        assert app.load_results["mec-a/snp/home-timeline"].requests > 0
+        assert app.wrk_results["mec-a/snp/home-timeline"].requests > 0
     [record] = RunLog().read().records  # under the test's XDG_STATE_HOME
     assert (record.key, record.script, record.load_host, record.why) == (
         "mec-a/snp/home-timeline",
@@ -83,7 +85,7 @@ async def test_a_run_with_a_chosen_script_is_kept_in_the_history(agent: AgentPro
         "this machine",
         "console",
     )
-    assert record.result.errors == 0 and record.result == app.load_results[record.key]
+    assert record.result.errors == 0 and record.result == app.wrk_results[record.key]
 
 
 async def test_cancel_kills_wrk_and_records_nothing(agent: AgentProcess) -> None:
@@ -99,7 +101,7 @@ async def test_cancel_kills_wrk_and_records_nothing(agent: AgentProcess) -> None
         await until(pilot, lambda: "cancelled" in str(dialog.query_one("#result").render()))
         assert app.screen is dialog and dialog.query_one("#cancel", Button).disabled
         await until(pilot, lambda: not wrk_children())
-        assert "mec-a/snp/home-timeline" not in app.load_results
+        assert "mec-a/snp/home-timeline" not in app.wrk_results
         await pilot.press("escape")
         assert not isinstance(app.screen, LoadScreen)
     assert RunLog().read().records == []
@@ -116,7 +118,7 @@ async def test_the_sites_bounds_limit_the_dialog(agent: AgentProcess) -> None:
         await pilot.click("#run")
         await pilot.pause()
         assert "connections must be 1..8 and seconds 1..5" in str(dialog.query_one("#result").render())
-        assert not wrk_children() and app.load_results == {}
+        assert not wrk_children() and app.wrk_results == {}
 
 
 async def test_an_unreachable_load_host_is_a_clear_message(agent: AgentProcess) -> None:
@@ -133,6 +135,6 @@ async def test_an_unreachable_load_host_is_a_clear_message(agent: AgentProcess) 
                 "edge-1" in str(dialog.query_one("#result").render())
                 and "nothing ran" in str(dialog.query_one("#result").render())
             ),
-            timeout=15,
+            within=15,
         )
     assert RunLog().read().records == []

@@ -28,7 +28,9 @@ from dittotui.app import DittoApp
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
-from dittotui.tables import CVMTable, HostsTable, ServicesTable
+from dittotui.tables.cvms import CVMTable
+from dittotui.tables.hosts import HostsTable
+from dittotui.tables.services import ServicesTable
 from hostctl.client.link import LinkState
 from hostctl.client.site import load
 from hostctl.demo import launcher
@@ -232,10 +234,10 @@ def snapshot(
     assert same
 
 
-async def wait_for(pilot: Pilot, what: str, ready: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(pilot: Pilot, what: str, ready: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not ready():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        assert time.monotonic() < deadline, f"no {what} within {within:g} s"
         await pilot.pause(0.05)
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import bisect
 from datetime import datetime
+from typing import ClassVar
 
 from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Sparkline, Static
 
-from dittotui.history import History
+from dittotui.messages import ScaleRequested
+from dittotui.trends import Trends
 from hostctl.client.link import HostLink
 from hostctl.client.ref import CVMRef
 from hostctl.load.runs import RunRecord
@@ -21,17 +24,17 @@ from hostctl.load.runs import RunRecord
 class DetailScreen(Screen[None]):
     """Facts and plots for the CVM `ref`, refreshed every second."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         ("escape,enter", "app.pop_screen", "Back"),
         ("plus", "scale(1)", "Wake worker"),
         ("minus", "scale(-1)", "Park worker"),
     ]
 
-    def __init__(self, ref: CVMRef, link: HostLink, history: History, runs: dict[str, list[RunRecord]]) -> None:
+    def __init__(self, ref: CVMRef, link: HostLink, trends: Trends, runs: dict[str, list[RunRecord]]) -> None:
         super().__init__()
         self.ref = ref
         self.link = link
-        self.history = history
+        self.trends = trends
         self.runs = runs  # host/cvm/service -> its wrk runs, oldest first
 
     def compose(self) -> ComposeResult:
@@ -84,18 +87,18 @@ class DetailScreen(Screen[None]):
             f"workers [b]{cvm.workers_active}/{cvm.workers_max}[/b] via driver '{cvm.driver}'   "
             f"CPU {cvm.cpu_percent:.1f}%{scaled}\n{elastic}"
         )
-        series = self.history.of(self.ref.key)
+        series = self.trends.of(self.ref.key)
         self.query_one("#workers-plot", Sparkline).data = list(series.workers)
         self.query_one("#cpu-plot", Sparkline).data = list(series.cpu)
         for plot in self.query(".latency-plot").results(Sparkline):
             service = (plot.id or "").removeprefix("p99-")
             key = f"{self.ref.key}/{service}"
-            plot.data = list(self.history.p99.get(key, ()))
+            plot.data = list(self.trends.p99.get(key, ()))
             marks = self.query_one(f"#runs-{service}", Static)
-            marks.update(run_marks(list(self.history.p99_at.get(key, ())), self.runs.get(key, []), plot.size.width))
+            marks.update(run_marks(list(self.trends.p99_at.get(key, ())), self.runs.get(key, []), plot.size.width))
 
     def action_scale(self, step: int) -> None:
-        self.app.scale_cvms([self.ref], step)  # type: ignore[attr-defined]
+        self.app.post_message(ScaleRequested([self.ref], step))
 
 
 def run_marks(sampled_at: list[float], runs: list[RunRecord], width: int) -> Text:

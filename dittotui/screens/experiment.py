@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Markdown, ProgressBar
 
+from dittotui.messages import ExperimentSaved
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.experiments import security_overhead as experiment
@@ -25,7 +28,7 @@ PARAMS = wrk.Params(threads=2, connections=8, duration_s=10, script="home-timeli
 class ExperimentScreen(ModalScreen[None]):
     """Run, show progress, then the table the study reports; saved as Markdown and CSV next to the run history."""
 
-    BINDINGS = [("escape", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [("escape", "close", "Close")]
 
     def __init__(self, site: Site, snapshots: Callable[[], Mapping[str, Snapshot]], runs: RunLog) -> None:
         super().__init__()
@@ -81,4 +84,4 @@ class ExperimentScreen(ModalScreen[None]):
             return
         await self.query_one("#report", Markdown).update(report.markdown())
         step.update(f"saved: {markdown} and {table.name}")
-        self.app.log_line(f"security-overhead experiment saved: {markdown}")  # type: ignore[attr-defined]
+        self.app.post_message(ExperimentSaved("security-overhead experiment", markdown))

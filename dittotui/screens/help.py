@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
@@ -23,6 +26,7 @@ compare-and-set: a retry never applies twice.
 | `enter` | CVM detail: worker and CPU history |
 | `/` | filter CVMs and services (every word must match); `escape` clears |
 | `s` | sort the focused table by the next column; click a header to sort by it |
+| `j` / `k` | move down / up (or the arrow keys); `g` / `G` to the first / last row (or `home` / `end`) |
 | `tab` | move between tables |
 | `ctrl+p` | command palette: every action |
 | `?` | this help |
@@ -39,7 +43,9 @@ that CVM for a grace time: the operator wins.
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [("escape,q,question_mark", "dismiss", "Close")]
+    """The keys and what the columns mean; `escape`, `q` or `?` closes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [("escape,q,question_mark", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):

@@ -4,49 +4,54 @@ with a progress bar, cancel, and the result (kept next to the service and in the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.validation import Integer
 from textual.widgets import Button, Input, Label, ProgressBar, Select
 
-from hostctl.client.site import LoadBounds, Site
+from dittotui.messages import WrkRunRecorded
+from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.load import generators as loadgen
 from hostctl.load import wrk
 from hostctl.load.runs import RunLog
-from hostctl.wire.model import Service
+from hostctl.wire.model import Service, Snapshot
 
 
 class LoadScreen(ModalScreen[None]):
     """Pick a service, script, load host, connections and duration; escape or Cancel stops a run."""
 
-    BINDINGS = [("escape", "close", "Cancel a run / close")]
+    BINDINGS: ClassVar[list[BindingType]] = [("escape", "close", "Cancel a run / close")]
     DEFAULT_CSS = "LoadScreen #result { width: 100%; }"  # long errors wrap instead of being cut
 
-    def __init__(self, host: str, services: list[Service], history: RunLog | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        services: list[Service],
+        *,
+        site: Site,
+        snapshots: Callable[[], Mapping[str, Snapshot]],
+        runs: RunLog,
+    ) -> None:
         super().__init__()
         self.host = host
-        self.services = services
-        self.history = history or RunLog()
+        self.services = services  # of one CVM; the first is the dialog's default
+        self.site = site
+        self.snapshots = snapshots  # each host's last snapshot, for the services its agent reports
+        self.runs = runs
         self._load_task: asyncio.Task[None] | None = None
-
-    @property
-    def site(self) -> Site | None:
-        fleet = getattr(self.app, "fleet", None)
-        return fleet.site if fleet is not None else None
-
-    @property
-    def bounds(self) -> LoadBounds:
-        return self.site.load if self.site is not None else LoadBounds()
 
     def compose(self) -> ComposeResult:
         first = self.services[0]
         script = first.name if first.name in wrk.SCRIPTS else "home-timeline"
-        hosts = loadgen.load_hosts(self.site) if self.site is not None else [loadgen.THIS_MACHINE]
-        bounds = self.bounds
+        hosts = loadgen.load_hosts(self.site)
+        bounds = self.site.load
         with Vertical(id="dialog"):
             yield Label(f"wrk load on {self.host}/{first.cvm}", id="question")
             yield Select([(s.name, s.url) for s in self.services], value=first.url, allow_blank=False, id="service")
@@ -94,7 +99,7 @@ class LoadScreen(ModalScreen[None]):
             self._load_task.cancel()
 
     def start(self) -> None:
-        bounds = self.bounds
+        bounds = self.site.load
         inputs = [self.query_one("#connections", Input), self.query_one("#duration", Input)]
         if any(not i.is_valid for i in inputs):
             self.query_one("#result", Label).update(
@@ -127,18 +132,15 @@ class LoadScreen(ModalScreen[None]):
             bar.update(total=total, progress=elapsed)
 
         try:
-            site = self.site
-            if site is None:
-                raise HostctlError("no site is open: nothing to aim load at")
-            targets = loadgen.Targets(site, self._reported())
+            reported = {host: snapshot.services for host, snapshot in self.snapshots().items()}
             record = await loadgen.run_load(
-                site,
-                targets,
+                self.site,
+                loadgen.Targets(self.site, reported),
                 service.url,
                 params,
-                host=loadgen.load_host(site, load_host),
+                host=loadgen.load_host(self.site, load_host),
                 progress=progress,
-                history=self.history,
+                history=self.runs,
                 why="console",
             )
         except HostctlError as e:
@@ -153,16 +155,10 @@ class LoadScreen(ModalScreen[None]):
             self._load_task = None
             if self.is_attached:
                 cancel.disabled = True
+        self.app.post_message(WrkRunRecorded(record))
         result = record.result
         bar.update(progress=params.duration_s)
         result_label.update(
             f"p50 {result.p(50):.1f} ms  p90 {result.p(90):.1f} ms  p99 {result.p(99):.1f} ms  "
             f"{result.rps:.0f} req/s  {result.errors} errors"
         )
-        self.app.record_load(record)  # type: ignore[attr-defined]
-
-    def _reported(self) -> dict[str, list[Service]]:
-        """The services each host's agent reports (the inventory of a host whose site entry lists none)."""
-        fleet = getattr(self.app, "fleet", None)
-        links = fleet.links.values() if fleet is not None else []
-        return {link.name: link.snapshot.services for link in links if link.snapshot is not None}

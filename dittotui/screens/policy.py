@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
@@ -12,7 +15,7 @@ from textual.widgets.option_list import Option
 class PolicyScreen(ModalScreen[str | None]):
     """The agent's policies, each with its one-line description; `enter` picks, `escape` cancels."""
 
-    BINDINGS = [("escape", "dismiss(None)", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [("escape", "dismiss(None)", "Cancel")]
 
     def __init__(self, what: str, policies: dict[str, str], current: str | None) -> None:
         super().__init__()

@@ -1,4 +1,7 @@
-"""Recent history per CVM (online workers, CPU %) for the detail screen's plots."""
+"""Recent samples the console keeps while it runs: workers and CPU % per CVM, probed p99 per service.
+
+The detail screen plots them; the services table shows the last p99s as a trend.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ class Series:
     cpu: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # whole percent: small ints cost no memory
 
 
-class History:
-    """Samples every CVM the console has seen, keyed `host/cvm`."""
+class Trends:
+    """Samples of every CVM (keyed `host/cvm`) and service (keyed `host/cvm/service`) seen, the last SAMPLES of each."""
 
     def __init__(self) -> None:
         self.hosts: dict[str, dict[str, Series]] = {}  # host -> CVM name -> its samples

@@ -7,49 +7,52 @@ touches only the rows whose values changed. Columns have fixed widths: nothing i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size, Spacing
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from dittotui.rows import Row
-
-Render = Callable[[Any], Text | str]
-Column = tuple[str, str, int, Render]  # key, label, width, render
-
-STATE_STYLE = {"fresh": "green", "stale": "bold yellow", "connecting": "red"}
-SECURITY_STYLE = {"sev-snp": "bold magenta", "sev-es": "magenta", "sev": "cyan", "none": "dim"}
-SPARKS = "▁▂▃▄▅▆▇█"
-BAR_WIDTH = 8
+Row = tuple[Any, ...]  # one raw value per column, in the order of the table's COLUMNS
+Cell = Text | str
 PADDING = 1  # cells of space on each side of a column
 PAD = " " * PADDING
+
+
+class Column(NamedTuple):
+    """A table column: the key it is sorted and looked up by, its header, its width in cells, and how a raw value
+    of the row is drawn."""
+
+    key: str
+    label: str
+    width: int
+    render: Callable[[Any], Cell]
 
 
 class LiveTable(ScrollView, can_focus=True):
     """Rows synced from a dict of key -> raw row, a row cursor that stays on its row, sortable by any column."""
 
-    COLUMNS: ClassVar[list[Column]] = []
-    BINDINGS = [
+    COLUMNS: ClassVar[tuple[Column, ...]] = ()
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select", "Open", show=False),
-        Binding("up", "cursor(-1)", show=False),
-        Binding("down", "cursor(1)", show=False),
+        Binding("up,k", "cursor(-1)", show=False),
+        Binding("down,j", "cursor(1)", show=False),
         Binding("pageup", "page(-1)", show=False),
         Binding("pagedown", "page(1)", show=False),
-        Binding("home", "cursor(-1_000_000_000)", show=False),
-        Binding("end", "cursor(1_000_000_000)", show=False),
+        Binding("home,g", "first", show=False),
+        Binding("end,G", "last", show=False),
         Binding("left", "scroll_left", show=False),
         Binding("right", "scroll_right", show=False),
     ]
-    COMPONENT_CLASSES = {"live-table--header", "live-table--cursor", "live-table--even-row"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"live-table--header", "live-table--cursor", "live-table--even-row"}
     DEFAULT_CSS = """
     LiveTable {
         background: $surface;
@@ -100,9 +103,12 @@ class LiveTable(ScrollView, can_focus=True):
         self.cursor_row = 0
         self.sort_column: str | None = None
         self.sort_reverse = False
-        self._widths = [width for _k, _l, width, _r in self.COLUMNS]  # the last one stretches to fill the table
-        self._keys = [key for key, _l, _w, _r in self.COLUMNS]
-        self._paint_styles: tuple[Style, ...] = ()  # base, even, cursor, even + cursor, header: set per paint
+        self._keys = [column.key for column in self.COLUMNS]
+        self._renders = [column.render for column in self.COLUMNS]
+        self._widths = [column.width for column in self.COLUMNS]  # the last one stretches to fill the table
+        # Resolved once per paint: a row's style by 2 * (under the cursor) + (even), and the header's.
+        self._row_styles: tuple[Style, ...] = ()
+        self._header_style = Style()
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -128,19 +134,19 @@ class LiveTable(ScrollView, can_focus=True):
     def get_row_index(self, key: str) -> int:
         return self._positions()[key]
 
-    def get_cell(self, key: str, column: str) -> Text | str:
+    def get_cell(self, key: str, column: str) -> Cell:
         """The cell as rendered from the row's newest values."""
         at = self._keys.index(column)
-        return self.COLUMNS[at][3](self._rows[key][at])
+        return self._renders[at](self._rows[key][at])
 
     # -- syncing ----------------------------------------------------------------------------------
 
-    def sync(self, rows: dict[str, Row]) -> None:
+    def sync(self, rows: Mapping[str, Row]) -> None:
         """Show exactly `rows`: add new ones, drop those that are gone, redraw those whose values changed."""
         gone = self._rows.keys() - rows.keys()
         self._apply([rows], gone)
 
-    def sync_groups(self, groups: dict[str, dict[str, Row]]) -> None:
+    def sync_groups(self, groups: Mapping[str, Mapping[str, Row]]) -> None:
         """Like `sync`, for only the groups (hosts) whose rows may have changed; other groups stay as they are."""
         gone: set[str] = set()
         for group, rows in groups.items():
@@ -148,7 +154,7 @@ class LiveTable(ScrollView, can_focus=True):
             self._groups[group] = set(rows)
         self._apply(groups.values(), gone)
 
-    def _apply(self, batches: Iterable[dict[str, Row]], gone: set[str]) -> None:
+    def _apply(self, batches: Iterable[Mapping[str, Row]], gone: set[str]) -> None:
         sort_at = self._keys.index(self.sort_column) if self.sort_column is not None else None
         changed: list[str] = []
         added = reorder = False
@@ -251,6 +257,12 @@ class LiveTable(ScrollView, can_focus=True):
     def action_cursor_down(self) -> None:
         self.action_cursor(1)
 
+    def action_first(self) -> None:
+        self.move_cursor(row=0)
+
+    def action_last(self) -> None:
+        self.move_cursor(row=len(self._order) - 1)
+
     def action_page(self, direction: int) -> None:
         self.action_cursor(direction * max(1, self.size.height - 2))
 
@@ -264,7 +276,7 @@ class LiveTable(ScrollView, can_focus=True):
             return
         if offset.y == 0:
             x = offset.x + int(self.scroll_x)
-            for key, width in zip(self._keys, self._widths):
+            for key, width in zip(self._keys, self._widths, strict=True):
                 x -= width + 2 * PADDING
                 if x < 0:
                     self.sort_by(key)
@@ -281,7 +293,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def on_resize(self, event: events.Resize) -> None:
         """Give the last column whatever width the others leave (a vertical scrollbar's room kept free)."""
-        declared = [width for _k, _l, width, _r in self.COLUMNS]
+        declared = [column.width for column in self.COLUMNS]
         room = event.size.width - self.styles.scrollbar_size_vertical - sum(w + 2 * PADDING for w in declared[:-1])
         widths = [*declared[:-1], max(declared[-1], room - 2 * PADDING)]
         if widths != self._widths:
@@ -294,48 +306,39 @@ class LiveTable(ScrollView, can_focus=True):
         """Resolve the row styles once per paint, not once per line."""
         even, cursor = (self.get_component_rich_style(f"live-table--{name}") for name in ("even-row", "cursor"))
         base = self.rich_style
-        self._paint_styles = (
-            base,
-            base + even,
-            base + cursor,
-            base + even + cursor,
-            self.get_component_rich_style("live-table--header"),
-        )
+        self._row_styles = (base, base + even, base + cursor, base + even + cursor)
+        self._header_style = self.get_component_rich_style("live-table--header")
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         scroll_x, scroll_y = self.scroll_offset
-        base, even, cursor, even_cursor, header = self._paint_styles
         if y == 0:
+            header = self._header_style
             return self._header().crop_extend(scroll_x, scroll_x + width, header).apply_style(header)
         row = y - 1 + scroll_y
         if row >= len(self._order):
-            return Strip.blank(width, base)
+            return Strip.blank(width, self._row_styles[0])
         key = self._order[row]
         line = self._lines.get(key)
         if line is None:
-            line = self._lines[key] = self._line(
-                [render(v) for (_k, _l, _w, render), v in zip(self.COLUMNS, self._rows[key])]
-            )
-        if row == self.cursor_row:
-            style = even_cursor if row % 2 == 0 else cursor
-        else:
-            style = even if row % 2 == 0 else base
+            values = self._rows[key]
+            line = self._lines[key] = self._line([render(v) for render, v in zip(self._renders, values, strict=True)])
+        style = self._row_styles[2 * (row == self.cursor_row) + (row % 2 == 0)]
         return line.crop_extend(scroll_x, scroll_x + width, style).apply_style(style)
 
     def _header(self) -> Strip:
         labels = []
-        for key, label, _width, _render in self.COLUMNS:
-            arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_column else ""
-            labels.append(label + arrow)
+        for column in self.COLUMNS:
+            arrow = ("▼" if self.sort_reverse else "▲") if column.key == self.sort_column else ""
+            labels.append(column.label + arrow)
         return self._line(labels)
 
-    def _line(self, cells: list[Text | str]) -> Strip:
+    def _line(self, cells: Sequence[Cell]) -> Strip:
         """One line of cells, each cropped or padded to its column's width."""
         console = self.app.console
         segments: list[Segment] = []
-        for width, cell in zip(self._widths, cells):
+        for width, cell in zip(self._widths, cells, strict=True):
             if isinstance(cell, str) or not cell.spans:  # one style: one segment, no Text machinery
                 text, style = (cell, None) if isinstance(cell, str) else (cell.plain, console.get_style(cell.style))
                 segments.append(Segment(f"{PAD}{_fit(text, width)}{PAD}", style or None))
@@ -343,11 +346,11 @@ class LiveTable(ScrollView, can_focus=True):
             key = (width, cell.plain, tuple(cell.spans), cell.style)
             rendered = _STYLED_CELLS.get(key)
             if rendered is None:
-                text = cell.copy()
-                text.truncate(width, overflow="ellipsis", pad=True)
+                fitted = cell.copy()
+                fitted.truncate(width, overflow="ellipsis", pad=True)
                 if len(_STYLED_CELLS) > 4096:
                     _STYLED_CELLS.clear()
-                styled = Segment.apply_style(text.render(console), console.get_style(text.style))
+                styled = Segment.apply_style(fitted.render(console), console.get_style(fitted.style))
                 rendered = _STYLED_CELLS[key] = [Segment(PAD), *styled, Segment(PAD)]
             segments.extend(rendered)
         return Strip(segments, self._width)
@@ -372,149 +375,3 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
         return (1, value.lower())
     return (2, tuple(_sort_key(v) for v in value))
-
-
-def plain(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def number(value: float | None) -> str:
-    return "-" if value is None else f"{value:5.1f}"
-
-
-def state(value: tuple[str, int | None]) -> Text:
-    """`live`, `stale 12s` (the age of the last data) or `connecting`."""
-    name, age = value
-    label = "live" if name == "fresh" else f"stale {age}s" if name == "stale" and age is not None else name
-    return Text(label, style=STATE_STYLE[name])
-
-
-def capacity(value: tuple[int | None, int | None, str]) -> Text:
-    used, cpus, error = value
-    if error:
-        return Text(error[:80], style="yellow" if used is not None else "red")
-    return Text(f"{used}/{cpus}", style="bold red" if used and cpus and used > cpus else "")
-
-
-def yes_no(value: bool | None) -> str:
-    return "-" if value is None else "yes" if value else "no"
-
-
-def name(value: tuple[str, bool]) -> Text:
-    text, stale = value
-    return Text(text, style="dim" if stale else "bold")
-
-
-def host_name(value: tuple[str, bool]) -> Text:
-    text, stale = value
-    return Text(text, style="dim" if stale else "")
-
-
-def workers(value: tuple[int, int]) -> Text:
-    """`███░░░░░ 3/8`: active workers of the CVM's maximum."""
-    active, maximum = value
-    filled = round(BAR_WIDTH * active / maximum) if maximum else 0
-    return Text.assemble(("█" * filled, "green"), ("░" * (BAR_WIDTH - filled), "dim"), f" {active}/{maximum}")
-
-
-def security(value: str) -> Text:
-    return Text(value, style=SECURITY_STYLE.get(value, ""))
-
-
-def run_state(value: str) -> Text:
-    return Text(value, style="green" if value == "running" else "yellow")
-
-
-def mark(value: bool) -> Text | str:
-    return Text("●", style="bold yellow") if value else " "
-
-
-def p99(value: tuple[float | None, bool]) -> Text | str:
-    latency, breach = value
-    return "-" if latency is None else Text(f"{latency:.1f}", style="bold red" if breach else "")
-
-
-def sparkline(value: tuple[tuple[float, ...], float] | tuple[()]) -> Text:
-    """The recent values as block characters, scaled to the SLO or the largest value."""
-    if not value:
-        return Text("")
-    values, ceiling = value
-    top = max([ceiling, *values]) or 1.0
-    return Text("".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in values), style="cyan")
-
-
-def elastic(value: tuple[str, bool, bool] | None) -> Text | str:
-    """`● threshold` when the policy runs, `○ threshold` when it is off; yellow when it holds for want of data."""
-    if value is None:
-        return "-"
-    policy, enabled, alert = value
-    if not enabled:
-        return Text(f"○ {policy}", style="dim")
-    return Text(f"● {policy}", style="bold yellow" if alert else "bold green")
-
-
-def decision(value: tuple[str, str, bool] | None) -> Text | str:
-    """The policy's last decision and its reason."""
-    if value is None or not value[0]:
-        return "-"
-    label, reason, alert = value
-    style = "bold yellow" if alert else {"up": "green", "down": "cyan"}.get(label.split(" ")[0], "")
-    return Text.assemble((label, style), f" {reason}" if reason else "")
-
-
-def errors(value: int | None) -> Text | str:
-    return "-" if value is None else Text(str(value), style="red" if value else "")
-
-
-def slo(value: bool | None) -> Text | str:
-    return "" if value is None else Text("!", style="bold red") if value else Text("ok", style="green")
-
-
-def wrk_p99(value: tuple[float, int] | None) -> Text | str:
-    return "-" if value is None else Text(f"{value[0]:.0f}ms", style="red" if value[1] else "")
-
-
-def gib(value: int | None) -> str:
-    return "-" if value is None else f"{value}G"
-
-
-class HostsTable(LiveTable):
-    COLUMNS = [
-        ("host", "Host", 12, plain),
-        ("state", "State", 14, state),
-        ("cpu", "CPU%", 5, number),
-        ("mem", "Mem", 5, gib),
-        ("snp", "SNP", 3, yes_no),
-        ("capacity", "vCPUs used/cap", 20, capacity),
-    ]
-
-
-class CVMTable(LiveTable):
-    COLUMNS = [
-        ("mark", " ", 1, mark),
-        ("cvm", "CVM", 14, name),
-        ("host", "Host", 10, host_name),
-        ("workers", "Workers", 13, workers),
-        ("cpu", "CPU%", 5, number),
-        ("elastic", "Elastic", 15, elastic),
-        ("security", "Security", 8, security),
-        ("state", "State", 7, run_state),
-        ("boot", "Boot", 4, plain),
-        ("decision", "Last decision", 36, decision),
-        ("policy", "Launch policy", 20, plain),
-    ]
-
-
-class ServicesTable(LiveTable):
-    COLUMNS = [
-        ("service", "Service", 13, plain),
-        ("cvm", "CVM", 14, plain),
-        ("p50", "p50", 5, number),
-        ("p99", "p99", 6, p99),
-        ("trend", "p99 trend", 10, sparkline),
-        ("rps", "req/s", 5, number),
-        ("errors", "Err", 3, errors),
-        ("slo", "SLO", 3, slo),
-        ("wrk", "wrk p99", 7, wrk_p99),
-        ("host", "Host", 10, plain),
-    ]

@@ -1,0 +1,68 @@
+"""The CVMs table: one row per CVM of every host, as raw per-column values (cheap to build and compare every tick).
+
+Only a value that changed is rendered (see `dittotui.tables.live`), so a fleet of thousands of CVMs costs a tuple per
+row per tick, not a styled cell.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Set
+
+from dittotui.tables import cells
+from dittotui.tables.filter import matches
+from dittotui.tables.live import Column, LiveTable, Row
+from hostctl.client.link import HostLink, LinkState
+from hostctl.wire.security import SecurityType, decode_policy
+
+
+class CVMTable(LiveTable):
+    """Mark, CVM, host, workers, CPU, elastic policy, security, state, boot vCPUs, last decision, launch policy;
+    rows from `cvm_rows`."""
+
+    COLUMNS = (
+        Column("mark", " ", 1, cells.mark),
+        Column("cvm", "CVM", 14, cells.name),
+        Column("host", "Host", 10, cells.host_name),
+        Column("workers", "Workers", 13, cells.workers),
+        Column("cpu", "CPU%", 5, cells.number),
+        Column("elastic", "Elastic", 15, cells.elastic),
+        Column("security", "Security", 8, cells.security),
+        Column("state", "State", 7, cells.run_state),
+        Column("boot", "Boot", 4, cells.plain),
+        Column("decision", "Last decision", 36, cells.decision),
+        Column("policy", "Launch policy", 20, cells.plain),
+    )
+
+
+def cvm_rows(link: HostLink, *, filter_text: str = "", marks: Set[str] = frozenset()) -> dict[str, Row]:
+    """One host's CVMs that match `filter_text`, keyed `host/cvm`: one value per column of `CVMTable`."""
+    rows: dict[str, Row] = {}
+    if link.snapshot is None:
+        return rows
+    stale = link.state is not LinkState.FRESH
+    for cvm in link.snapshot.cvms:
+        key = f"{link.name}/{cvm.name}"
+        if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
+            continue
+        e = cvm.elastic
+        rows[key] = (
+            key in marks,  # mark
+            (cvm.name, stale),  # cvm
+            (link.name, stale),  # host
+            (cvm.workers_active, cvm.workers_max),  # workers
+            cvm.cpu_percent,  # cpu
+            None if e is None else (e.policy, e.enabled, e.alert),  # elastic
+            cvm.security.value,  # security
+            cvm.state.value,  # state
+            cvm.boot_vcpus,  # boot
+            None if e is None else (e.decision, e.reason, e.alert),  # decision
+            policy_text(cvm.security, cvm.policy),  # policy
+        )
+    return rows
+
+
+@functools.lru_cache(maxsize=1024)
+def policy_text(security: SecurityType, policy: int) -> str:
+    """The launch policy's named flags, without the always-set reserved bit."""
+    return ",".join(f for f in decode_policy(security, policy) if f != "reserved-1") or "-"

@@ -1,0 +1,40 @@
+"""The hosts table: one row per host of the site, with the state of its link."""
+
+from __future__ import annotations
+
+from dittotui.tables import cells
+from dittotui.tables.live import Column, LiveTable, Row
+from hostctl.client.link import HostLink, LinkState
+from hostctl.wire.model import DomainState
+
+
+class HostsTable(LiveTable):
+    """Host, link state, CPU, memory, SNP and vCPUs used of capacity; rows from `host_row`."""
+
+    COLUMNS = (
+        Column("host", "Host", 12, cells.plain),
+        Column("state", "State", 14, cells.link_state),
+        Column("cpu", "CPU%", 5, cells.number),
+        Column("mem", "Mem", 5, cells.gib),
+        Column("snp", "SNP", 3, cells.yes_no),
+        Column("capacity", "vCPUs used/cap", 20, cells.capacity),
+    )
+
+
+def host_row(link: HostLink) -> Row:
+    """The values of a host's row, one per column of `HostsTable`."""
+    age = None if link.age is None or link.state is LinkState.FRESH else int(link.age)
+    state = (link.state.value, age)
+    snap = link.snapshot
+    if snap is None:
+        return (link.name, state, None, None, None, (None, None, link.error))
+    h = snap.host
+    used = sum(c.online_vcpus for c in snap.cvms if c.state is DomainState.RUNNING)
+    return (
+        link.name,  # host
+        state,  # state: (link state, whole seconds of data age)
+        h.cpu_percent,  # cpu
+        h.memory_mib // 1024,  # mem (GiB)
+        h.sev_snp,  # snp
+        (used, h.cpus, link.error),  # capacity: (online vCPUs of running CVMs, CPUs, error)
+    )
