@@ -1,134 +1,21 @@
-"""The real-hypervisor tier: the lab site's QEMU guests under libvirtd, each result checked in the guest itself.
-
-One lab per session (`lab up` boots its three guests in parallel), shared by every test and always taken down;
-its domains carry a per-session prefix and are removed even when a test or `lab up` fails. What a guest says
-(`guest-get-vcpus`, asked with virsh and a timeout) is the truth the tests hold hostctl to, not hostctl's model.
-The tests run in file order: the last one takes the lab down and checks that nothing is left.
-"""
+"""The lab site against the guest's own view: what a guest says (`guest-get-vcpus`, asked with virsh and a timeout)
+is the truth these tests hold hostctl to, not hostctl's model."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hostctl.errors import HostctlError
-from hostctl.lab import guest, libvirtd, procs
+from hostctl.lab import guest
 from hostctl.lab.launcher import HOST
-from hostctl.lab.runtime import Lab
-
-pytestmark = pytest.mark.lab
-
-ROOT = Path(__file__).resolve().parents[1]
-URI = libvirtd.URI
-UP_TIMEOUT = 330  # libvirtd, the image (built once), three TCG boots on a busy machine, the agent
-CALL_TIMEOUT = 90  # one CLI call against the running lab
-TEST_PREFIX = "ditto-test-"  # then the session's pid: domains of a session that died can be told apart
-
-
-def hostctl(*args: str | Path, timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the hostctl CLI of this tree (never a shell) with a deadline."""
-    argv = [sys.executable, "-m", "hostctl", *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
-
-
-def virsh(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """libvirt's own client, for views that do not go through hostctl."""
-    argv = ["virsh", "--connect", URI, *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@dataclass(frozen=True)
-class GuestView:
-    """The vCPUs as the guest itself sees them."""
-
-    present: int
-    online: int
-
-
-def guest_view(domain: str) -> GuestView:
-    """Ask the guest's agent (`guest-get-vcpus`, 10 s timeout) how many vCPUs it has and has online."""
-    done = virsh("qemu-agent-command", domain, '{"execute": "guest-get-vcpus"}', "--timeout", "10")
-    assert done.returncode == 0, f"guest agent of {domain}: {done.stderr.strip()}"
-    vcpus = json.loads(done.stdout)["return"]
-    return GuestView(present=len(vcpus), online=sum(1 for v in vcpus if v["online"]))
-
-
-def libvirt_live_vcpus(domain: str) -> int:
-    """The vCPUs plugged into the running domain, as libvirt counts them."""
-    done = virsh("vcpucount", domain, "--live", "--active")
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout.strip())
-
-
-def prefixed_domains(prefix: str) -> list[str]:
-    done = virsh("list", "--all", "--name")
-    assert done.returncode == 0, done.stderr
-    return [name for name in done.stdout.split() if name.startswith(prefix)]
-
-
-@dataclass(frozen=True)
-class LabSite:
-    """A running lab: its runtime directory, domain prefix, site file and what `lab up` printed."""
-
-    runtime: Path
-    prefix: str
-    up: str
-
-    @property
-    def site(self) -> Path:
-        return Lab(self.runtime).site
-
-    def cvm(self, name: str) -> str:
-        return self.prefix + name
-
-
-@pytest.fixture(scope="session")
-def lab() -> Iterator[LabSite]:
-    """The lab, up once for the session; always taken down, its domains removed even if `lab up` failed."""
-    # Under the temp dir (not pytest's private tmp): QEMU runs as its own user and must reach the boot files.
-    runtime = Path(tempfile.mkdtemp(prefix="dittotui-lab-test-"))
-    prefix = f"{TEST_PREFIX}{os.getpid()}-"
-    _sweep_dead_sessions()
-    try:
-        done = hostctl("lab", "up", "--runtime", runtime, "--prefix", prefix, timeout=UP_TIMEOUT)
-        assert done.returncode == 0, f"lab up failed: {done.stderr.strip()}"
-        yield LabSite(runtime, prefix, done.stdout)
-    finally:
-        hostctl("lab", "down", "--runtime", runtime, timeout=CALL_TIMEOUT)
-        _sweep(runtime, prefix)
-
-
-def _sweep_dead_sessions() -> None:
-    """Domains of an earlier session killed before its teardown (its pid is in their prefix) are removed."""
-    if not libvirtd.answers():
-        return
-    for name in prefixed_domains(TEST_PREFIX):
-        session = re.match(rf"{TEST_PREFIX}(\d+)-", name)
-        if session and not procs.running(int(session.group(1))):
-            virsh("destroy", name)
-            virsh("undefine", name)
-
-
-def _sweep(runtime: Path, prefix: str) -> None:
-    """Whatever `lab down` left: prefixed domains, then the daemons the lab started, then the directory."""
-    if libvirtd.answers():
-        for name in prefixed_domains(prefix):
-            virsh("destroy", name)
-            virsh("undefine", name)
-    if runtime.is_dir():
-        libvirtd.stop(runtime)
-        shutil.rmtree(runtime, ignore_errors=True)
+from tests.support.lab import GuestView, LabSite, guest_view, hostctl, libvirt_live_vcpus
 
 
 def scale(lab: LabSite, cvm: str, target: int, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -266,46 +153,3 @@ def test_no_kernel_names_what_is_missing(tmp_path: Path) -> None:
         HostctlError, match=r"vmlinuz-9\.9\.9-test has no virtio_ring\.ko, virtio\.ko, .* under .*modules/9\.9\.9-test"
     ):
         guest.find_kernel(boot=tmp_path, modules=tmp_path / "modules")
-
-
-def test_down_leaves_no_domain_and_no_daemon_it_started(lab: LabSite) -> None:
-    """Last: take the shared lab down and look for anything left."""
-    started = {d.name: d.pid() for d in libvirtd.daemons(lab.runtime) if d.pid() is not None}
-    agent = Lab(lab.runtime).agent_pid()
-    assert agent is not None
-    assert len(qemu_processes(lab.prefix)) == 3, "the scan below must see the running guests"
-    done = hostctl("lab", "down", "--runtime", lab.runtime)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
-    for name in ("snp-1", "snp-2", "plain"):
-        assert f"{lab.cvm(name)}: destroyed and undefined" in done.stdout
-    assert not procs.running(agent), "the host agent still runs"
-    if "libvirtd left running" in done.stdout:  # another user's guests run on the libvirtd the lab started
-        started.clear()
-    for name, pid in started.items():
-        assert f"{name}: stopped (pid {pid})" in done.stdout
-        assert not procs.running(pid), f"the {name} the lab started still runs"
-    if "libvirtd" in started:
-        assert not libvirtd.answers(), "the libvirtd the lab started still serves"
-    else:
-        assert libvirtd.answers(), "lab down stopped a libvirtd it did not start"
-        assert prefixed_domains(lab.prefix) == []
-    assert qemu_processes(lab.prefix) == [], "a QEMU of the lab still runs"
-    assert not lab.runtime.exists()
-
-
-def qemu_processes(prefix: str) -> list[int]:
-    """Processes whose command line names a guest with `prefix` (QEMU runs with -name guest=NAME,...)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            proc.name.isdigit()
-            and procs.running(int(proc.name))
-            and any(a.startswith(b"guest=" + prefix.encode()) for a in argv)
-        ):
-            found.append(int(proc.name))
-    return found
