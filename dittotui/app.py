@@ -328,6 +328,11 @@ class DittoApp(App[None]):
             if link is None or cvm is None:
                 self.log_line(f"{ref.key}: not known to the console", style="red")
                 continue
+            if cvm.online_vcpus is None:
+                self.log_line(
+                    f"{ref.key}: not scaled: its online vCPU count is unknown ({cvm.vcpus_error})", style="red"
+                )
+                continue
             self.scale_one(link, ref, cvm.online_vcpus + step, cvm.online_vcpus)
 
     @work(group="scale")

@@ -37,6 +37,8 @@ class Trends:
             s = series.get(cvm.name)
             if s is None:
                 s = series[cvm.name] = Series()
+            if cvm.workers_active is None or cvm.cpu_percent is None:
+                continue  # an unknown count is no sample: the plots skip it rather than show a made-up one
             s.workers.append(cvm.workers_active)
             s.cpu.append(round(cvm.cpu_percent))
 

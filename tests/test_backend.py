@@ -149,12 +149,17 @@ async def test_hotplug_scales_plain_and_sev_vms(tmp_path: Path) -> None:
         await backend.close()
 
 
-async def test_guest_driver_without_a_guest_agent_says_so(tmp_path: Path) -> None:
+async def test_guest_driver_without_a_guest_agent_knows_no_count(tmp_path: Path) -> None:
+    """No guest agent (the test driver has none): the count is unknown with the reason, never libvirt's stand-in."""
     backend = await _open(tmp_path, "guest")
     try:
-        with pytest.raises(HostctlError, match="guest agent cannot set online vCPUs"):
+        snp = backend.cvm("snp")
+        assert snp.online_vcpus is None and snp.workers_active is None and snp.cpu_percent is None
+        assert snp.vcpus_error.startswith("guest agent not answering: ")
+        with pytest.raises(ScaleRefused, match=r"^snp: refused: its online vCPU count is unknown \(guest agent not "):
             await backend.scale("snp", 3, expect=2)
-        assert backend.cvm("snp").online_vcpus == 2
+        await backend.sample()
+        assert backend.cvm("snp").online_vcpus is None
     finally:
         await backend.close()
 

@@ -18,6 +18,7 @@ from dittotui.messages import ScaleRequested
 from dittotui.trends import Trends
 from hostctl.client.link import HostLink
 from hostctl.client.ref import CVMRef
+from hostctl.client.render import online_text
 from hostctl.load.runs import RunRecord
 
 
@@ -83,9 +84,10 @@ class DetailScreen(Screen[None]):
         facts.update(
             f"[b]{cvm.name}[/b]  on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
             f"security [b]{cvm.security.value}[/b]  policy {cvm.policy:#x} ({flags})\n"
-            f"vCPUs: boot {cvm.boot_vcpus}, online {cvm.online_vcpus}, max {cvm.max_vcpus}   "
-            f"workers [b]{cvm.workers_active}/{cvm.workers_max}[/b] via driver '{cvm.driver}'   "
-            f"CPU {cvm.cpu_percent:.1f}%{scaled}\n{elastic}"
+            f"vCPUs: boot {cvm.boot_vcpus}, online {escape(online_text(cvm))}, max {cvm.max_vcpus}   "
+            f"workers [b]{'?' if cvm.workers_active is None else cvm.workers_active}/{cvm.workers_max}[/b] "
+            f"via driver '{cvm.driver}'   "
+            f"CPU {'-' if cvm.cpu_percent is None else f'{cvm.cpu_percent:.1f}%'} of online vCPUs{scaled}\n{elastic}"
         )
         series = self.trends.of(self.ref.key)
         self.query_one("#workers-plot", Sparkline).data = list(series.workers)

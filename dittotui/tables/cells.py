@@ -35,12 +35,14 @@ def link_state(value: tuple[str, int | None]) -> Text:
     return Text(label, style=STATE_STYLE[name])
 
 
-def capacity(value: tuple[int | None, int | None, str]) -> Text:
-    """`used/cpus` online vCPUs (red when over), or the link's error."""
-    used, cpus, error = value
+def capacity(value: tuple[int | None, int | None, str, int]) -> Text:
+    """`used/cpus` online vCPUs (red when over; `used+?` when some running CVM's count is unknown), or the link's
+    error."""
+    used, cpus, error, unknown = value
     if error:
         return Text(error[:80], style="yellow" if used is not None else "red")
-    return Text(f"{used}/{cpus}", style="bold red" if used and cpus and used > cpus else "")
+    style = "bold red" if used and cpus and used > cpus else "yellow" if unknown else ""
+    return Text(f"{used}{'+?' if unknown else ''}/{cpus}", style=style)
 
 
 def name(value: tuple[str, bool]) -> Text:
@@ -58,9 +60,11 @@ def mark(value: bool) -> Cell:
     return Text("●", style="bold yellow") if value else " "
 
 
-def workers(value: tuple[int, int]) -> Text:
-    """`███░░░░░ 3/8`: active workers of the CVM's maximum."""
-    active, maximum = value
+def workers(value: tuple[int | None, int, str]) -> Text:
+    """`███░░░░░ 3/8`: active workers of the CVM's maximum; `?/8 paused` when the count is unknown, with why."""
+    active, maximum, why = value
+    if active is None:
+        return Text(f"?/{maximum} {why}", style="yellow")
     filled = round(BAR_WIDTH * active / maximum) if maximum else 0
     return Text.assemble(("█" * filled, "green"), ("░" * (BAR_WIDTH - filled), "dim"), f" {active}/{maximum}")
 

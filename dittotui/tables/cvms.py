@@ -50,7 +50,7 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: Set[str] = frozens
             key in marks,  # mark
             (cvm.name, stale),  # cvm
             (link.name, stale),  # host
-            (cvm.workers_active, cvm.workers_max),  # workers
+            (cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)),  # workers
             cvm.cpu_percent,  # cpu
             None if e is None else (e.policy, e.enabled, e.alert),  # elastic
             cvm.security.value,  # security
@@ -60,6 +60,15 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: Set[str] = frozens
             policy_text(cvm.security, cvm.policy),  # policy
         )
     return rows
+
+
+def count_hint(error: str) -> str:
+    """A few words for why a count is unknown (the detail screen has it all)."""
+    if not error:
+        return ""
+    if error.startswith("guest agent"):
+        return "no agent"
+    return error if len(error) <= 9 else error[:8] + "…"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -27,14 +27,16 @@ def host_row(link: HostLink) -> Row:
     state = (link.state.value, age)
     snap = link.snapshot
     if snap is None:
-        return (link.name, state, None, None, None, (None, None, link.error))
+        return (link.name, state, None, None, None, (None, None, link.error, 0))
     h = snap.host
-    used = sum(c.online_vcpus for c in snap.cvms if c.state is DomainState.RUNNING)
+    running = [c for c in snap.cvms if c.state is DomainState.RUNNING]
+    used = sum(c.online_vcpus for c in running if c.online_vcpus is not None)
+    unknown = sum(1 for c in running if c.online_vcpus is None)
     return (
         link.name,  # host
         state,  # state: (link state, whole seconds of data age)
         h.cpu_percent,  # cpu
         h.memory_mib // 1024,  # mem (GiB)
         h.sev_snp,  # snp
-        (used, h.cpus, link.error),  # capacity: (online vCPUs of running CVMs, CPUs, error)
+        (used, h.cpus, link.error, unknown),  # capacity: (online vCPUs counted, CPUs, error, CVMs not counted)
     )

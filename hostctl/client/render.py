@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
-from hostctl.wire.model import Event, Snapshot
+from hostctl.wire.model import CVM, Event, Snapshot
 
 
 def format_snapshot(snapshot: Snapshot, *, services: bool = False) -> str:
@@ -23,17 +24,29 @@ def format_snapshot(snapshot: Snapshot, *, services: bool = False) -> str:
                 c.security.value,
                 c.state.value,
                 str(c.boot_vcpus),
-                f"{c.workers_active}/{c.workers_max}",
-                f"{c.cpu_percent:.1f}",
+                f"{'?' if c.workers_active is None else c.workers_active}/{c.workers_max}",
+                "-" if c.cpu_percent is None else f"{c.cpu_percent:.1f}",
                 c.driver,
                 f"{c.policy:#x} {','.join(c.policy_flags)}" if c.security.confidential else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines += [f"  {c.name}: online vCPUs {online_text(c)}" for c in snapshot.cvms if c.online_vcpus is None]
     if services:
         lines += [f"  {s.cvm}/{s.name}: {s.url}" for s in snapshot.services]
     return "\n".join(lines)
+
+
+def online_text(cvm: CVM, now: float | None = None) -> str:
+    """The online vCPU count, or `unknown (why; last known 2, 34 s ago)`."""
+    if cvm.online_vcpus is not None:
+        return str(cvm.online_vcpus)
+    last = ""
+    if cvm.last_online is not None:
+        age = "" if cvm.last_online_at is None else f", {(now or time.time()) - cvm.last_online_at:.0f} s ago"
+        last = f"; last known {cvm.last_online}{age}"
+    return f"unknown ({cvm.vcpus_error or 'not counted'}{last})"
 
 
 def _yes(value: bool | None) -> str:
@@ -53,7 +66,11 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
         return event.to_json()
     when = datetime.fromtimestamp(event.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome = "ok" if event.ok else "ALERT" if event.action == "alert" else "REFUSED"
-    change = f" {event.before}->{event.after}" if event.before is not None or event.after is not None else ""
+    change = f" {_count(event.before)}->{_count(event.after)}" if (event.before, event.after) != (None, None) else ""
     return f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} by {event.who}" + (
         f": {event.why}" if event.why else ""
     )
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)

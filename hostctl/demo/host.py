@@ -83,8 +83,9 @@ class DemoHost:
     def _follow_vcpus(self, name: str) -> None:
         service = self.services.get(name)
         cvm = self.backend.get(name)
-        if service is not None and cvm is not None and service.slots.capacity != cvm.online_vcpus:
-            service.set_slots(cvm.online_vcpus)
+        online = None if cvm is None else cvm.online_vcpus
+        if service is not None and online is not None and service.slots.capacity != online:
+            service.set_slots(online)
 
     def _cpu_percent(self, name: str) -> float:
         service = self.services.get(name)

@@ -52,10 +52,11 @@ class Situation:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The guarded outcome: the target (equal to `current` for a hold), a short cause code and the reason."""
+    """The guarded outcome: the target (equal to `current` for a hold; both None when the count is unknown), a short
+    cause code and the reason."""
 
-    current: int
-    target: int
+    current: int | None
+    target: int | None
     code: str  # "up", "down", or why it holds: steady, operator, stale, no-data, cooldown, capacity, ...
     reason: str
     alert: bool = False
@@ -67,7 +68,7 @@ class Decision:
     @property
     def label(self) -> str:
         """`up 2→3`, `down 3→2` or `hold`."""
-        if not self.changes:
+        if self.current is None or self.target is None or not self.changes:
             return "hold"
         return f"{'up' if self.target > self.current else 'down'} {self.current}→{self.target}"
 
@@ -77,7 +78,7 @@ def capacity(situation: Situation, settings: GuardSettings) -> int:
     return math.floor(situation.host_cpus * settings.overcommit + 1e-9) - situation.host_boot
 
 
-def hold(current: int, code: str, reason: str, *, alert: bool = False) -> Decision:
+def hold(current: int | None, code: str, reason: str, *, alert: bool = False) -> Decision:
     return Decision(current, current, code, reason, alert)
 
 

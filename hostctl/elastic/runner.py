@@ -226,7 +226,7 @@ class ElasticRunner:
         for gone in self._samples.keys() - running:
             del self._samples[gone]
         for cvm in self.host.cvms:
-            if cvm.name not in running:
+            if cvm.name not in running or cvm.online_vcpus is None:  # an unknown count is no sample
                 continue
             samples = self._samples.setdefault(cvm.name, deque())
             samples.append(CVMSample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency))
@@ -239,7 +239,7 @@ class ElasticRunner:
             track = self._tracks[cvm]
             now = time.time()
             decision = self._decide(cvm, track, now)
-            if decision.changes:
+            if decision.changes and decision.target is not None:
                 try:
                     await self.host.scale(
                         cvm, decision.target, expect=decision.current, who=f"policy:{track.policy}", why=decision.reason
@@ -270,8 +270,9 @@ class ElasticRunner:
         cvm = self.host.get(name)
         if cvm is None or cvm.state is not DomainState.RUNNING:
             state = "gone" if cvm is None else cvm.state.value
-            current = 0 if cvm is None else cvm.online_vcpus
-            return hold(current, "not-running", f"{name} is {state}")
+            return hold(None, "not-running", f"{name} is {state}")
+        if cvm.online_vcpus is None:
+            return hold(None, "unknown-count", f"online vCPU count unknown: {cvm.vcpus_error}", alert=True)
         spec = self.policies.get(track.policy)
         if spec is None:
             return hold(
@@ -283,9 +284,11 @@ class ElasticRunner:
         samples = self._samples.get(name, ())
         probes = self.probes(name, now) if spec.policy.reads_probes else []
         want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
-        return guard(want, self._situation(cvm, track, now, samples), spec.guard)
+        return guard(want, self._situation(cvm, cvm.online_vcpus, track, now, samples), spec.guard)
 
-    def _situation(self, cvm: CVM, track: _Track, now: float, samples: deque[CVMSample] | tuple[()]) -> Situation:
+    def _situation(
+        self, cvm: CVM, current: int, track: _Track, now: float, samples: deque[CVMSample] | tuple[()]
+    ) -> Situation:
         running = [c for c in self.host.cvms if c.state is DomainState.RUNNING]
         by_hand = (
             cvm.scaled_at is not None
@@ -295,12 +298,13 @@ class ElasticRunner:
         )
         return Situation(
             now=now,
-            current=cvm.online_vcpus,
+            current=current,
             boot=cvm.boot_vcpus,
             max=cvm.max_vcpus,
             host_cpus=self.host.host.cpus,
             host_boot=sum(c.boot_vcpus for c in running),
-            host_workers=sum(c.workers_active for c in running),
+            # A CVM whose count is unknown may run all its workers: capacity counts the worst case.
+            host_workers=sum(c.workers_max if c.workers_active is None else c.workers_active for c in running),
             sample_age=now - samples[-1].ts if samples else None,
             last_change=cvm.scaled_at,
             operator_at=cvm.scaled_at if by_hand else None,
@@ -323,7 +327,7 @@ class ElasticRunner:
         try:
             await self.step(name)
         except Exception as e:  # a bug must not silently end the policy: say so, and try again
-            current = track.decision.current if track.decision is not None else 0
+            current = track.decision.current if track.decision is not None else None
             track.decision, track.decided_at = (
                 hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
                 time.time(),

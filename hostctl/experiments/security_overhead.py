@@ -157,7 +157,7 @@ def choose(snapshots: Mapping[str, Snapshot], targets: Targets, service: str) ->
     for host, snapshot in sorted(snapshots.items()):
         for cvm in snapshot.cvms:
             target = by_cvm.get((host, cvm.name))
-            if cvm.state is DomainState.RUNNING and target is not None:
+            if cvm.state is DomainState.RUNNING and cvm.online_vcpus is not None and target is not None:
                 found.setdefault(cvm.security, []).append(Choice(cvm.security, cvm.online_vcpus, target))
     if not found:
         raise HostctlError(f"no running CVM serves {service!r} in the site inventory; nothing ran")

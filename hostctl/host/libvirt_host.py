@@ -1,9 +1,17 @@
-"""One libvirt host, kept current from libvirt's events. Blocking libvirt calls run on worker threads."""
+"""One libvirt host, kept current from libvirt's events. Blocking libvirt calls run on worker threads.
+
+Calls that wait on a guest (its agent) run on a pool of their own, one at a time per CVM and each bounded, so a hung
+guest costs at most that bound and never delays reads, scales or snapshots of another CVM. libvirt sends no event
+when vCPUs change, so every sample also reconciles the counts (libvirt's in one bulk call where the driver has it,
+the guests' within a time budget) and reports a change made outside hostctl as an event.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
 import os
 import threading
 import time
@@ -15,12 +23,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import libvirt
-import libvirtaio
 import psutil
 
 from hostctl.errors import HostctlError, ScaleRefused
-from hostctl.host import drivers
+from hostctl.host import drivers, events
 from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, parse_domain, workers_metadata
+from hostctl.host.drivers import CountUnknown
 from hostctl.wire.model import CVM, DomainState, Event, Host, Service, Snapshot
 
 T = TypeVar("T")
@@ -34,24 +42,8 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
 }
-
-
-class _EventBinding:
-    """The asyncio loop libvirt's event implementation is registered on: one per process."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-
-def register_event_loop() -> None:
-    """Register libvirt's event loop on the running asyncio loop (once per process, before any open)."""
-    loop = asyncio.get_running_loop()
-    if _EventBinding.loop is loop:
-        return
-    if _EventBinding.loop is not None and not _EventBinding.loop.is_closed():
-        raise RuntimeError("libvirt events are already bound to another running event loop")
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-    _EventBinding.loop = loop
+_NO_COUNT = {DomainState.PAUSED: "paused", DomainState.SHUTOFF: "shut off", DomainState.CRASHED: "crashed"}
+OUTSIDE = "outside hostctl"  # who an event names when a count changed without a scale of ours
 
 
 def is_local_hypervisor(uri: str) -> bool:
@@ -82,6 +74,12 @@ class LibvirtHost:
         self._drivers: dict[str, drivers.WorkerDriver] = {}
         self._driver_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt")
+        self._confirmed: dict[str, float] = {}  # CVM -> when its count was last read (Unix time)
+        self._asking: dict[
+            str, tuple[float, asyncio.Future[Any]]
+        ] = {}  # CVM -> its guest call in flight: since, outcome
+        self._counting: set[asyncio.Task[None]] = set()
+        self.agent_timeout = float(self._driver_options.get("guest", {}).get("timeout_s", drivers.AGENT_TIMEOUT_S))
         self._conn: libvirt.virConnect | None = None
         self._host: Host | None = None
         self._cvms: dict[str, CVM] = {}
@@ -96,7 +94,7 @@ class LibvirtHost:
 
     async def open(self) -> None:
         """Open the connection and read the inventory; from then on events keep it current."""
-        register_event_loop()
+        events.register_event_loop()
         conn = await self._run(self._open_blocking)
         self._conn = conn
         host, cvms = await self._run(self._read_all)
@@ -107,16 +105,30 @@ class LibvirtHost:
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None),
         ]
+        with contextlib.suppress(libvirt.libvirtError):  # QEMU only: the guest agent came or went
+            self._callbacks.append(
+                conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent, None)
+            )
+        await self._count_guests(self.agent_timeout)
 
     async def close(self) -> None:
-        """Deregister events and close the connection."""
+        """Deregister events, close the connection and let libvirt's event loop release it while this loop runs
+        (a connection freed after the loop has closed makes libvirtaio print "Event loop is closed" tracebacks)."""
+        for task in self._counting:
+            task.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
             for cb in self._callbacks:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(cb)
             self._callbacks = []
-            await self._run(conn.close)
+            closing = asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+            done, _ = await asyncio.wait({closing}, timeout=2)  # libvirt may wait for a guest call in flight
+            for future in done:
+                future.exception()
+            del conn
+            gc.collect()  # domain objects in dead frames hold the connection
+            await events.drain(2)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> LibvirtHost:
@@ -162,19 +174,30 @@ class LibvirtHost:
         """Call `callback(event)` for every audit event (scales and refusals)."""
         self._event_listeners.append(callback)
 
-    async def sample(self) -> None:
-        """Sample CPU use: per CVM from CPU-time deltas (or the cpu_source), for the host from psutil.
+    async def sample(self, budget: float | None = None) -> None:
+        """Sample CPU use and reconcile the online counts.
 
-        With a concurrency_source, each CVM's `concurrency` is its mean requests in flight or queued since the
-        previous sample; without one it stays None (the host does not know it).
+        CPU % of a CVM is of its online vCPUs (CPU-time delta over the online count; None while that count is
+        unknown), or the cpu_source's; for the host from psutil. Counts libvirt keeps are read in the same pass; the
+        guests' are asked, waiting `budget` seconds at most (default half a second), and an answer that comes later is
+        taken in when it comes. With a concurrency_source, each CVM's `concurrency` is its mean requests in
+        flight or queued since the previous sample; without one it stays None (the host does not know it).
         """
-        usage = await self._run(self._sample_blocking)
-        for name, measured in usage.items():
-            pct = measured if self._cpu_source is None else self._cpu_source(name)
+        used, counts = await self._run(self._sample_blocking)
+        for name, count in counts.items():
+            self._reconcile(name, count, "")
+        await self._count_guests(min(0.5, self.agent_timeout) if budget is None else budget)
+        for name, cores in used.items():
             cvm = self._cvms.get(name)
-            if cvm is not None and pct is not None:
-                cvm.cpu_percent = round(pct, 1)
-            if cvm is not None and self._concurrency_source is not None:
+            if cvm is None:
+                continue
+            if self._cpu_source is not None:
+                cvm.cpu_percent = round(self._cpu_source(name), 1)
+            elif cvm.online_vcpus:
+                cvm.cpu_percent = round(max(0.0, min(100.0, 100 * cores / cvm.online_vcpus)), 1)
+            else:
+                cvm.cpu_percent = None
+            if self._concurrency_source is not None:
                 concurrency = self._concurrency_source(name)
                 cvm.concurrency = None if concurrency is None else round(concurrency, 2)
         host = self.host
@@ -182,9 +205,9 @@ class LibvirtHost:
             host.cpu_percent = psutil.cpu_percent()
             host.load = os.getloadavg()[0]
         else:
-            used = sum(c.cpu_percent / 100 * c.online_vcpus for c in self._cvms.values())
-            host.cpu_percent = round(min(100.0, 100 * used / max(1, host.cpus)), 1)
-        for name in usage:
+            busy = sum((c.cpu_percent or 0.0) / 100 * (c.online_vcpus or 0) for c in self._cvms.values())
+            host.cpu_percent = round(min(100.0, 100 * busy / max(1, host.cpus)), 1)
+        for name in used:
             self._changed(name)
 
     # -- scaling ---------------------------------------------------------------------------------
@@ -197,8 +220,20 @@ class LibvirtHost:
         cvm = self.cvm(name)
         lock = self._scale_locks.setdefault(name, asyncio.Lock())
         async with lock:
+            await self._quiet(name)
             try:
-                before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
+                before, after = await self._ask(name, self._scale_blocking, cvm, target, expect, who)
+            except _Waiting as e:
+                refused = ScaleRefused(f"{name}: refused: its guest agent is not answering ({e}); nothing changed")
+                self._record(Event(self.host.name, name, "scale", who, ok=False, after=target, why=str(refused)))
+                raise refused from None
+            except _Overdue as e:
+                lost = HostctlError(
+                    f"{name}: {e}; the change may or may not have been applied (a retry is safe: "
+                    "scale is compare-and-set)"
+                )
+                self._record(Event(self.host.name, name, "scale", who, ok=False, after=target, why=str(lost)))
+                raise lost from None
             except HostctlError as e:
                 event = Event(
                     self.host.name,
@@ -215,6 +250,7 @@ class LibvirtHost:
             fresh = await self._run(self._read_named, name)
             if fresh is not None:
                 self._store(fresh)
+            self._counted(name, after)
         if before == after:
             why = f"{why} (already at {after}, nothing changed)".strip()
         event = Event(self.host.name, name, "scale", who, ok=True, before=before, after=after, why=why)
@@ -222,6 +258,12 @@ class LibvirtHost:
         return event
 
     def _scale_blocking(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
+        try:
+            return self._scale_domain(cvm, target, expect, who)
+        except libvirt.libvirtError as e:  # e.g. destroyed or undefined while we scaled it
+            raise HostctlError(f"{cvm.name}: libvirt: {e.get_error_message()}") from None
+
+    def _scale_domain(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
         assert self._conn is not None
         dom = self._conn.lookupByName(cvm.name)
         cvm = self._read(dom)
@@ -234,7 +276,12 @@ class LibvirtHost:
             )
         if reason := driver.refuse(cvm):
             raise ScaleRefused(reason)
-        current = driver.online(dom)
+        try:
+            current = driver.online(dom)
+        except CountUnknown as e:
+            raise ScaleRefused(
+                f"{cvm.name}: refused: its online vCPU count is unknown ({e}); nothing changed"
+            ) from None
         if current == target:
             return current, current
         if expect is not None and expect != current:
@@ -277,7 +324,13 @@ class LibvirtHost:
             libvirt_version=f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}",
             **(self._capabilities or self._host_capabilities(conn)),
         )
-        return host, [self._read(dom) for dom in conn.listAllDomains()]
+        cvms = []
+        for dom in conn.listAllDomains():
+            try:
+                cvms.append(self._read(dom))
+            except libvirt.libvirtError:  # undefined since it was listed: its event says so
+                continue
+        return host, cvms
 
     @staticmethod
     def _host_capabilities(conn: libvirt.virConnect) -> dict[str, bool | None]:
@@ -304,9 +357,18 @@ class LibvirtHost:
         if boot is None:
             boot = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).vcpus_current
         driver_name = facts.driver or ("guest" if facts.guest_agent or facts.security.confidential else "hotplug")
-        online = facts.vcpus_current
-        if state is DomainState.RUNNING and driver_name in drivers.REGISTRY:
-            online = self._driver(driver_name).online(dom)
+        online: int | None = None
+        error = _NO_COUNT.get(state, "") if state is not DomainState.RUNNING else ""
+        if state is DomainState.RUNNING:
+            driver = self._driver(driver_name) if driver_name in drivers.REGISTRY else None
+            if driver is None:
+                error = f"unknown worker driver {driver_name!r}"
+            elif driver.asks_guest:
+                error = "not counted yet"  # the guest is asked on the guest pool, never in a plain read
+            else:
+                online = driver.online(dom)
+        elif state is DomainState.OTHER:
+            error = "neither running nor stopped"
         return CVM(
             name=dom.name(),
             uuid=dom.UUIDString(),
@@ -317,24 +379,162 @@ class LibvirtHost:
             max_vcpus=facts.vcpus_max,
             online_vcpus=online,
             driver=driver_name,
+            cpu_percent=None if online is None else 0.0,
+            vcpus_error=error,
             scaled_by=facts.scaled_by,
             scaled_at=facts.scaled_at,
         )
 
-    def _sample_blocking(self) -> dict[str, float]:
+    def _sample_blocking(self) -> tuple[dict[str, float], dict[str, int]]:
+        """Per running domain, CPU cores used since the last sample; and the online counts libvirt keeps (drivers
+        that do not ask the guest), from one bulk stats call where the hypervisor has it."""
         assert self._conn is not None
         now = time.monotonic()
-        usage = {}
-        for dom in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            _state, _maxmem, _mem, vcpus, cpu_ns = dom.info()
+        used: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        wanted = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
+        for dom, stats in self._conn.getAllDomainStats(wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE):
             name = dom.name()
+            cpu_ns = stats.get("cpu.time")
+            if cpu_ns is None:  # the test driver has no CPU or vCPU stats: ask the domain
+                try:
+                    cpu_ns = dom.info()[4]
+                except libvirt.libvirtError:  # gone since the stats were taken
+                    continue
             prev = self._cpu_prev.get(name)
             self._cpu_prev[name] = (cpu_ns, now)
-            if prev is not None and now > prev[1]:
-                usage[name] = max(0.0, min(100.0, (cpu_ns - prev[0]) / 1e9 / (now - prev[1]) / max(1, vcpus) * 100))
+            used[name] = (cpu_ns - prev[0]) / 1e9 / (now - prev[1]) if prev is not None and now > prev[1] else 0.0
+            cvm = self._cvms.get(name)
+            if cvm is not None and cvm.driver in drivers.REGISTRY and not self._driver(cvm.driver).asks_guest:
+                plugged = stats.get("vcpu.current")
+                counts[name] = int(plugged) if plugged is not None else self._driver(cvm.driver).online(dom)
+        for gone in self._cpu_prev.keys() - used.keys():
+            del self._cpu_prev[gone]
+        return used, counts
+
+    # -- counts ----------------------------------------------------------------------------------
+
+    async def _ask(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)`, which may wait on `name`'s guest, on a thread of its own: one such call at a time per
+        CVM, none new while one overstays (libvirt would queue it behind the first on that domain), and a daemon
+        thread, so a call libvirt holds on to never holds up the process's exit."""
+        if (asking := self._asking.get(name)) is not None:
+            raise _Waiting(time.monotonic() - asking[0])
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late outcome nobody awaits is fine
+        self._asking[name] = (time.monotonic(), answer)
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            self._asking.pop(name, None)
+            if answer.done():
+                return
+            if error is not None:
+                answer.set_exception(error)
             else:
-                usage[name] = 0.0
-        return usage
+                answer.set_result(result)  # type: ignore[arg-type]  # fn returned a T
+
+        def call() -> None:
+            try:
+                result, error = fn(*args), None
+            except BaseException as e:  # handed to the awaiting task as it is
+                result, error = None, e
+            with contextlib.suppress(RuntimeError):  # the loop closed while libvirt held the call
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=call, name=f"guest-agent {name}", daemon=True).start()
+        bound = 2 * self.agent_timeout + 5  # a scale asks twice (count, then change); libvirt's own bound is first
+        done, _ = await asyncio.wait({answer}, timeout=bound)
+        if not done:
+            raise _Overdue(bound)
+        return answer.result()
+
+    async def _quiet(self, name: str) -> None:
+        """Let a guest call in flight (a count) end first, unless it has already outstayed the agent timeout."""
+        if (asking := self._asking.get(name)) is not None:
+            left = self.agent_timeout - (time.monotonic() - asking[0])
+            if left > 0:
+                await asyncio.wait({asking[1]}, timeout=left)
+
+    async def _count_guests(self, budget: float) -> None:
+        """Ask every running CVM whose count lives in its guest, all at once; wait at most `budget` seconds.
+
+        A late answer is taken in when it comes; a guest whose call has waited longer than the agent timeout shows
+        as not answering meanwhile (a slow guest is not an unknown one).
+        """
+        names = [c.name for c in self._cvms.values() if c.state is DomainState.RUNNING and self._asks_guest(c)]
+        tasks = {asyncio.get_running_loop().create_task(self._count_guest(name)) for name in names}
+        self._counting |= tasks
+        for task in tasks:
+            task.add_done_callback(self._counting.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=budget)
+
+    async def _count_guest(self, name: str) -> None:
+        try:
+            count = await self._ask(name, self._guest_count_blocking, name)
+        except _Waiting as e:
+            if e.seconds > self.agent_timeout:
+                self._reconcile(name, None, f"guest agent not answering (no answer in {e.seconds:.0f} s)")
+            return
+        except CountUnknown as e:
+            self._reconcile(name, None, str(e))
+            return
+        except HostctlError:  # the domain went away: its lifecycle event removes it
+            return
+        self._reconcile(name, count, "")
+
+    def _guest_count_blocking(self, name: str) -> int:
+        assert self._conn is not None
+        try:
+            dom = self._conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"{name}: {e.get_error_message()}") from None
+        cvm = self._cvms.get(name)
+        return self._driver(cvm.driver if cvm is not None else "guest").online(dom)
+
+    def _asks_guest(self, cvm: CVM) -> bool:
+        return cvm.driver in drivers.REGISTRY and self._driver(cvm.driver).asks_guest
+
+    def _reconcile(self, name: str, count: int | None, error: str) -> None:
+        """Take in a count read now (or why none could be): a known count that changed while no scale of ours ran
+        is reported as changed outside hostctl."""
+        cvm = self._cvms.get(name)
+        if cvm is None or cvm.state is not DomainState.RUNNING:
+            return
+        if count is None:
+            last: int | None = cvm.online_vcpus
+            at = self._confirmed.get(name)
+            if last is None:
+                last, at = cvm.last_online, cvm.last_online_at
+            self._store_count(
+                dataclasses.replace(
+                    cvm, online_vcpus=None, vcpus_error=error, last_online=last, last_online_at=at, cpu_percent=None
+                )
+            )
+            return
+        busy = self._scale_locks.get(name)
+        if cvm.online_vcpus is not None and cvm.online_vcpus != count and (busy is None or not busy.locked()):
+            why = f"changed outside hostctl: {cvm.online_vcpus}→{count}"
+            self._record(
+                Event(self.host.name, name, "outside", OUTSIDE, ok=True, before=cvm.online_vcpus, after=count, why=why)
+            )
+        self._counted(name, count)
+
+    def _counted(self, name: str, count: int) -> None:
+        """`count` was read just now."""
+        self._confirmed[name] = time.time()
+        cvm = self._cvms.get(name)
+        if cvm is not None:
+            fresh = dataclasses.replace(cvm, online_vcpus=count, vcpus_error="", last_online=None, last_online_at=None)
+            if cvm.cpu_percent is None:
+                fresh.cpu_percent = 0.0 if self._cpu_source is None else None
+            self._store_count(fresh)
+
+    def _store_count(self, cvm: CVM) -> None:
+        if self._cvms.get(cvm.name) != cvm:
+            self._cvms[cvm.name] = cvm
+            self._changed(cvm.name)
 
     def _driver(self, name: str) -> drivers.WorkerDriver:
         with self._driver_lock:
@@ -354,6 +554,17 @@ class LibvirtHost:
 
     def _on_metadata(self, _conn: object, dom: libvirt.virDomain, _kind: int, _nsuri: str, _opaque: object) -> None:
         self._schedule_refresh(dom.name())
+
+    def _on_agent(self, _conn: object, dom: libvirt.virDomain, _state: int, _reason: int, _opaque: object) -> None:
+        self._recount(dom.name())
+
+    def _recount(self, name: str) -> None:
+        """Ask the guest for its count now (it just started, or its agent came or went)."""
+        cvm = self._cvms.get(name)
+        if cvm is not None and cvm.state is DomainState.RUNNING and self._asks_guest(cvm):
+            task = asyncio.get_running_loop().create_task(self._count_guest(name))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
 
     def _schedule_refresh(self, name: str) -> None:
         if name in self._refreshing:
@@ -381,12 +592,24 @@ class LibvirtHost:
 
     def _store(self, cvm: CVM) -> None:
         old = self._cvms.get(cvm.name)
-        if old is not None:  # fresh reads carry no samples
+        running = cvm.state is DomainState.RUNNING
+        if old is not None and running and old.state is DomainState.RUNNING:  # fresh reads carry no samples
             cvm.cpu_percent = old.cpu_percent
             cvm.concurrency = old.concurrency
+            if self._asks_guest(cvm):  # nor the guest's count: that comes from asking the guest
+                cvm.online_vcpus, cvm.vcpus_error = old.online_vcpus, old.vcpus_error
+                cvm.last_online_at, cvm.last_online = old.last_online_at, old.last_online
+                cvm.cpu_percent = old.cpu_percent
+        elif old is not None and not running:
+            if old.online_vcpus is not None:
+                cvm.last_online, cvm.last_online_at = old.online_vcpus, self._confirmed.get(cvm.name)
+            else:
+                cvm.last_online, cvm.last_online_at = old.last_online, old.last_online_at
         if old != cvm:
             self._cvms[cvm.name] = cvm
             self._changed(cvm.name)
+        if running and self._asks_guest(cvm) and (old is None or old.state is not DomainState.RUNNING):
+            self._recount(cvm.name)
 
     def _changed(self, name: str) -> None:
         for callback in self._change_listeners:
@@ -397,4 +620,23 @@ class LibvirtHost:
             callback(event)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """`fn(*args)` on the libvirt pool; a libvirt error becomes one line naming the URI."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except libvirt.libvirtError as e:
+            raise HostctlError(f"libvirt at {self.uri}: {e.get_error_message()}") from None
+
+
+class _Waiting(CountUnknown):
+    """A call to this guest is already in flight (for `seconds`): no second one is sent."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"a call to it has waited {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class _Overdue(CountUnknown):
+    """A call to this guest outlasted every bound: it may still be applied by libvirt."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"guest agent not answering (no answer within {seconds:g} s)")

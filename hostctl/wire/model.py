@@ -127,9 +127,12 @@ class CVM(Model):
     policy: int = 0
     boot_vcpus: int = 1
     max_vcpus: int = 1
-    online_vcpus: int = 1
+    online_vcpus: int | None = 1  # boot + active workers; None: not known now, and `vcpus_error` says why
     driver: str = "hotplug"
-    cpu_percent: float = 0.0
+    cpu_percent: float | None = 0.0  # of the online vCPUs; None while their count is unknown
+    vcpus_error: str = ""  # why the online count is unknown: the guest agent not answering, paused, shut off
+    last_online: int | None = None  # while unknown: the last count known (for the operator's eye, never acted on)
+    last_online_at: float | None = None  # ... and when it was last read
     scaled_by: str = ""
     scaled_at: float | None = None
     concurrency: float | None = None  # mean requests in flight or queued over the last sample; None: unknown
@@ -140,8 +143,9 @@ class CVM(Model):
         return decode_policy(self.security, self.policy)
 
     @property
-    def workers_active(self) -> int:
-        return max(0, self.online_vcpus - self.boot_vcpus)
+    def workers_active(self) -> int | None:
+        """Active workers, or None while the online count is unknown."""
+        return None if self.online_vcpus is None else max(0, self.online_vcpus - self.boot_vcpus)
 
     @property
     def workers_max(self) -> int:

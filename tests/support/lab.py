@@ -71,6 +71,7 @@ class LabSite:
     runtime: Path
     prefix: str
     up: str
+    booted: dict[str, GuestView]  # each guest's own view right after `lab up`, before any test changed it
 
     @property
     def site(self) -> Path:
@@ -90,7 +91,7 @@ def start() -> LabSite:
     if done.returncode != 0:
         sweep(runtime, prefix)
         raise AssertionError(f"lab up failed: {done.stderr.strip()}")
-    return LabSite(runtime, prefix, done.stdout)
+    return LabSite(runtime, prefix, done.stdout, {name: guest_view(prefix + name) for name in GUESTS})
 
 
 def sweep_dead_sessions() -> None:
