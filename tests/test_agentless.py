@@ -311,3 +311,18 @@ def test_the_hosts_table_marks_a_host_with_no_agent(tmp_path: Path) -> None:
     assert str(host_cell(("mec-3", True))) == "mec-3 ◇"
     assert host_cell(("mec-1", False)) == "mec-1"
     assert HostsTable.COLUMNS[0].render is host_cell
+
+
+def test_the_exit_line_is_the_error_not_the_noise_after_it() -> None:
+    said = "hostctl: cannot open libvirt URI 'qemu+ssh://h/system': Cannot recv data: No key\r\nHost key failed.\n"
+    assert local_agent._last_error("--- header\n" + said) == (
+        "cannot open libvirt URI 'qemu+ssh://h/system': Cannot recv data: No key Host key failed."
+    )
+    crashed = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "libvirt.libvirtError: Domain not found\n"
+        'Traceback (most recent call last):\n  File "libvirtaio.py", line 418\nRuntimeError: Event loop is closed\n'
+    )
+    assert local_agent._last_error(crashed) == "libvirt.libvirtError: Domain not found"
+    assert local_agent._last_error("just this\nand then this\n") == "and then this"
+    assert local_agent._last_error("") == ""

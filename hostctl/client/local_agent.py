@@ -276,9 +276,15 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
 
 
 def _last_error(text: str) -> str:
-    """The child's last error as one line: from its last `hostctl: ` line on (the message may span lines), else its
-    last line."""
+    """The child's error as one line: from its last `hostctl: ` line on (the message may span lines); else the
+    exception that ended it (the first traceback's last line: later ones are noise from its shutdown); else its last
+    line."""
     lines = [line for line in text.replace("\r", "").splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith("hostctl: ")]
-    message = " ".join(lines[starts[-1] :])[len("hostctl: ") :] if starts else (lines[-1] if lines else "")
+    if starts:
+        message = " ".join(lines[starts[-1] :])[len("hostctl: ") :]
+    else:
+        after = next((i for i, line in enumerate(lines) if line.startswith("Traceback ")), None)
+        raised = (line for line in lines[after + 1 :] if not line[0].isspace()) if after is not None else iter(())
+        message = next(raised, lines[-1] if lines else "")
     return " ".join(message.split())

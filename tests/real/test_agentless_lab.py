@@ -66,8 +66,8 @@ async def test_a_host_with_no_agent_is_live_and_scales_in_the_guest(
     link.start()
     pid = None
     try:
-        await link.ready(30)
-        assert link.state is LinkState.FRESH, link.error
+        # A retry is allowed: other sessions' guests on a shared libvirtd may vanish while the agent first reads.
+        await until(lambda: link.state is LinkState.FRESH, timeout=60, interval=0.1)
         assert link.snapshot is not None
         assert {lab.cvm(g) for g in GUESTS} <= {c.name for c in link.snapshot.cvms}
         assert [(e.host, e.action) for e in events] == [(HOST, "agentless")]
