@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 import pytest_asyncio
 
@@ -19,6 +21,7 @@ from hostctl.client.link import HostLink, LinkState
 from hostctl.client.site import Defaults, HostEntry
 from hostctl.lab import procs
 from hostctl.wire.model import Event
+from tests.support import ROOT
 from tests.support.lab import GUESTS, GuestView, LabSite, guest_view, hostctl
 from tests.support.openssh import openssh
 from tests.support.ssh import SSHEndpoint
@@ -60,6 +63,16 @@ async def test_a_host_with_no_agent_is_live_and_scales_in_the_guest(
     lab: LabSite, sshd: SSHEndpoint, tmp_path: Path
 ) -> None:
     cvm = lab.cvm("snp-2")
+    try:
+        await scale_through_a_link_then_back_through_the_cli(lab, sshd, tmp_path, cvm)
+    finally:
+        if (await asyncio.to_thread(guest_view, cvm)).online != 1:  # the other lab tests expect the guest as booted
+            await asyncio.to_thread(hostctl, "--uri", "qemu:///system", "scale", cvm, "1")
+
+
+async def scale_through_a_link_then_back_through_the_cli(
+    lab: LabSite, sshd: SSHEndpoint, tmp_path: Path, cvm: str
+) -> None:
     link = HostLink(entry(sshd), defaults(tmp_path, sshd.known_hosts))
     events: list[Event] = []
     link.on_event(events.append)
@@ -79,8 +92,6 @@ async def test_a_host_with_no_agent_is_live_and_scales_in_the_guest(
     finally:
         await link.stop()
         await nothing_left(sshd, pid)
-        if (await asyncio.to_thread(guest_view, cvm)).online != 1:  # the other lab tests expect the guest as booted
-            hostctl("--uri", "qemu:///system", "scale", cvm, "1")
     # Back through the CLI, which runs an agent of its own for the host.
     site = site_file(tmp_path, sshd, sshd.known_hosts)
     done = await asyncio.to_thread(hostctl, "--site", site, "scale", f"{HOST}/{cvm}", "1", "--expect", "3")
@@ -142,3 +153,21 @@ async def test_the_console_marks_the_host_and_says_where_its_policies_run(
         await app.action_quit()
         await pilot.pause()
     await nothing_left(sshd, pid)
+
+
+async def test_the_agent_dies_with_a_killed_console(lab: LabSite, sshd: SSHEndpoint, tmp_path: Path) -> None:
+    """A console killed outright (no stop, no quit) leaves no agent behind: the agent leaves with its peer."""
+    site = site_file(tmp_path, sshd, sshd.known_hosts)
+    argv = [sys.executable, "-m", "hostctl", "--site", str(site), "audit", "--follow"]
+    cli = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await until(sshd.session_pids, timeout=60, interval=0.1)  # the agent reached the host
+        (child,) = psutil.Process(cli.pid).children()
+        assert "--stdio" in child.cmdline()
+    finally:
+        cli.kill()
+        await cli.wait()
+    await until(lambda: not procs.running(child.pid), timeout=10)
+    await nothing_left(sshd, child.pid)
