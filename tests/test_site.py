@@ -27,8 +27,9 @@ def load_text(tmp_path: Path, text: str) -> site.Site:
 def test_example_site_loads() -> None:
     s = site.load(EXAMPLE)
     assert s.source == str(EXAMPLE)
-    assert [h.name for h in s.hosts] == ["mec-1", "mec-2", "regional-1"]
-    mec1, mec2, regional = s.hosts
+    assert [h.name for h in s.hosts] == ["mec-1", "mec-2", "regional-1", "mec-3"]
+    mec1, mec2, regional, mec3 = s.hosts
+    assert mec3.agentless and not any(h.agentless for h in (mec1, mec2, regional))  # mec-3: uri alone, no agent
     assert mec1.jump == "ops@bastion.example.net" and mec1.target() == ("ops", "mec-1.example.net", None)
     assert mec1.agent_argv(s.defaults) == ["hostctl", "agent", "--stdio"]
     assert mec2.socket == "/run/dittotui/agent.sock" and mec2.target() == ("ops", "mec-2.example.net", 2222)
@@ -44,7 +45,7 @@ def test_example_site_loads() -> None:
 
 def test_unknown_host_lists_the_known_ones() -> None:
     s = site.load(EXAMPLE)
-    with pytest.raises(HostctlError, match=r"unknown host 'mec-9' \(known: mec-1, mec-2, regional-1\)"):
+    with pytest.raises(HostctlError, match=r"unknown host 'mec-9' \(known: mec-1, mec-2, regional-1, mec-3\)"):
         s.host("mec-9")
     with pytest.raises(HostctlError, match="unknown host"):
         s.services_of("mec-9", "social-snp")

@@ -34,6 +34,8 @@ compare-and-set: a retry never applies twice.
 
 **Hosts**: `live` when data arrives on time; `stale` with the age of the last data when a host stops
 answering (its CVMs dim); `connecting` with the reason when it was never reached.
+`◇` after a host's name: it has no agent installed; its agent runs inside this console, over libvirt's
+SSH transport (`uri = "qemu+ssh://..."`), so **its elastic policies run only while this console runs**.
 **vCPUs used/cap**: online vCPUs of running CVMs against the host's CPUs.
 **Elastic**: the CVM's policy, run by its host's agent (so it keeps working with no console attached):
 `●` on, `○` off, yellow when it holds for want of fresh data or host capacity. **Last decision**: what the

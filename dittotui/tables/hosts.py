@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from dittotui.tables import cells
-from dittotui.tables.live import Column, LiveTable, Row
+from dittotui.tables.live import Cell, Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
 from hostctl.wire.model import DomainState
+
+AGENTLESS_MARK = "◇"  # a host with no agent: its agent runs in this console, and so do its policies
+
+
+def host_cell(value: tuple[str, bool]) -> Cell:
+    """The host's name, marked `◇` when it has no agent of its own."""
+    name, agentless = value
+    return Text.assemble(name, (f" {AGENTLESS_MARK}", "cyan")) if agentless else name
 
 
 class HostsTable(LiveTable):
     """Host, link state, CPU, memory, SNP and vCPUs used of capacity; rows from `host_row`."""
 
     COLUMNS = (
-        Column("host", "Host", 12, cells.plain),
+        Column("host", "Host", 12, host_cell),
         Column("state", "State", 14, cells.link_state),
         Column("cpu", "CPU%", 5, cells.number),
         Column("mem", "Mem", 5, cells.gib),
@@ -25,15 +35,16 @@ def host_row(link: HostLink) -> Row:
     """The values of a host's row, one per column of `HostsTable`."""
     age = None if link.age is None or link.state is LinkState.FRESH else int(link.age)
     state = (link.state.value, age)
+    host = (link.name, link.agentless)
     snap = link.snapshot
     if snap is None:
-        return (link.name, state, None, None, None, (None, None, link.error, 0))
+        return (host, state, None, None, None, (None, None, link.error, 0))
     h = snap.host
     running = [c for c in snap.cvms if c.state is DomainState.RUNNING]
     used = sum(c.online_vcpus for c in running if c.online_vcpus is not None)
     unknown = sum(1 for c in running if c.online_vcpus is None)
     return (
-        link.name,  # host
+        host,  # host: (name, no agent of its own)
         state,  # state: (link state, whole seconds of data age)
         h.cpu_percent,  # cpu
         h.memory_mib // 1024,  # mem (GiB)

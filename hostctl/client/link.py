@@ -1,5 +1,8 @@
 """Links to host agents: one connection per host, over SSH or a local socket, that never blocks another host.
 
+A host with no agent installed (`uri = "qemu+ssh://..."` alone in the site file) gets hostctl's own agent as a
+child process of this machine (`hostctl.client.local_agent`), spoken to over its stdin/stdout the same way.
+
 A link keeps the host's latest snapshot current from the agent's `update` notifications. A host that stops
 sending is shown stale with the age of its last data; a broken link reconnects with exponential backoff and
 jitter; a request in flight when the link breaks fails with a clear error (scale is compare-and-set, so a retry
@@ -21,6 +24,8 @@ from typing import Any
 
 import asyncssh
 
+from hostctl.client import hostkeys
+from hostctl.client.local_agent import START_GRACE, LocalAgent
 from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
@@ -101,6 +106,8 @@ class HostLink:
         self._client: rpc.Client | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._tunnel: asyncssh.SSHClientConnection | None = None
+        self._local: LocalAgent | None = None
+        self._noticed = False  # the notice that an agentless host's policies run here, given once
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[HostLink], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
@@ -118,6 +125,22 @@ class HostLink:
     @property
     def stale_after(self) -> float:
         return 3 * self.defaults.interval
+
+    @property
+    def agentless(self) -> bool:
+        """True when the host has no agent of its own: its agent runs here, as a child of this process."""
+        return self.entry.agentless
+
+    @property
+    def local_pid(self) -> int | None:
+        """The pid of the agent child of an agentless host while it runs (None otherwise)."""
+        return self._local.pid if self._local is not None else None
+
+    @property
+    def first_answer(self) -> float:
+        """How long the first answer of a (re)connection may take: the request timeout, plus the start-up of the
+        local agent for an agentless host."""
+        return self.defaults.timeout + (START_GRACE if self.agentless else 0.0)
 
     def cvm(self, name: str) -> CVM | None:
         """The CVM `name` as the last snapshot has it (None when unknown or never reached)."""
@@ -143,7 +166,9 @@ class HostLink:
         await self._drop()
 
     async def ready(self, timeout: float) -> None:
-        """Wait until the first connection attempt has ended (fresh data or an error)."""
+        """Wait until the first connection attempt has ended (fresh data or an error); `timeout` seconds, and as long
+        as a local agent may take to start for an agentless host."""
+        timeout += self.first_answer - self.defaults.timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._tried.wait()
@@ -210,7 +235,7 @@ class HostLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every failure of one host stays with that host
-                self.error = describe(e)
+                self.error = await self._local_reason() or describe(e)
             finally:
                 await self._drop()
             if (task := asyncio.current_task()) is not None and task.cancelling():
@@ -230,11 +255,14 @@ class HostLink:
         client = rpc.Client(reader, writer)
         client.on_notification(self._on_notification)
         self._client = client
-        self.hello = await self.call("hello", client=self.who)
+        self.hello = await self.call("hello", timeout=self.first_answer, client=self.who)
         self.snapshot = Snapshot.from_dict(await self.call("snapshot"))
         await self.call("subscribe", interval=self.defaults.interval)
         self._fresh()
         self._tried.set()
+        if self.agentless and not self._noticed:
+            self._noticed = True
+            self._notify(self._agentless_notice())
         drop_after = self.stale_after + 2 * self.defaults.timeout
         while not client.closed:
             await client.wait_closed(timeout=self.defaults.interval)
@@ -244,11 +272,14 @@ class HostLink:
                 return True
             if age > self.stale_after and self.state is not LinkState.STALE:
                 self._set_state(LinkState.STALE, f"no data for {age:.0f} s")
-        self.error = "the agent closed the link"
+        self.error = await self._local_reason() or "the agent closed the link"
         return True
 
     async def _open(self) -> tuple[Any, Any]:
         entry = self.entry
+        if entry.agentless:
+            self._local = LocalAgent(entry, self.defaults)
+            return await self._local.start()
         if entry.ssh is None:
             assert entry.socket is not None
             return await rpc.open_unix(entry.socket)
@@ -268,6 +299,24 @@ class HostLink:
             if conn is not None:
                 conn.abort()
         self._conn = self._tunnel = None
+        local, self._local = self._local, None
+        if local is not None:
+            await local.stop()
+
+    async def _local_reason(self) -> str | None:
+        """Why the local agent of an agentless host ended (its host key refusal, its last error), if it did."""
+        return await self._local.exit_reason() if self._local is not None else None
+
+    def _agentless_notice(self) -> Event:
+        return Event(
+            host=self.name,
+            cvm="*",
+            action="agentless",
+            who=self.who,
+            ok=True,
+            why=f"no agent on this host: its agent runs here, over {self.entry.uri}; "
+            "its elastic policies run only while this console (or command) runs",
+        )
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -287,10 +336,12 @@ class HostLink:
             snapshot.services = [Service.from_dict(s) for s in params["services"]]
         snapshot.ts = params.get("ts", time.time())
         for data in params.get("events", []):
-            event = Event.from_dict(data)
-            for callback in self._event_listeners:
-                callback(event)
+            self._notify(Event.from_dict(data))
         self._fresh()
+
+    def _notify(self, event: Event) -> None:
+        for callback in self._event_listeners:
+            callback(event)
 
     def _fresh(self) -> None:
         self.last_data = time.monotonic()
@@ -335,10 +386,7 @@ def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient
         trusted = asyncssh.read_known_hosts(str(known_hosts)).match(*verifier.seen_as)[0]
     except (OSError, ValueError):
         trusted = []
-    what = "CHANGED (possible man-in-the-middle)" if trusted else "not in known_hosts"
-    return (
-        f"host key of {destination} is {what}: {fingerprint}; refused. Check it out of band, then update {known_hosts}"
-    )
+    return hostkeys.refusal_line(destination, changed=bool(trusted), fingerprint=fingerprint, known_hosts=known_hosts)
 
 
 def describe(error: BaseException) -> str:

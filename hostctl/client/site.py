@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from hostctl import config
 from hostctl.config import check, positive
@@ -23,6 +23,20 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # also an ~/.ssh/config 
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _PORT = re.compile(r"[0-9]{1,5}")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S*")
+
+AGENTLESS_SCHEME = "qemu+ssh"  # libvirt's ssh transport: the OpenSSH client, run by libvirt
+AGENTLESS_PATHS = ("/system", "/session")
+# Parameters of libvirt's remote URIs an agentless host may set, and the one value allowed where only one is.
+_AGENTLESS_PARAMS = {"keyfile", "socket", "netcat", "name", "mode", "proxy", "no_tty", "no_verify"}
+_AGENTLESS_FIXED = {"no_tty": "1", "no_verify": "0"}
+_AGENTLESS_CHOICES = {"mode": ("auto", "legacy", "direct"), "proxy": ("auto", "netcat", "native")}
+_AGENTLESS_WHY = {
+    "command": "is set by hostctl (the OpenSSH client with strict host key checking)",
+    "no_verify": "must be 0: host keys are always verified",
+    "known_hosts": "is for libvirt's libssh transports; qemu+ssh checks defaults.known_hosts",
+    "known_hosts_verify": "is for libvirt's libssh transports; qemu+ssh checks defaults.known_hosts strictly",
+    "sshauth": "is for libvirt's libssh transports; qemu+ssh authenticates as the OpenSSH client does",
+}
 
 
 def parse_destination(dest: str) -> tuple[str | None, str, int | None]:
@@ -106,6 +120,44 @@ def _uri(value: str) -> str | None:
     return None if _URI.fullmatch(value) else "is not a libvirt URI (e.g. qemu:///system)"
 
 
+def agentless_problem(uri: str) -> str | None:
+    """What keeps `uri` from reaching a host with no agent (`qemu+ssh://[user@]host[:port]/system`), or None."""
+    try:
+        parts = urlsplit(uri)
+        netloc, query = parts.netloc, parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
+    except ValueError as e:
+        return f"is not a URI: {e}"
+    form = f"{AGENTLESS_SCHEME}://[user@]host[:port]/system"
+    if parts.scheme != AGENTLESS_SCHEME:
+        return f"must be a remote libvirt URI over SSH ({form})"
+    if not netloc:
+        return f"names no host ({form})"
+    try:
+        parse_destination(netloc)
+    except ValueError as e:
+        return f"has a bad host part {netloc!r}: {e}"
+    if parts.path not in AGENTLESS_PATHS:
+        return f"path {parts.path or '(none)'!r} must be one of {', '.join(AGENTLESS_PATHS)}"
+    if parts.fragment:
+        return "must have no '#' fragment"
+    for key, value in query:
+        fixed = _AGENTLESS_FIXED.get(key)
+        if key not in _AGENTLESS_PARAMS or (fixed is not None and value != fixed):
+            why = _AGENTLESS_WHY.get(key) or (
+                f"must be {fixed}"
+                if fixed
+                else f"is not a parameter hostctl passes (known: {', '.join(sorted(_AGENTLESS_PARAMS))})"
+            )
+            return f"{key}={value}: {why}"
+        if key in _AGENTLESS_CHOICES and value not in _AGENTLESS_CHOICES[key]:
+            return f"{key}={value}: must be one of {', '.join(_AGENTLESS_CHOICES[key])}"
+        if key in ("keyfile", "socket") and (problem := _absolute(value)):
+            return f"{key}={value}: {problem}"
+        if not value:
+            return f"{key}: must not be empty"
+    return None
+
+
 def _argv_problem(argv: list[str]) -> str | None:
     if not argv or not argv[0]:
         return f"agent = {argv!r} must be a non-empty command, e.g. {DEFAULT_AGENT!r}"
@@ -142,22 +194,38 @@ class ServiceEntry:
 
 @dataclass
 class HostEntry:
-    """One host and how to reach its agent: over SSH (agent command or remote socket) or a local socket."""
+    """One host and how to reach its agent: over SSH (agent command or remote socket), a local socket, or, for a
+    host with no agent installed (`uri` alone, `qemu+ssh://...`), an agent run on this machine over libvirt's SSH."""
 
     name: str = check(_name)
     ssh: str | None = check(_destination, default=None)  # ~/.ssh/config alias or [user@]host[:port]
     socket: str | None = check(_absolute, default=None)  # remote (through ssh) or local agent socket
     agent: list[str] | None = None  # overrides defaults.agent
     jump: str | None = check(_destination, default=None)  # bastion, same syntax as ssh
-    uri: str | None = check(_uri, default=None)  # libvirt URI the agent uses; informational
+    uri: str | None = check(_uri, default=None)  # libvirt URI the agent uses; alone: the host has no agent
     services: list[ServiceEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         who = f"host {self.name!r}"
-        if self.ssh is None and self.socket is None:
-            raise ValueError(f'{who}: give ssh = "user@host" or socket = "/path"')
+        if self.ssh is None and self.socket is None and self.uri is None:
+            raise ValueError(
+                f'{who}: give ssh = "user@host" or socket = "/path" (its agent), '
+                f'or uri = "{AGENTLESS_SCHEME}://user@host/system" alone (a host with no agent)'
+            )
         if self.jump is not None and self.ssh is None:
-            raise ValueError(f'{who}: jump = {self.jump!r} needs ssh = "user@host" (a jump host is only for SSH)')
+            raise ValueError(
+                f'{who}: jump = {self.jump!r} needs ssh = "user@host" (a jump host is only for SSH; '
+                "for a host with no agent, set ProxyJump in the file named by defaults.ssh_config)"
+            )
+        if self.agentless:
+            assert self.uri is not None
+            if problem := agentless_problem(self.uri):
+                raise ValueError(f"{who}: uri = {self.uri!r} (no ssh or socket: a host with no agent) {problem}")
+            if self.agent is not None:
+                raise ValueError(
+                    f'{who}: agent = {self.agent!r} needs ssh = "user@host"; a host with no agent (uri alone) '
+                    "runs hostctl's own agent on this machine"
+                )
         if self.agent is not None:
             if problem := _argv_problem(self.agent):
                 raise ValueError(f"{who}: {problem}")
@@ -169,8 +237,13 @@ class HostEntry:
                 raise ValueError(f"{who}: service {s.name!r} of cvm {s.cvm!r} appears twice")
             seen.add((s.cvm, s.name))
 
+    @property
+    def agentless(self) -> bool:
+        """True for a host with no agent installed: only `uri` given, its agent runs on this machine."""
+        return self.ssh is None and self.socket is None and self.uri is not None
+
     def target(self) -> tuple[str | None, str | None, int | None]:
-        """(user, host, port) of `ssh`; None for parts not given, all None for a local host."""
+        """(user, host, port) of `ssh`; None for parts not given, all None for a local or agentless host."""
         if self.ssh is None:
             return None, None, None
         return parse_destination(self.ssh)
