@@ -48,11 +48,13 @@ def policy_dir(tmp_path: Path, overcommit: float = 1.0) -> Path:
 class Served:
     """An agent with policies over a test-driver host whose CPU use the test sets per CVM."""
 
-    def __init__(self, tmp_path: Path, *, readonly: bool = False, overcommit: float = 1.0) -> None:
+    def __init__(
+        self, tmp_path: Path, *, readonly: bool = False, overcommit: float = 1.0, driver: str = "emulated"
+    ) -> None:
         self.tmp_path = tmp_path
         self.readonly = readonly
         self.policies = load_policies(policy_dir(tmp_path, overcommit))
-        self.node = make_node(tmp_path)
+        self.node = make_node(tmp_path, driver=driver)
         self.audit = tmp_path / "audit.jsonl"
         self.socket = tmp_path / "agent.sock"
         self.cpu: dict[str, float] = {}
@@ -250,6 +252,24 @@ async def test_stale_samples_hold_and_never_scale_down(served: Served) -> None:
     served.cpu["snp"] = 0.0
     await until(lambda: "samples are" in served.agent.elastic.state("snp").reason)  # type: ignore
     assert served.online() == 2 and (await state(served))["alert"] is True
+
+
+async def test_an_unknown_count_holds_with_an_alert_and_never_scales(tmp_path: Path) -> None:
+    """Guest-driver CVMs whose guest agent does not answer (the test driver has none): no count, so no decision."""
+    served = Served(tmp_path, driver="guest")
+    await served.start()
+    try:
+        served.cpu["snp"] = 100.0  # the threshold policy would wake workers, if it knew how many run
+        await served.call("policy", cvm="snp", name="threshold", enabled=True)
+        await until(lambda: "count unknown" in served.agent.elastic.state("snp").reason)  # type: ignore[union-attr]
+        current = await state(served)
+        assert current["decision"] == "hold" and current["alert"] is True
+        assert current["reason"].startswith("online vCPU count unknown: guest agent not answering")
+        assert not [e for e in served.audit_lines() if e["action"] == "scale"]
+        alert = [e for e in served.audit_lines() if e["action"] == "alert"][-1]
+        assert (alert["before"], alert["after"]) == (None, None)
+    finally:
+        await served.stop()
 
 
 async def test_host_capacity_caps_the_policy(tmp_path: Path) -> None:

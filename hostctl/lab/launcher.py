@@ -76,7 +76,7 @@ def _up_blocking(
     lab: Lab, prefix: str, cache: Path | None, guests: tuple[GuestSpec, ...], boot_timeout: float
 ) -> list[str]:
     lab.state.write_text(json.dumps({"prefix": prefix, "guests": [prefix + g.name for g in guests]}) + "\n")
-    lines = libvirtd.ensure(lab.runtime)
+    lines = libvirtd.ensure()
     image, built = guest.build(cache)
     lines.append(f"guest image: {'built' if built else 'cached'} {image.initrd.parent} (kernel {_kernel(image)})")
     for source, target in ((image.kernel, lab.kernel), (image.initrd, lab.initrd)):
@@ -217,12 +217,12 @@ def _down_blocking(lab: Lab) -> list[str]:
     lines += removed
     if left:  # stopping libvirtd now would orphan their QEMU processes
         return [*lines, f"libvirtd left running: {', '.join(left)} could not be removed; run lab down again"]
-    if libvirtd.daemons(lab.runtime)[1].pid() is not None and (others := _active_domains()):
-        # Somebody else's guests run on the libvirtd we started: stopping it would orphan their QEMU processes.
-        lines.append(f"libvirtd left running (started by the lab): it still runs {', '.join(others)}")
-        for daemon in libvirtd.daemons(lab.runtime):
-            daemon.pidfile.unlink(missing_ok=True)
-    lines += libvirtd.stop(lab.runtime)
+    if libvirtd.daemons()[1].pid() is not None and (others := _active_domains()):
+        # Other guests run on the libvirtd a lab started: stopping it would orphan their QEMU processes. Its pid
+        # file stays, so the lab down that finds no other guest stops it.
+        lines.append(f"libvirtd left running (started by a lab): it still runs {', '.join(others)}")
+    else:
+        lines += libvirtd.stop()
     if lab.runtime.is_dir():
         for path in lab.files():
             path.unlink(missing_ok=True)

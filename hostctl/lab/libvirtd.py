@@ -1,8 +1,9 @@
 """A libvirtd serving qemu:///system: used if one answers, else started (virtlogd + libvirtd) and later stopped;
 and bounded connections to it.
 
-The daemons the lab starts are remembered by pid files in its runtime directory, so `stop` ends exactly what
-`ensure` started and never a daemon somebody else runs.
+The daemons a lab starts are remembered by pid files in a directory of their own (not a lab's runtime directory:
+they serve every lab on the machine and may outlive the one that started them, and libvirtd's log must stay where
+QEMU's start-up can write it), so `stop` ends exactly what a lab started and never a daemon somebody else runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,20 +34,27 @@ VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
+def daemon_dir() -> Path:
+    """Where the daemons a lab started keep their pid files and logs (private to this user)."""
+    path = Path(tempfile.gettempdir()) / f"dittotui-lab-daemons-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 @dataclass(frozen=True)
 class Daemon:
-    """One daemon the lab may start: its binary and its pid file in the runtime directory."""
+    """One daemon a lab may start: its binary, its pid file and its log."""
 
     name: str
-    runtime: Path
+    folder: Path
 
     @property
     def pidfile(self) -> Path:
-        return self.runtime / f"{self.name}.pid"
+        return self.folder / f"{self.name}.pid"
 
     @property
     def log(self) -> Path:
-        return self.runtime / f"{self.name}.log"
+        return self.folder / f"{self.name}.log"
 
     def pid(self) -> int | None:
         """The pid of the daemon we started, if it still runs as that program (not a reused pid)."""
@@ -59,9 +68,10 @@ class Daemon:
         return pid if comm == self.name else None
 
 
-def daemons(runtime: Path) -> list[Daemon]:
-    """The daemons the lab starts, in start order."""
-    return [Daemon("virtlogd", runtime), Daemon("libvirtd", runtime)]
+def daemons() -> list[Daemon]:
+    """The daemons a lab starts, in start order."""
+    folder = daemon_dir()
+    return [Daemon("virtlogd", folder), Daemon("libvirtd", folder)]
 
 
 def open_connection(timeout: float = OPEN_TIMEOUT) -> libvirt.virConnect:
@@ -101,15 +111,15 @@ def answers(timeout: float = OPEN_TIMEOUT) -> bool:
     return True
 
 
-def ensure(runtime: Path) -> list[str]:
+def ensure() -> list[str]:
     """Make sure a libvirtd serves qemu:///system; start virtlogd and libvirtd (as root) if none does."""
     if answers():
-        ours = daemons(runtime)[1].pid() is not None
+        ours = daemons()[1].pid() is not None
         return [f"libvirtd: serving {URI}" + (" (started by the lab)" if ours else " (not started by the lab)")]
     if os.geteuid() != 0:
         raise HostctlError(f"no libvirtd serves {URI}, and starting one needs root (run as root, or start libvirtd)")
     lines = []
-    virtlogd, libvirtd = daemons(runtime)
+    virtlogd, libvirtd = daemons()
     if not _accepts(VIRTLOGD_SOCKET):
         _start(virtlogd)
         lines.append(f"virtlogd: started (pid {virtlogd.pid()})")
@@ -117,20 +127,20 @@ def ensure(runtime: Path) -> list[str]:
     deadline = time.monotonic() + START_TIMEOUT
     while not answers(max(1.0, min(OPEN_TIMEOUT, deadline - time.monotonic()))):
         if libvirtd.pid() is None:
-            stop(runtime)
+            stop()
             raise HostctlError(f"libvirtd exited at start{_hint(libvirtd.log)}: {_tail(libvirtd.log)}")
         if time.monotonic() > deadline:
-            stop(runtime)
+            stop()
             raise HostctlError(f"libvirtd did not serve {URI} within {START_TIMEOUT:.0f} s: {_tail(libvirtd.log)}")
         time.sleep(0.2)
     lines.append(f"libvirtd: started (pid {libvirtd.pid()}), serving {URI}")
     return lines
 
 
-def stop(runtime: Path) -> list[str]:
-    """Stop the daemons `ensure` started (libvirtd first), and only those; remove their pid files."""
+def stop() -> list[str]:
+    """Stop the daemons a lab started (libvirtd first), and only those; remove their pid files."""
     lines = []
-    for daemon in reversed(daemons(runtime)):
+    for daemon in reversed(daemons()):
         pid = daemon.pid()
         if pid is not None:
             procs.terminate(pid, functools.partial(_is, daemon, pid), STOP_TIMEOUT)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostctl.errors import HostctlError
-from hostctl.lab import domains, libvirtd, procs
+from hostctl.lab import domains, procs
 
 
 def default_runtime() -> Path:
@@ -63,8 +63,7 @@ class Lab:
     def files(self) -> list[Path]:
         """Every file the lab may leave in its runtime directory."""
         fixed = [self.state, self.site, self.socket, self.pidfile, self.log, self.audit, self.kernel, self.initrd]
-        daemon_files = [f for d in libvirtd.daemons(self.runtime) for f in (d.pidfile, d.log)]
-        return fixed + daemon_files + sorted(self.runtime.glob("*.console"))
+        return fixed + sorted(self.runtime.glob("*.console"))
 
     def prefix(self) -> str:
         """The domain prefix `up` recorded (the default if it recorded none)."""

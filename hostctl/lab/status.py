@@ -36,7 +36,7 @@ async def report(runtime: Path) -> dict[str, Any]:
 
 
 def _status_blocking(lab: Lab) -> dict[str, Any]:
-    ours = libvirtd.daemons(lab.runtime)[1].pid() is not None
+    ours = libvirtd.daemons()[1].pid() is not None
     try:
         conn = libvirtd.open_connection()
     except HostctlError as e:

@@ -6,9 +6,11 @@ under a deadline, so a hang fails the test instead of stalling it."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hostctl.lab.launcher import HOST
@@ -192,6 +194,23 @@ def test_cli_exit_paths_against_libvirtd_print_one_line_and_no_traceback(lab: La
     for what, done in cases.items():
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (what, done.stderr)
         assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, (what, done.stderr)
+
+
+def test_an_agent_stopped_while_a_guest_hangs_exits_cleanly(lab: LabSite, tmp_path: Path) -> None:
+    """`hostctl serve` told to stop (SIGTERM) while a guest call hangs: it leaves within the bound, says nothing."""
+    socket = tmp_path / "agent.sock"
+    argv = [sys.executable, "-m", "hostctl", "--uri", "qemu:///system", "serve", "--socket", str(socket)]
+    argv += ["--audit", str(tmp_path / "audit.jsonl"), "--probe-rate", "0"]
+    with agent_stopped(lab.runtime, lab.cvm("snp-2")):
+        agent = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for("the agent's socket", socket.exists, within=BOUND)
+            time.sleep(2)  # a sample or two, one of them asking the hung guest
+            agent.send_signal(signal.SIGTERM)
+            out, err = agent.communicate(timeout=BOUND)
+        finally:
+            agent.kill()
+    assert agent.returncode == 0 and err == b"" and out == b"", err.decode(errors="replace")
 
 
 def _unknown(c: dict[str, Any]) -> dict[str, Any] | None:

@@ -112,8 +112,14 @@ def sweep(runtime: Path, prefix: str) -> None:
             virsh("destroy", name)
             virsh("undefine", name)
     if runtime.is_dir():
-        libvirtd.stop(runtime)
+        if not _others(prefix):
+            libvirtd.stop()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _others(prefix: str) -> list[str]:
+    """Domains that are not this lab's (another lab's, anybody's): they need libvirtd."""
+    return [name for name in prefixed_domains("") if not name.startswith(prefix)] if libvirtd.answers() else []
 
 
 def qemu_processes(prefix: str) -> list[int]:
@@ -135,7 +141,7 @@ def qemu_processes(prefix: str) -> list[int]:
 
 def stop_and_check(lab: LabSite) -> None:
     """`lab down`, then look for anything left: the agent, the guests' QEMUs, the daemons `up` started."""
-    started = {d.name: d.pid() for d in libvirtd.daemons(lab.runtime) if d.pid() is not None}
+    started = {d.name: d.pid() for d in libvirtd.daemons() if d.pid() is not None}
     agent = Lab(lab.runtime).agent_pid()
     assert agent is not None
     assert len(qemu_processes(lab.prefix)) == len(GUESTS), "the scan below must see the running guests"
