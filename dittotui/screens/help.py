@@ -15,7 +15,10 @@ HELP = """\
 
 Worker vCPUs are measured at launch, sleep while idle, and are woken or parked at runtime.
 **Workers** shows active of maximum; scaling changes the CVM's online vCPUs (boot + workers),
-compare-and-set: a retry never applies twice.
+compare-and-set: a retry never applies twice. A count that cannot be read shows as `?` with why
+(`no agent`: the guest agent does not answer; `paused`, `shut off`); `enter` shows the last count known
+and its age. Such a CVM is not scaled, and its policy holds. **CPU%on**: CPU use as a share of the CVM's
+*online* vCPUs (`-` while their count is unknown).
 
 | key | action |
 |---|---|
@@ -36,7 +39,7 @@ compare-and-set: a retry never applies twice.
 answering (its CVMs dim); `connecting` with the reason when it was never reached.
 `◇` after a host's name: it has no agent installed; its agent runs inside this console, over libvirt's
 SSH transport (`uri = "qemu+ssh://..."`), so **its elastic policies run only while this console runs**.
-**vCPUs used/cap**: online vCPUs of running CVMs against the host's CPUs.
+**vCPUs used/cap**: online vCPUs of running CVMs against the host's CPUs (`+?` when some count is unknown).
 **Elastic**: the CVM's policy, run by its host's agent (so it keeps working with no console attached):
 `●` on, `○` off, yellow when it holds for want of fresh data or host capacity. **Last decision**: what the
 policy last did and why; every decision is also in the audit log. A manual `+`/`-` pauses the policy for

@@ -25,7 +25,7 @@ class CVMTable(LiveTable):
         Column("cvm", "CVM", 14, cells.name),
         Column("host", "Host", 10, cells.host_name),
         Column("workers", "Workers", 13, cells.workers),
-        Column("cpu", "CPU%", 5, cells.number),
+        Column("cpu", "CPU%on", 6, cells.number),  # of the online vCPUs
         Column("elastic", "Elastic", 15, cells.elastic),
         Column("security", "Security", 8, cells.security),
         Column("state", "State", 7, cells.run_state),
