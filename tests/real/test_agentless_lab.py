@@ -138,7 +138,10 @@ async def test_the_console_marks_the_host_and_says_where_its_policies_run(
     async with app.run_test(size=(140, 40)) as pilot:
 
         def shown(column: str) -> str:
-            value = app.query_one(HostsTable).get_cell(HOST, column)
+            try:
+                value = app.query_one(HostsTable).get_cell(HOST, column)
+            except KeyError:  # no row yet: the first refresh has not run
+                return ""
             return str(getattr(value, "plain", value))
 
         def log() -> str:
