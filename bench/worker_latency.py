@@ -29,6 +29,7 @@ from hostctl.client.site import load as load_site
 from hostctl.errors import HostctlError
 from hostctl.lab import libvirtd, qga
 from hostctl.lab.bounded import within
+from hostctl.lab.domains import GUESTS, MEMORY_MIB
 from hostctl.lab.launcher import HOST
 from hostctl.stats import percentile
 from hostctl.wire.model import DomainState
@@ -151,14 +152,16 @@ def machine(lab: labkit.LabSite, load: float) -> list[str]:
         cpu = f"unknown ({e.strerror})"
     kernel = re.search(r"\(kernel ([^)]+)\)", lab.up)
     lib = libvirt.getVersion()
+    snp, plain = (next(g for g in GUESTS if g.name == name) for name in ("snp-1", "plain"))
     return [
         f"- CPU: {cpu}, {os.cpu_count()} logical CPUs (shared with other work while this ran: "
         f"1-minute load average {load:.2f} before the lab came up)",
-        f"- host: {platform.system()} {platform.release()}, "
+        f"- host: {platform.system()} {platform.release().split('-')[0]}, "
         f"{command_version(['qemu-system-x86_64', '--version'])} (TCG: no KVM), "
         f"libvirt {lib // 1_000_000}.{lib // 1000 % 1000}.{lib % 1000}, libvirt-python {version('libvirt-python')}",
         f"- guests: Debian kernel {kernel.group(1) if kernel else 'unknown (not in lab up output)'}, busybox, "
-        "qemu-guest-agent; 200 MiB; the CVM has 4 vCPUs present from launch (1 online at boot), the plain VM 1 of 4",
+        f"qemu-guest-agent; {MEMORY_MIB} MiB; the CVM has {snp.max_vcpus} vCPUs present from launch ({snp.boot_vcpus} "
+        f"online at boot), the plain VM {plain.boot_vcpus} of {plain.max_vcpus}",
     ]
 
 
