@@ -66,13 +66,15 @@ def _lab(runtime: Path, *, readonly: bool, refresh: float) -> int:
             _say(f"attaching to the lab running in {found.runtime} (left running on quit)")
         else:
             session = asyncio.run(lab_session.start(runtime, _say))
-    except (lab_session.Interrupted, KeyboardInterrupt):
-        lines = lab_session.abandon(runtime)
-        print(f"dittotui: interrupted; lab down: {'; '.join(lines)}", file=sys.stderr)
+    except lab_session.Interrupted as e:
+        print(f"dittotui: interrupted; lab down: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the boot began, or while the lab was being taken down
+        print("dittotui: interrupted; see hostctl lab status", file=sys.stderr)
         return 130
     except HostctlError as e:
         return _refuse(str(e))
-    except Exception as e:  # the launcher took down what it started; say why in one line, never a traceback
+    except Exception as e:  # say why in one line, never a traceback
         return _refuse(f"the lab did not start: {type(e).__name__}: {e}")
     app = DittoApp(site=session.site, readonly=readonly, refresh=refresh, site_label=session.label)
     try:

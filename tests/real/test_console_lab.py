@@ -4,8 +4,10 @@ the guest's own view (`guest-get-vcpus`), not the console's model."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,8 +56,14 @@ async def test_plus_and_minus_wake_and_park_a_worker_in_the_guest(lab: LabSite) 
     key = f"{HOST}/{cvm}"
     before = await asyncio.to_thread(guest_view, cvm)
     assert before.present == 4 and before.online < 4, before
-    app = DittoApp(site=load_site(lab.site), refresh=0.1)
+    found = lab_session.running(lab.runtime)  # what `dittotui --lab --lab-runtime DIR` attaches to
+    assert found is not None
+    session = lab_session.attach(found)
+    app = DittoApp(site=session.site, site_label=session.label, refresh=0.1)
     async with app.run_test(size=(160, 40)) as pilot:
+        assert (
+            app.sub_title.startswith("lab site: real QEMU guests under TCG") and "left running on quit" in app.sub_title
+        )
         hosts = app.query_one(HostsTable)
         await until(pilot, lambda: HOST in hosts.keys and cell(app, HostsTable, HOST, "state") == "live")
         table = app.query_one(CVMTable)
@@ -88,6 +96,24 @@ async def test_plus_and_minus_wake_and_park_a_worker_in_the_guest(lab: LabSite) 
         await app.action_quit()
 
 
+async def test_a_read_only_console_changes_nothing_in_the_guest(lab: LabSite) -> None:
+    cvm = lab.cvm("snp-1")
+    key = f"{HOST}/{cvm}"
+    before = await asyncio.to_thread(guest_view, cvm)
+    app = DittoApp(site=load_site(lab.site), readonly=True, refresh=0.1)
+    async with app.run_test(size=(160, 40)) as pilot:
+        assert "read-only" in app.sub_title
+        table = app.query_one(CVMTable)
+        await until(pilot, lambda: key in table.keys)
+        table.move_cursor(row=table.get_row_index(key))
+        await pilot.pause()
+        await pilot.press("plus")
+        events = app.query_one("#events", RichLog)
+        await until(pilot, lambda: any("read-only session: scale refused" in str(line.text) for line in events.lines))
+        await app.action_quit()
+    assert await asyncio.to_thread(guest_view, cvm) == before
+
+
 def test_dittotui_lab_finds_the_running_lab(lab: LabSite, tmp_path: Path) -> None:
     found = lab_session.running(lab.runtime)
     assert found is not None and found.site == lab.site
@@ -116,6 +142,23 @@ def test_a_lab_runtime_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> 
     done = dittotui("--lab", "--lab-runtime", runtime)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [f"dittotui: runtime directory {runtime} is not a directory"]
+
+
+def test_a_lab_that_cannot_start_is_one_line_and_exit_2() -> None:
+    closed = Path(tempfile.mkdtemp())  # mode 0700: QEMU's user cannot enter it, so `lab up` refuses it
+    try:
+        runtime = closed / "run"
+        done = dittotui("--lab", "--lab-runtime", runtime)
+        assert (done.returncode, "Traceback" in done.stderr) == (2, False), done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line == (
+            f"dittotui: the lab did not start: runtime directory {runtime}: QEMU's user cannot enter {closed} "
+            f"(mode 0700); pass --runtime under {tempfile.gettempdir()}"
+        ) or line.startswith("dittotui: libvirt already has lab domains ditto-lab-"), line  # another lab runs here
+        assert "starting one for this session" in done.stdout or "already has" in line
+        assert not runtime.exists()
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
 
 
 def test_a_lab_that_is_not_serving_is_one_line_and_exit_2(tmp_path: Path) -> None:
