@@ -107,7 +107,8 @@ async def start(runtime: Path, say: Say) -> LabSession:
             why = _last_line(err) or _last_line(out) or f"hostctl lab up exited with status {returncode}"
             if returncode == -signal.SIGKILL:
                 why = f"no lab within {UP_TIMEOUT:.0f} s"
-            raise HostctlError(f"the lab did not start: {why.removeprefix('hostctl: ')}")
+            why = why.removeprefix("hostctl: ").replace("pass --runtime ", "pass --lab-runtime ")  # our option's name
+            raise HostctlError(f"the lab did not start: {why}")
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     for line in out.decode(errors="replace").splitlines():

@@ -153,7 +153,7 @@ def test_a_lab_that_cannot_start_is_one_line_and_exit_2() -> None:
         (line,) = done.stderr.splitlines()
         assert line == (
             f"dittotui: the lab did not start: runtime directory {runtime}: QEMU's user cannot enter {closed} "
-            f"(mode 0700); pass --runtime under {tempfile.gettempdir()}"
+            f"(mode 0700); pass --lab-runtime under {tempfile.gettempdir()}"
         ) or line.startswith("dittotui: libvirt already has lab domains ditto-lab-"), line  # another lab runs here
         assert "starting one for this session" in done.stdout or "already has" in line
         assert not runtime.exists()
