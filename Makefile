@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.console_fleet
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
+	$(BIN)/python -m bench.worker_latency  # the lab site: libvirtd + QEMU guests (root, or a running libvirtd)
 
 # SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
 screenshots: $(STAMP)

@@ -1,4 +1,5 @@
-"""`dittotui`: open the console on the embedded demo site, or on a real site with --site FILE."""
+"""`dittotui`: open the console on the embedded demo site, on a real site with --site FILE, or on the lab site of
+real QEMU guests with --lab."""
 
 from __future__ import annotations
 
@@ -7,21 +8,37 @@ import asyncio
 import sys
 from pathlib import Path
 
+from dittotui import lab_session
 from dittotui.app import DittoApp
 from dittotui.session import DemoSession
 from hostctl.client.site import load as load_site
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.demo.config import load as load_demo
 from hostctl.errors import HostctlError
+from hostctl.lab.runtime import default_runtime
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dittotui", description=__doc__)
     p.add_argument("--site", type=Path, help="site inventory (default: start the embedded demo site)")
+    p.add_argument(
+        "--lab",
+        action="store_true",
+        help="the lab site (hostctl lab): attach to the running lab, or start one for this session and stop it on quit",
+    )
+    p.add_argument(
+        "--lab-runtime", type=Path, metavar="DIR", help=f"the lab's runtime directory (default {default_runtime()})"
+    )
     p.add_argument("--demo-config", type=Path, default=DEFAULT_CONFIG, help="demo site settings")
     p.add_argument("--readonly", action="store_true", help="allow no change from this console")
     p.add_argument("--refresh", type=float, default=0.25, help="screen refresh interval, seconds (default 0.25)")
     args = p.parse_args(argv)
+    if args.lab and args.site is not None:
+        return _refuse("--lab and --site cannot go together: the lab site has its own site file")
+    if args.lab_runtime is not None and not args.lab:
+        return _refuse("--lab-runtime goes with --lab")
+    if args.lab:
+        return _lab(args.lab_runtime or default_runtime(), readonly=args.readonly, refresh=args.refresh)
     demo = None
     try:
         if args.site is not None:
@@ -31,14 +48,65 @@ def main(argv: list[str] | None = None) -> int:
             demo = DemoSession(args.demo_config)
             app = DittoApp(demo=demo, readonly=args.readonly, refresh=args.refresh)
     except HostctlError as e:
-        print(f"dittotui: {e}", file=sys.stderr)
-        return 2
+        return _refuse(str(e))
     try:
         app.run()
     finally:
         if demo is not None and demo.running:
             asyncio.run(demo.stop())
     return app.return_code or 0
+
+
+def _lab(runtime: Path, *, readonly: bool, refresh: float) -> int:
+    """The console on the lab in `runtime`: attached if one runs, else started now and taken down on quit."""
+    try:
+        found = lab_session.running(runtime)
+        if found is not None:
+            session = lab_session.attach(found)
+            _say(f"attaching to the lab running in {found.runtime} (left running on quit)")
+        else:
+            session = asyncio.run(lab_session.start(runtime, _say))
+    except lab_session.Interrupted as e:
+        print(f"dittotui: interrupted; lab down: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the boot began, or while the lab was being taken down
+        print("dittotui: interrupted; see hostctl lab status", file=sys.stderr)
+        return 130
+    except HostctlError as e:
+        return _refuse(str(e))
+    except Exception as e:  # say why in one line, never a traceback
+        return _refuse(f"the lab did not start: {type(e).__name__}: {e}")
+    app = DittoApp(site=session.site, readonly=readonly, refresh=refresh, site_label=session.label)
+    try:
+        app.run()
+    finally:
+        left = _leave(session)
+    return left or app.return_code or 0
+
+
+def _leave(session: lab_session.LabSession) -> int:
+    """Take the lab down if this session started it, else say it is left running: 0, or 2 if down failed."""
+    runtime = session.lab.runtime
+    if not session.started:
+        _say(f"the lab in {runtime} is left running (hostctl lab down takes it down)")
+        return 0
+    _say(f"taking down the lab this session started ({runtime})")
+    try:
+        lines = asyncio.run(lab_session.stop(runtime))
+    except HostctlError as e:
+        return _refuse(f"lab down: {e}; run hostctl lab down --runtime {runtime}")
+    for line in lines:
+        _say(f"  {line}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"dittotui: {line}" if not line.startswith(" ") else line, flush=True)
+
+
+def _refuse(line: str) -> int:
+    print(f"dittotui: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -73,9 +73,11 @@ class DittoApp(App[None]):
         readonly: bool = False,
         refresh: float = 0.25,
         runs: RunLog | None = None,
+        site_label: str = "",
     ) -> None:
         super().__init__()
         self.site = site
+        self.site_label = site_label  # what the header says about the site (e.g. the lab's), besides read-only
         self.demo = demo
         self.readonly = readonly
         self.refresh_interval = refresh
@@ -112,7 +114,7 @@ class DittoApp(App[None]):
         # A large fleet replaces thousands of records a second. They are acyclic and freed by reference counting,
         # so collect cycles rarely: a full collection over a 10,000-row table is a visible pause (bench/).
         gc.set_threshold(100_000, 50, 100)
-        self.sub_title = "read-only" if self.readonly else ""
+        self.sub_title = " · ".join(part for part in (self.site_label, "read-only" if self.readonly else "") if part)
         self.hosts_table = self.query_one(HostsTable)
         self.cvm_table = self.query_one(CVMTable)
         self.services_table = self.query_one(ServicesTable)
@@ -126,6 +128,8 @@ class DittoApp(App[None]):
             self.log_line("starting the embedded demo site: 3 emulated SEV-SNP hosts (use --site FILE for a real one)")
             self.start_demo()
         elif self.site is not None:
+            if self.site_label:
+                self.log_line(self.site_label)
             self.start_fleet(self.site)
         self.set_interval(self.refresh_interval, self.tick)
 
