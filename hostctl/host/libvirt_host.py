@@ -43,6 +43,12 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
 }
 _NO_COUNT = {DomainState.PAUSED: "paused", DomainState.SHUTOFF: "shut off", DomainState.CRASHED: "crashed"}
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd went away",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed",
+}
 OUTSIDE = "outside hostctl"  # who an event names when a count changed without a scale of ours
 
 
@@ -79,6 +85,7 @@ class LibvirtHost:
             str, tuple[float, asyncio.Future[Any]]
         ] = {}  # CVM -> its guest call in flight: since, outcome
         self._counting: set[asyncio.Task[None]] = set()
+        self._reconnecting: asyncio.Task[None] | None = None
         self.agent_timeout = float(self._driver_options.get("guest", {}).get("timeout_s", drivers.AGENT_TIMEOUT_S))
         self._conn: libvirt.virConnect | None = None
         self._host: Host | None = None
@@ -93,14 +100,26 @@ class LibvirtHost:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the connection and read the inventory; from then on events keep it current."""
+        """Open the connection and read the inventory; from then on events keep it current, and a connection that
+        breaks (libvirtd restarted) is opened again with backoff."""
         events.register_event_loop()
+        await self._connect()
+
+    async def _connect(self) -> None:
         conn = await self._run(self._open_blocking)
+        try:
+            host, cvms = await self._run(self._read_all, conn)
+        except HostctlError:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise
         self._conn = conn
-        host, cvms = await self._run(self._read_all)
         self._host = host
         self.name = host.name
-        self._cvms = {c.name: c for c in cvms}
+        old, self._cvms = self._cvms, {c.name: c for c in cvms}
+        for name in old.keys() | self._cvms.keys():  # after a reconnect: whatever changed meanwhile
+            if old.get(name) != self._cvms.get(name):
+                self._changed(name)
         self._callbacks = [
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None),
@@ -109,12 +128,49 @@ class LibvirtHost:
             self._callbacks.append(
                 conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent, None)
             )
+        with contextlib.suppress(libvirt.libvirtError):  # remote and QEMU connections tell when they break
+            conn.registerCloseCallback(self._on_closed, None)
         await self._count_guests(self.agent_timeout)
+
+    def _on_closed(self, _conn: object, reason: int, _opaque: object) -> None:
+        """The connection broke (libvirtd stopped or restarted): no count is known until it is open again."""
+        if self._conn is None or self._reconnecting is not None:
+            return
+        self._conn, self._callbacks = None, []
+        why = _CLOSE_REASONS.get(reason, "closed")
+        for cvm in list(self._cvms.values()):
+            last = cvm.online_vcpus if cvm.online_vcpus is not None else cvm.last_online
+            at = self._confirmed.get(cvm.name) if cvm.online_vcpus is not None else cvm.last_online_at
+            self._store_count(
+                dataclasses.replace(
+                    cvm,
+                    online_vcpus=None,
+                    vcpus_error=f"libvirt connection lost ({why}); reconnecting",
+                    last_online=last,
+                    last_online_at=at,
+                    cpu_percent=None,
+                )
+            )
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self._connect()
+                except HostctlError:
+                    delay = min(10.0, delay * 2)
+                    continue
+                return
+        finally:
+            self._reconnecting = None
 
     async def close(self) -> None:
         """Deregister events, close the connection and let libvirt's event loop release it while this loop runs
         (a connection freed after the loop has closed makes libvirtaio print "Event loop is closed" tracebacks)."""
-        for task in self._counting:
+        for task in [*self._counting, *([self._reconnecting] if self._reconnecting else [])]:
             task.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -264,8 +320,8 @@ class LibvirtHost:
             raise HostctlError(f"{cvm.name}: libvirt: {e.get_error_message()}") from None
 
     def _scale_domain(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
-        assert self._conn is not None
-        dom = self._conn.lookupByName(cvm.name)
+        conn = self._connected()
+        dom = conn.lookupByName(cvm.name)
         cvm = self._read(dom)
         driver = self._driver(cvm.driver)
         if cvm.state is not DomainState.RUNNING:
@@ -298,6 +354,12 @@ class LibvirtHost:
 
     # -- blocking helpers (worker threads only) --------------------------------------------------
 
+    def _connected(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is None:
+            raise HostctlError(f"libvirt at {self.uri}: not connected (reconnecting)")
+        return conn
+
     def _open_blocking(self) -> libvirt.virConnect:
         parsed = urlparse(self.uri)
         if parsed.scheme == "test" and parsed.path != "/default" and not Path(parsed.path).is_file():
@@ -311,9 +373,7 @@ class LibvirtHost:
                 conn.setKeepAlive(5, 3)
         return conn
 
-    def _read_all(self) -> tuple[Host, list[CVM]]:
-        assert self._conn is not None
-        conn = self._conn
+    def _read_all(self, conn: libvirt.virConnect) -> tuple[Host, list[CVM]]:
         _model, memory_mib, cpus, *_ = conn.getInfo()
         version = conn.getLibVersion()
         host = Host(
@@ -344,9 +404,9 @@ class LibvirtHost:
         return {"sev": has_sev, "sev_es": has_sev, "sev_snp": "sev-snp" in types}
 
     def _read_named(self, name: str) -> CVM | None:
-        assert self._conn is not None
+        conn = self._connected()
         try:
-            return self._read(self._conn.lookupByName(name))
+            return self._read(conn.lookupByName(name))
         except libvirt.libvirtError:
             return None
 
@@ -388,12 +448,12 @@ class LibvirtHost:
     def _sample_blocking(self) -> tuple[dict[str, float], dict[str, int]]:
         """Per running domain, CPU cores used since the last sample; and the online counts libvirt keeps (drivers
         that do not ask the guest), from one bulk stats call where the hypervisor has it."""
-        assert self._conn is not None
+        conn = self._connected()
         now = time.monotonic()
         used: dict[str, float] = {}
         counts: dict[str, int] = {}
         wanted = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
-        for dom, stats in self._conn.getAllDomainStats(wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE):
+        for dom, stats in conn.getAllDomainStats(wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE):
             name = dom.name()
             cpu_ns = stats.get("cpu.time")
             if cpu_ns is None:  # the test driver has no CPU or vCPU stats: ask the domain
@@ -485,9 +545,9 @@ class LibvirtHost:
         self._reconcile(name, count, "")
 
     def _guest_count_blocking(self, name: str) -> int:
-        assert self._conn is not None
+        conn = self._connected()
         try:
-            dom = self._conn.lookupByName(name)
+            dom = conn.lookupByName(name)
         except libvirt.libvirtError as e:
             raise HostctlError(f"{name}: {e.get_error_message()}") from None
         cvm = self._cvms.get(name)

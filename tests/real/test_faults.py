@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hostctl.lab import libvirtd, procs
 from hostctl.lab.launcher import HOST
+from hostctl.lab.runtime import Lab
 from tests.support import ROOT
 from tests.support.guest import agent_gone, agent_stopped, busy, kill_agent, wait_for
 from tests.support.lab import LabSite, guest_view, hostctl, libvirt_live_vcpus, virsh
@@ -194,6 +198,27 @@ def test_cli_exit_paths_against_libvirtd_print_one_line_and_no_traceback(lab: La
     for what, done in cases.items():
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (what, done.stderr)
         assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, (what, done.stderr)
+
+
+def test_the_agent_rides_out_a_libvirtd_restart(lab: LabSite) -> None:
+    """libvirtd stops and starts again while the host agent runs: the agent does not crash, shows no count it
+    cannot read meanwhile, opens its connection again, and scales once the guests' agents are back."""
+    agent = Lab(lab.runtime).agent_pid()
+    daemon = libvirtd.daemons()[1]
+    pid = daemon.pid()
+    if pid is None:
+        pytest.skip("this libvirtd was not started by a lab: not ours to restart")
+    procs.terminate(pid, lambda: daemon.pid() == pid, 15)
+    lost = wait_for("no count while libvirtd is away", lambda: _unknown(cvm(lab, "plain")), within=BOUND)
+    assert lost["vcpus_error"].startswith("libvirt connection lost"), lost
+    libvirtd.ensure()
+    for name in ("snp-1", "snp-2"):  # libvirtd reconnects to each guest agent once it opens its port again
+        kill_agent(lab.runtime, lab.cvm(name))
+    start = wait_for("the count back", lambda: agreed(lab, "snp-1"), within=90, every=1)
+    assert agent is not None and procs.running(agent) and Lab(lab.runtime).agent_pid() == agent
+    assert scale(lab, "snp-1", start + 1, "--expect", str(start)).returncode == 0
+    assert guest_view(lab.cvm("snp-1")).online == start + 1
+    assert scale(lab, "snp-1", start, "--expect", str(start + 1)).returncode == 0
 
 
 def test_an_agent_stopped_while_a_guest_hangs_exits_cleanly(lab: LabSite, tmp_path: Path) -> None:
