@@ -278,7 +278,10 @@ class LibvirtHost:
         async with lock:
             await self._quiet(name)
             try:
-                before, after = await self._ask(name, self._scale_blocking, cvm, target, expect, who)
+                if self._asks_guest(cvm):  # it may wait on the guest: bounded, and on a thread of its own
+                    before, after = await self._ask(name, self._scale_blocking, cvm, target, expect, who)
+                else:
+                    before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
             except _Waiting as e:
                 refused = ScaleRefused(f"{name}: refused: its guest agent is not answering ({e}); nothing changed")
                 self._record(Event(self.host.name, name, "scale", who, ok=False, after=target, why=str(refused)))
