@@ -51,12 +51,21 @@ async def up(
         domains.check_prefix(prefix)
     except ValueError as e:
         raise HostctlError(str(e)) from None
+    created = not runtime.exists()
     lab = check_runtime(runtime, create=True)
     if lab.state.is_file() and lab.prefix() != prefix:
         raise HostctlError(
             f"the lab in {lab.runtime} runs with domain prefix {lab.prefix()!r}: pass --prefix {lab.prefix()} "
             "or take it down first (hostctl lab down)"
         )
+    if not lab.state.is_file():  # a new lab: domains with its prefix belong to another one, never to be taken over
+        try:
+            await asyncio.to_thread(_refuse_taken, lab, prefix)
+        except HostctlError:
+            if created:
+                with contextlib.suppress(OSError):
+                    lab.runtime.rmdir()
+            raise
     lines: list[str] = []
     try:
         lines += await asyncio.to_thread(_up_blocking, lab, prefix, cache, guests, boot_timeout)
@@ -96,6 +105,23 @@ def _up_blocking(
         with contextlib.suppress(libvirt.libvirtError, HostctlError):
             within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
     return lines
+
+
+def _refuse_taken(lab: Lab, prefix: str) -> None:
+    """HostctlError when libvirt already has domains with `prefix` (another lab's: its `down` would remove ours)."""
+    if not libvirtd.answers():
+        return
+    conn = libvirtd.open_connection()
+    try:
+        taken = [dom.name() for dom in libvirtd.prefixed_domains(conn, prefix)]
+    finally:
+        with contextlib.suppress(libvirt.libvirtError, HostctlError):
+            within(libvirtd.OPEN_TIMEOUT, "closing the libvirt connection", conn.close)
+    if taken:
+        raise HostctlError(
+            f"domains with prefix {prefix!r} already exist ({', '.join(taken)}): another lab's; take it down, "
+            f"or pass --prefix with another name for this one in {lab.runtime}"
+        )
 
 
 def _kernel(image: guest.Image) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -139,6 +140,16 @@ def test_a_runtime_qemu_cannot_enter_is_one_line_and_exit_2() -> None:
         assert not runtime.exists()
     finally:
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_a_second_lab_never_takes_over_the_first_ones_guests(lab: LabSite) -> None:
+    runtime = Path(tempfile.gettempdir()) / f"dittotui-lab-second-{os.getpid()}"
+    done = hostctl("lab", "up", "--runtime", runtime, "--prefix", lab.prefix)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"hostctl: domains with prefix {lab.prefix!r} already exist (") and "another lab's" in line
+    assert not runtime.exists()
+    assert guest_view(lab.cvm("snp-1")).present == 4  # the first lab's guests still answer
 
 
 def test_a_bad_prefix_is_one_line_and_exit_2(tmp_path: Path) -> None:
