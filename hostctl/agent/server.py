@@ -123,7 +123,7 @@ class Agent:
         """Listen on a unix socket only the owner can reach (`hostctl serve`, reached through SSH)."""
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(
-            lambda r, w: self.serve(r, w, peer_user=_peer_user(w)), path=str(path), limit=rpc.MAX_LINE
+            lambda r, w: self.serve(r, w, peer_user=peer_user_of(w)), path=str(path), limit=rpc.MAX_LINE
         )
         os.chmod(path, 0o600)
         return server
@@ -186,7 +186,7 @@ class Session:
             "policies": self.policies,
             "policy": self.policy,
         }
-        return {name: _checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
+        return {name: checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
 
     def push(self, event: Event) -> None:
         """Queue an audit event for this peer (if subscribed) and send it without waiting for the interval."""
@@ -249,7 +249,7 @@ class Session:
         return [e.to_dict() for e in events]
 
 
-def _checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
+def checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
     """Wrap a method with its schema check and the read-only refusal."""
     schema = SCHEMAS[name]
 
@@ -298,7 +298,7 @@ def _ssh_user() -> str:
     return f"{getpass.getuser()}@ssh:{client}" if client else f"{getpass.getuser()}@local"
 
 
-def _peer_user(writer: asyncio.StreamWriter) -> str:
+def peer_user_of(writer: asyncio.StreamWriter) -> str:
     """The user of the process connected to our unix socket (SO_PEERCRED)."""
     sock = writer.get_extra_info("socket")
     try:
