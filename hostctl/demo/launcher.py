@@ -22,6 +22,7 @@ from hostctl.demo.host import DemoHost
 from hostctl.demo.site import demo_site
 from hostctl.elastic.runner import PolicySpec
 from hostctl.errors import HostctlError
+from hostctl.lab.procs import log_tail
 from hostctl.wire import rpc
 
 START_TIMEOUT = 15.0
@@ -164,13 +165,13 @@ async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise HostctlError(f"demo host {proc.name} exited with status {child.returncode}: {_tail(proc.log)}")
+            raise HostctlError(f"demo host {proc.name} exited with status {child.returncode}: {log_tail(proc.log)}")
         if proc.socket.exists():
             with contextlib.suppress(HostctlError, OSError, TimeoutError):
                 await rpc.call_unix(str(proc.socket), "hello", timeout=2)
                 return
         await asyncio.sleep(0.1)
-    raise HostctlError(f"demo host {proc.name} did not answer within {START_TIMEOUT:.0f} s: {_tail(proc.log)}")
+    raise HostctlError(f"demo host {proc.name} did not answer within {START_TIMEOUT:.0f} s: {log_tail(proc.log)}")
 
 
 async def down(runtime: Path) -> list[str]:
@@ -206,11 +207,3 @@ async def status(runtime: Path) -> list[dict[str, Any]]:
                 entry["error"] = str(e) or "timed out"
         results.append(entry)
     return results
-
-
-def _tail(log: Path, lines: int = 3) -> str:
-    try:
-        text = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"

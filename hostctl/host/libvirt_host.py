@@ -139,8 +139,7 @@ class LibvirtHost:
         self._conn, self._callbacks = None, []
         why = _CLOSE_REASONS.get(reason, "closed")
         for cvm in list(self._cvms.values()):
-            last = cvm.online_vcpus if cvm.online_vcpus is not None else cvm.last_online
-            at = self._confirmed.get(cvm.name) if cvm.online_vcpus is not None else cvm.last_online_at
+            last, at = self._last_known(cvm)
             self._store_count(
                 dataclasses.replace(
                     cvm,
@@ -282,30 +281,23 @@ class LibvirtHost:
                     before, after = await self._ask(name, self._scale_blocking, cvm, target, expect, who)
                 else:
                     before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
-            except _Waiting as e:
-                refused = ScaleRefused(f"{name}: refused: its guest agent is not answering ({e}); nothing changed")
-                self._record(Event(self.host.name, name, "scale", who, ok=False, after=target, why=str(refused)))
-                raise refused from None
-            except _Overdue as e:
-                lost = HostctlError(
-                    f"{name}: {e}; the change may or may not have been applied (a retry is safe: "
-                    "scale is compare-and-set)"
-                )
-                self._record(Event(self.host.name, name, "scale", who, ok=False, after=target, why=str(lost)))
-                raise lost from None
             except HostctlError as e:
-                event = Event(
-                    self.host.name,
-                    name,
-                    "scale",
-                    who,
-                    ok=False,
-                    before=getattr(e, "current", None),
-                    after=target,
-                    why=str(e),
+                failed = _scale_failure(name, e)
+                self._record(
+                    Event(
+                        self.host.name,
+                        name,
+                        "scale",
+                        who,
+                        ok=False,
+                        before=getattr(failed, "current", None),
+                        after=target,
+                        why=str(failed),
+                    )
                 )
-                self._record(event)
-                raise
+                if failed is e:
+                    raise
+                raise failed from None
             fresh = await self._run(self._read_named, name)
             if fresh is not None:
                 self._store(fresh)
@@ -526,10 +518,7 @@ class LibvirtHost:
         as not answering meanwhile (a slow guest is not an unknown one).
         """
         names = [c.name for c in self._cvms.values() if c.state is DomainState.RUNNING and self._asks_guest(c)]
-        tasks = {asyncio.get_running_loop().create_task(self._count_guest(name)) for name in names}
-        self._counting |= tasks
-        for task in tasks:
-            task.add_done_callback(self._counting.discard)
+        tasks = {self._start_count(name) for name in names}
         if tasks:
             await asyncio.wait(tasks, timeout=budget)
 
@@ -566,10 +555,7 @@ class LibvirtHost:
         if cvm is None or cvm.state is not DomainState.RUNNING:
             return
         if count is None:
-            last: int | None = cvm.online_vcpus
-            at = self._confirmed.get(name)
-            if last is None:
-                last, at = cvm.last_online, cvm.last_online_at
+            last, at = self._last_known(cvm)
             self._store_count(
                 dataclasses.replace(
                     cvm, online_vcpus=None, vcpus_error=error, last_online=last, last_online_at=at, cpu_percent=None
@@ -583,6 +569,12 @@ class LibvirtHost:
                 Event(self.host.name, name, "outside", OUTSIDE, ok=True, before=cvm.online_vcpus, after=count, why=why)
             )
         self._counted(name, count)
+
+    def _last_known(self, cvm: CVM) -> tuple[int | None, float | None]:
+        """The count to show as last known once `cvm`'s count turns unknown, and when it was last read."""
+        if cvm.online_vcpus is not None:
+            return cvm.online_vcpus, self._confirmed.get(cvm.name)
+        return cvm.last_online, cvm.last_online_at
 
     def _counted(self, name: str, count: int) -> None:
         """`count` was read just now."""
@@ -625,9 +617,14 @@ class LibvirtHost:
         """Ask the guest for its count now (it just started, or its agent came or went)."""
         cvm = self._cvms.get(name)
         if cvm is not None and cvm.state is DomainState.RUNNING and self._asks_guest(cvm):
-            task = asyncio.get_running_loop().create_task(self._count_guest(name))
-            self._counting.add(task)
-            task.add_done_callback(self._counting.discard)
+            self._start_count(name)
+
+    def _start_count(self, name: str) -> asyncio.Task[None]:
+        """Count `name`'s guest in a task of its own, kept until it ends (close cancels it)."""
+        task = asyncio.get_running_loop().create_task(self._count_guest(name))
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
+        return task
 
     def _schedule_refresh(self, name: str) -> None:
         if name in self._refreshing:
@@ -664,10 +661,7 @@ class LibvirtHost:
                 cvm.last_online_at, cvm.last_online = old.last_online_at, old.last_online
                 cvm.cpu_percent = old.cpu_percent
         elif old is not None and not running:
-            if old.online_vcpus is not None:
-                cvm.last_online, cvm.last_online_at = old.online_vcpus, self._confirmed.get(cvm.name)
-            else:
-                cvm.last_online, cvm.last_online_at = old.last_online, old.last_online_at
+            cvm.last_online, cvm.last_online_at = self._last_known(old)
         if old != cvm:
             self._cvms[cvm.name] = cvm
             self._changed(cvm.name)
@@ -688,6 +682,18 @@ class LibvirtHost:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except libvirt.libvirtError as e:
             raise HostctlError(f"libvirt at {self.uri}: {e.get_error_message()}") from None
+
+
+def _scale_failure(name: str, error: HostctlError) -> HostctlError:
+    """The error a failed scale reports: a guest call already waiting means nothing was sent; one that outlasted
+    every bound may still be applied."""
+    if isinstance(error, _Waiting):
+        return ScaleRefused(f"{name}: refused: its guest agent is not answering ({error}); nothing changed")
+    if isinstance(error, _Overdue):
+        return HostctlError(
+            f"{name}: {error}; the change may or may not have been applied (a retry is safe: scale is compare-and-set)"
+        )
+    return error
 
 
 class _Waiting(CountUnknown):

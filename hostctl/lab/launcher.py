@@ -199,13 +199,13 @@ async def _start_agent(lab: Lab) -> list[str]:
     deadline = time.monotonic() + AGENT_TIMEOUT
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise HostctlError(f"host agent exited with status {child.returncode}: {_tail(lab.log)}")
+            raise HostctlError(f"host agent exited with status {child.returncode}: {procs.log_tail(lab.log)}")
         if lab.socket.exists():
             with contextlib.suppress(HostctlError, OSError, TimeoutError):
                 await asyncio.wait_for(rpc.call_unix(str(lab.socket), "hello", timeout=2), 5)
                 return [f"host agent: started (pid {child.pid}, socket {lab.socket})"]
         await asyncio.sleep(0.1)
-    raise HostctlError(f"host agent did not answer within {AGENT_TIMEOUT:.0f} s: {_tail(lab.log)}")
+    raise HostctlError(f"host agent did not answer within {AGENT_TIMEOUT:.0f} s: {procs.log_tail(lab.log)}")
 
 
 def _spawn(argv: list[str], lab: Lab) -> subprocess.Popen[bytes]:
@@ -320,11 +320,3 @@ def _remove(dom: libvirt.virDomain) -> str | None:
     except HostctlError as e:
         return f"not removed: {e}"
     return None
-
-
-def _tail(log: Path, lines: int = 3) -> str:
-    try:
-        text = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"

@@ -128,10 +128,14 @@ def ensure() -> list[str]:
     while not answers(max(1.0, min(OPEN_TIMEOUT, deadline - time.monotonic()))):
         if libvirtd.pid() is None:
             stop()
-            raise HostctlError(f"libvirtd exited at start{_hint(libvirtd.log)}: {_tail(libvirtd.log)}")
+            raise HostctlError(
+                f"libvirtd exited at start{_hint(libvirtd.log)}: {procs.log_tail(libvirtd.log, lines=2)}"
+            )
         if time.monotonic() > deadline:
             stop()
-            raise HostctlError(f"libvirtd did not serve {URI} within {START_TIMEOUT:.0f} s: {_tail(libvirtd.log)}")
+            raise HostctlError(
+                f"libvirtd did not serve {URI} within {START_TIMEOUT:.0f} s: {procs.log_tail(libvirtd.log, lines=2)}"
+            )
         time.sleep(0.2)
     lines.append(f"libvirtd: started (pid {libvirtd.pid()}), serving {URI}")
     return lines
@@ -173,7 +177,7 @@ def _start(daemon: Daemon) -> None:
     except subprocess.TimeoutExpired:
         raise HostctlError(f"{daemon.name} --daemon did not return within {START_TIMEOUT:.0f} s") from None
     if done.returncode != 0:
-        err = done.stderr.decode(errors="replace").strip() or _tail(daemon.log)
+        err = done.stderr.decode(errors="replace").strip() or procs.log_tail(daemon.log, lines=2)
         raise HostctlError(f"{daemon.name} did not start (status {done.returncode}): {err}")
     deadline = time.monotonic() + START_TIMEOUT
     while daemon.pid() is None:
@@ -205,11 +209,3 @@ def _hint(log: Path) -> str:
     if "Failed to parse user" in text or "Failed to parse group" in text:
         return " (QEMU's user is missing: install libvirt-daemon-system, which creates it)"
     return ""
-
-
-def _tail(log: Path, lines: int = 2) -> str:
-    try:
-        text = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"

@@ -1,4 +1,5 @@
-"""Processes the lab started, found by pid file and checked against /proc so a reused pid is never signalled."""
+"""Background processes an embedded site started: found by pid file and checked against /proc so a reused pid is
+never signalled, and the last lines of their logs for an error message."""
 
 from __future__ import annotations
 
@@ -39,3 +40,12 @@ def terminate(pid: int, still: Callable[[], bool], timeout: float) -> None:
     if still():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def log_tail(log: Path, lines: int = 3) -> str:
+    """The last `lines` lines of a process's log, joined on one line (for a one-line error)."""
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"

@@ -20,7 +20,7 @@ from hostctl.lab.launcher import HOST
 from hostctl.lab.runtime import Lab
 from tests.support import ROOT
 from tests.support.guest import agent_gone, agent_stopped, busy, kill_agent, wait_for
-from tests.support.lab import LabSite, guest_view, hostctl, libvirt_live_vcpus, virsh
+from tests.support.lab import LabSite, guest_view, guest_view_if_answering, hostctl, libvirt_live_vcpus, virsh
 
 BOUND = 30.0  # no CLI call here may take longer (a hung guest costs the agent's bound, ~3 s)
 
@@ -50,11 +50,10 @@ def audit(lab: LabSite) -> list[dict[str, Any]]:
 def agreed(lab: LabSite, name: str) -> int | None:
     """The online count once the agent's model and the guest agree on it (None while they do not, or while the
     guest's agent is not back)."""
-    done = virsh("qemu-agent-command", lab.cvm(name), '{"execute": "guest-get-vcpus"}', "--timeout", "5")
-    if done.returncode != 0:
+    view = guest_view_if_answering(lab.cvm(name))
+    if view is None:
         return None
-    truth = sum(1 for v in json.loads(done.stdout)["return"] if v["online"])
-    return truth if cvm(lab, name)["online_vcpus"] == truth else None
+    return view.online if cvm(lab, name)["online_vcpus"] == view.online else None
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -181,7 +180,7 @@ def test_a_hot_unplug_qemu_cannot_do_reports_both_views_then_a_restart_heals_it(
     assert off["online_vcpus"] is None and off["vcpus_error"] == "shut off", off
     assert virsh("start", name).returncode == 0
     wait_for("running again", lambda: _in_state(cvm(lab, "plain"), "running"), within=BOUND)
-    wait_for("the guest agent back", lambda: _answers(name), within=120, every=2)
+    wait_for("the guest agent back", lambda: guest_view_if_answering(name), within=120, every=2)
     assert cvm(lab, "plain")["online_vcpus"] == libvirt_live_vcpus(name) == guest_view(name).online
 
 
@@ -244,11 +243,6 @@ def _unknown(c: dict[str, Any]) -> dict[str, Any] | None:
 
 def _in_state(c: dict[str, Any], state: str) -> dict[str, Any] | None:
     return c if c["state"] == state else None
-
-
-def _answers(domain: str) -> bool:
-    done = virsh("qemu-agent-command", domain, '{"execute": "guest-ping"}', "--timeout", "5")
-    return done.returncode == 0
 
 
 def _cpu_ns(domain: str) -> int:

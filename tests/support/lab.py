@@ -47,7 +47,17 @@ def guest_view(domain: str) -> GuestView:
     """Ask the guest's agent (`guest-get-vcpus`, 10 s timeout) how many vCPUs it has and has online."""
     done = virsh("qemu-agent-command", domain, '{"execute": "guest-get-vcpus"}', "--timeout", "10")
     assert done.returncode == 0, f"guest agent of {domain}: {done.stderr.strip()}"
-    vcpus = json.loads(done.stdout)["return"]
+    return _view(done.stdout)
+
+
+def guest_view_if_answering(domain: str, timeout: int = 5) -> GuestView | None:
+    """The guest's own view, or None while its agent does not answer (killed, restarting, not reattached)."""
+    done = virsh("qemu-agent-command", domain, '{"execute": "guest-get-vcpus"}', "--timeout", str(timeout))
+    return _view(done.stdout) if done.returncode == 0 else None
+
+
+def _view(reply: str) -> GuestView:
+    vcpus = json.loads(reply)["return"]
     return GuestView(present=len(vcpus), online=sum(1 for v in vcpus if v["online"]))
 
 
