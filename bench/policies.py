@@ -76,7 +76,7 @@ async def main(argv: list[str]) -> None:
             await launcher.down(runtime)
     comparison.notes.append(
         "Demo site: one agent process (`hostctl demo serve-host`) with the shipped "
-        "`configs/policies`; load from `hostctl.load.trace.replay` in this process; "
+        "`hostctl/data/policies`; load from `hostctl.load.trace.replay` in this process; "
         "2-CPU machine shared with other work."
     )
     md, svg = elastic_report.save(

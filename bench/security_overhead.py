@@ -1,4 +1,4 @@
-"""The security-overhead experiment on the demo site (configs/demo.toml, as `hostctl demo up` starts it), repeated
+"""The security-overhead experiment on the demo site (hostctl/data/demo.toml, as `hostctl demo up` starts it), repeated
 REPEATS times: the table of the first run, and the median increase over plain per security type.
 Writes bench/results/security_overhead.md."""
 

@@ -15,6 +15,7 @@ import asyncssh
 import pytest
 
 from dittotui.tables.hosts import HostsTable, host_cell, host_row
+from hostctl import data
 from hostctl.client import local_agent
 from hostctl.client import site as sites
 from hostctl.client.link import HostLink, LinkState
@@ -67,7 +68,7 @@ def test_a_uri_beside_ssh_or_socket_stays_informational(tmp_path: Path) -> None:
 
 
 def test_the_example_site_has_a_host_with_no_agent() -> None:
-    site = sites.load(ROOT / "configs" / "site.example.toml")
+    site = sites.load(data.SITE_EXAMPLE)
     assert [(h.name, h.uri) for h in site.hosts if h.agentless] == [("mec-3", URI)]
 
 

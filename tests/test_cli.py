@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hostctl import data
 from tests.support import ROOT
 from tests.support.nodes import make_node
 
@@ -83,7 +84,7 @@ def test_missing_uri() -> None:
 
 def test_malformed_demo_config_starts_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "demo.toml"
-    bad.write_text((ROOT / "configs" / "demo.toml").read_text().replace("cpus = 16", "cpus = -1", 1))
+    bad.write_text(data.DEMO_CONFIG.read_text().replace("cpus = 16", "cpus = -1", 1))
     runtime = tmp_path / "run"
     refused(
         hostctl("demo", "up", "--config", str(bad), "--runtime", str(runtime)),

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from hostctl import data
 from hostctl.demo import config
 from hostctl.errors import ConfigError
-from tests.support import ROOT
 
-BASE = (ROOT / "configs" / "demo.toml").read_text()
+BASE = data.DEMO_CONFIG.read_text()
 
 
 def load_text(tmp_path: Path, text: str) -> config.DemoConfig:

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hostctl import data
 from hostctl.client import site
 from hostctl.demo.site import demo_site
 from hostctl.errors import ConfigError, HostctlError
-from tests.support import ROOT
 
-EXAMPLE = ROOT / "configs" / "site.example.toml"
+EXAMPLE = data.SITE_EXAMPLE
 BASE = EXAMPLE.read_text()
 
 

@@ -35,7 +35,7 @@ from hostctl.client.link import LinkState
 from hostctl.client.site import load
 from hostctl.demo import launcher
 
-# The demo site's shape (configs/demo.toml, kept here so a tweak to the demo does not move these pictures),
+# The demo site's shape (hostctl/data/demo.toml, kept here so a tweak to the demo does not move these pictures),
 # with background traffic and the agents' latency probes off: no request is ever served, so CPU % is 0.0
 # everywhere, always, and no latency is measured.
 CONFIG = """

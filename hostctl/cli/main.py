@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="elastic policy files (default: the configs/policies shipped with hostctl, if present)",
+        help="elastic policy files (default: the ones shipped with hostctl, in hostctl/data/policies)",
     )
     agent = sub.add_parser("agent", parents=[agent_opts], help="serve one peer on stdin/stdout (run over SSH)")
     agent.add_argument("--stdio", action="store_true", required=True)
@@ -318,10 +318,13 @@ async def _agent(args: argparse.Namespace) -> int:
 
 
 def _policies(directory: Path | None) -> dict[str, PolicySpec]:
-    """The policies in `directory`, or the shipped ones (none when hostctl was installed without them)."""
-    if directory is None:
-        return load_policies(DEFAULT_POLICIES) if DEFAULT_POLICIES.is_dir() else {}
-    return load_policies(directory)
+    """The policies in `directory` (default: the shipped ones). A missing directory is an error; one holding no policy
+    is a warning, since an empty directory is how an agent is run with manual scaling only."""
+    directory = directory or DEFAULT_POLICIES
+    specs = load_policies(directory)
+    if not specs:
+        print(f"hostctl: warning: {directory}: no policy files (NAME.toml); elastic policies are off", file=sys.stderr)
+    return specs
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The site inventory: which hosts the console and CLI reach, how to reach each agent, services, load generators.
 
-A site file is TOML (see `configs/site.example.toml`), read and written with `hostctl.config`: every error names
+A site file is TOML (see `hostctl/data/site.example.toml`), read and written with `hostctl.config`: every error names
 the file, the field path and the value, and `load` reads back what `write` wrote to an equal site.
 """
 
@@ -334,5 +334,5 @@ def load(path: Path) -> Site:
 def write(site: Site, path: Path) -> None:
     """Write `site` to `path` atomically, as TOML that `load` reads back to an equal Site; record `path` as
     `site.source`."""
-    config.write(site, path, header="# hostctl site inventory (written by hostctl; see configs/site.example.toml)")
+    config.write(site, path, header="# hostctl site inventory (written by hostctl; see hostctl/data/site.example.toml)")
     site.source = str(path)

@@ -1,16 +1,16 @@
-"""The demo site's settings (`configs/demo.toml`): emulated hosts, their CVMs and the service physics."""
+"""The demo site's settings (`hostctl/data/demo.toml`): emulated hosts, their CVMs and the service physics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hostctl import config
+from hostctl import config, data
 from hostctl.config import check, non_negative, positive
 from hostctl.demo.services import Endpoint
 from hostctl.wire.security import SNP_DEFAULT_POLICY, SecurityType
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+DEFAULT_CONFIG = data.DEMO_CONFIG
 
 # Launch policy used when a CVM names none: SEV no-debug + no-key-sharing, ES adds es-required.
 DEFAULT_POLICY = {

@@ -1,8 +1,8 @@
 """The elastic runner in the agent: per CVM a chosen policy, on or off, run at its own interval behind the guard.
 
-Policies come from a directory of TOML files (`configs/policies/` by default): `guard.toml` holds the shared
-guard settings, every other `NAME.toml` one policy named NAME (`kind` = threshold, slo or concurrency;
-defaults to NAME) with an optional `[guard]` table overriding the shared settings.
+Policies come from a directory of TOML files (by default `hostctl/data/policies/`, shipped in the package):
+`guard.toml` holds the shared guard settings, every other `NAME.toml` one policy named NAME (`kind` = threshold,
+slo or concurrency; defaults to NAME) with an optional `[guard]` table overriding the shared settings.
 
 Each decision is applied through `LibvirtHost.scale(..., who="policy:NAME", why=reason)` (compare-and-set),
 which writes the scale to the audit log. A hold is written too (action `hold`, or `alert` when it holds for
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostctl import data
 from hostctl.config import build, read_toml
 from hostctl.elastic.guard import Decision, GuardSettings, Situation, guard, hold
 from hostctl.elastic.policies import KINDS, CVMSample, Policy, Probe, Signals
@@ -33,7 +34,7 @@ from hostctl.errors import ConfigError, HostctlError
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire.model import CVM, DomainState, Elastic, Event
 
-DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "configs" / "policies"
+DEFAULT_POLICIES = data.POLICIES
 DEFAULT_POLICY = "concurrency"  # the choice of a CVM nobody has chosen for, when configured
 _POLICY_WHO = re.compile(r"policy:[\w.-]+")
 
