@@ -86,6 +86,18 @@ def is_policy(who: str) -> bool:
     return _POLICY_WHO.fullmatch(who) is not None
 
 
+def requested(name: str | None, enabled: bool | None) -> str:
+    """What a policy change asked for: `policy slo, on`."""
+    asked = [] if name is None else [f"policy {name}"]
+    if enabled is not None:
+        asked.append("on" if enabled else "off")
+    return ", ".join(asked)
+
+
+class UnknownPolicy(HostctlError):
+    """A policy name this agent has no file for."""
+
+
 @dataclass
 class _Track:
     """One CVM's elastic state: the choice (persisted), its last decision and the policy's task."""
@@ -177,12 +189,14 @@ class ElasticRunner:
     # -- changing --------------------------------------------------------------------------------
 
     def choose(self, cvm: str, *, name: str | None = None, enabled: bool | None = None, who: str = "") -> Elastic:
-        """Pick the CVM's policy and/or switch it on or off; audited, saved, and effective at once."""
-        if not self.policies:
-            raise HostctlError("no elastic policies are configured on this agent")
-        self.host.cvm(cvm)  # an unknown CVM is refused with the names of the known ones
-        if name is not None and name not in self.policies:
-            raise HostctlError(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
+        """Pick the CVM's policy and/or switch it on or off; audited (refused too), saved, and effective at once."""
+        try:
+            self._check(cvm, name)
+        except HostctlError as e:
+            if name is not None or enabled is not None:
+                why = f"{e} (requested {requested(name, enabled)})"
+                self.record(Event(self.host.host.name, cvm, "policy", who, ok=False, why=why))
+            raise
         if name is None and enabled is None:
             state = self.state(cvm)
             assert state is not None
@@ -216,6 +230,13 @@ class ElasticRunner:
         state = self.state(cvm)
         assert state is not None
         return state
+
+    def _check(self, cvm: str, name: str | None) -> None:
+        if not self.policies:
+            raise HostctlError("no elastic policies are configured on this agent")
+        self.host.cvm(cvm)  # an unknown CVM is refused with the names of the known ones
+        if name is not None and name not in self.policies:
+            raise UnknownPolicy(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
 
     # -- sampling and deciding -------------------------------------------------------------------
 

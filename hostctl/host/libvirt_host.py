@@ -272,7 +272,10 @@ class LibvirtHost:
 
         A retry of an applied request finds the target already in place and changes nothing.
         """
-        cvm = self.cvm(name)
+        try:
+            cvm = self.cvm(name)
+        except HostctlError as e:  # e.g. undefined between the peer's snapshot and its request
+            raise self._refused(name, target, who, e) from None
         lock = self._scale_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._quiet(name)
@@ -282,22 +285,7 @@ class LibvirtHost:
                 else:
                     before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
             except HostctlError as e:
-                failed = _scale_failure(name, e)
-                self._record(
-                    Event(
-                        self.host.name,
-                        name,
-                        "scale",
-                        who,
-                        ok=False,
-                        before=getattr(failed, "current", None),
-                        after=target,
-                        why=str(failed),
-                    )
-                )
-                if failed is e:
-                    raise
-                raise failed from None
+                raise self._refused(name, target, who, e) from None
             fresh = await self._run(self._read_named, name)
             if fresh is not None:
                 self._store(fresh)
@@ -307,6 +295,18 @@ class LibvirtHost:
         event = Event(self.host.name, name, "scale", who, ok=True, before=before, after=after, why=why)
         self._record(event)
         return event
+
+    def _refused(self, name: str, target: int, who: str, error: HostctlError) -> HostctlError:
+        """Audit a scale that was refused or failed, and return the error to raise. The event's counts are the one
+        it stayed at (unknown when that is not known, or when it may have been applied); its why names the target."""
+        failed = _scale_failure(name, error)
+        stayed = getattr(failed, "current", None)
+        if stayed is None and (cvm := self._cvms.get(name)) is not None:
+            stayed = cvm.online_vcpus
+        after = None if isinstance(error, _Overdue) else stayed
+        why = f"{failed} (requested {target} vCPUs)"
+        self._record(Event(self.host.name, name, "scale", who, ok=False, before=stayed, after=after, why=why))
+        return failed
 
     def _scale_blocking(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
         try:
