@@ -162,14 +162,16 @@ class Agent:
                 continue
             self.elastic.observe()
 
-    def _probes(self, cvm: str, now: float) -> list[Probe]:
-        """The latency probes of the CVM's services over the prober's shortest window, on the wall clock."""
-        offset = now - time.monotonic()
+    def _probes(self, cvm: str, now: float, seconds: float) -> list[Probe]:
+        """The latency probes of the CVM's services sent in the last `seconds` (at most the prober's shortest
+        window), on the wall clock, oldest first."""
+        mono = time.monotonic()
+        offset = now - mono
         probes = [
             Probe(s.at + offset, s.ms, s.ok)
             for key, windows in self.prober.windows.items()
             if key.rpartition("/")[0] == cvm
-            for s in windows[0].samples
+            for s in windows[0].since(mono - seconds)
         ]
         return sorted(probes, key=lambda p: p.ts)
 

@@ -121,7 +121,7 @@ class ElasticRunner:
         *,
         state_file: Path,
         record: Callable[[Event], None],
-        probes: Callable[[str, float], list[Probe]] = lambda cvm, now: [],
+        probes: Callable[[str, float, float], list[Probe]] = lambda cvm, now, seconds: [],
     ) -> None:
         self.host = host
         self.policies = policies
@@ -132,6 +132,7 @@ class ElasticRunner:
         self._samples: dict[str, deque[CVMSample]] = {}
         self._lock = asyncio.Lock()
         self._keep_s = max([10.0, *(2 * spec.policy.horizon + 1 for spec in policies.values())])
+        host.on_change(self._forget_if_gone)
 
     @property
     def default_policy(self) -> str | None:
@@ -142,9 +143,14 @@ class ElasticRunner:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore the saved choices and start the policies that were on."""
-        for name, saved in self._load().items():
-            self._tracks[name] = _Track(saved["policy"], saved["enabled"], saved.get("since"))
+        """Restore the saved choices of the CVMs there are (the others were undefined meanwhile) and start the
+        policies that were on."""
+        saved = self._load()
+        for name, choice in saved.items():
+            if self.host.get(name) is not None:
+                self._tracks[name] = _Track(choice["policy"], choice["enabled"], choice.get("since"))
+        if len(self._tracks) < len(saved):
+            self._save()
         for name, track in self._tracks.items():
             if track.enabled:
                 self._run(name, track)
@@ -238,6 +244,18 @@ class ElasticRunner:
         if name is not None and name not in self.policies:
             raise UnknownPolicy(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
 
+    def _forget_if_gone(self, cvm: str) -> None:
+        """Drop the state of a CVM that is no longer defined: its samples, and its choice (kept while it merely
+        stops and starts again)."""
+        if self.host.get(cvm) is not None:
+            return
+        self._samples.pop(cvm, None)
+        track = self._tracks.pop(cvm, None)
+        if track is not None:
+            if track.task is not None:
+                track.task.cancel()
+            self._save()
+
     # -- sampling and deciding -------------------------------------------------------------------
 
     def observe(self) -> None:
@@ -303,7 +321,8 @@ class ElasticRunner:
                 alert=True,
             )
         samples = self._samples.get(name, ())
-        probes = self.probes(name, now) if spec.policy.reads_probes else []
+        seconds = spec.policy.probe_horizon
+        probes = self.probes(name, now, seconds) if seconds > 0 else []
         want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
         return guard(want, self._situation(cvm, cvm.online_vcpus, track, now, samples), spec.guard)
 
