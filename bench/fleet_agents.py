@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from hostctl import __version__
-from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, checked, peer_user_of
+from hostctl.agent.access import socket_peer
+from hostctl.agent.server import PROTOCOL_VERSION, SCHEMAS, checked
 from hostctl.agent.updates import Subscription
 from hostctl.demo.config import DEFAULT_POLICY
 from hostctl.errors import HostctlError, ScaleRefused
@@ -158,7 +159,7 @@ class Session:
     @property
     def methods(self) -> dict[str, rpc.Method]:
         handlers = {"hello": self.hello, "snapshot": self.snapshot, "subscribe": self.subscribe, "scale": self.scale}
-        return {name: checked(name, fn, False) for name, fn in handlers.items()}
+        return {name: checked(name, fn) for name, fn in handlers.items()}
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -195,7 +196,7 @@ async def serve(args: argparse.Namespace) -> None:
     hosts = [FleetHost(f"host-{i:03d}", args.cvms, random.Random(rng.random())) for i in range(args.hosts)]
 
     async def connected(fh: FleetHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(fh, rpc.Peer(writer), peer_user_of(writer), args.interval)
+        session = Session(fh, rpc.Peer(writer), socket_peer(writer).label, args.interval)
         fh.sessions.add(session)
         try:
             await rpc.serve(reader, session.peer, session.methods)

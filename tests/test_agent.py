@@ -135,8 +135,9 @@ async def test_every_action_is_audited_before_the_reply(served: Served) -> None:
         await client.call("scale", cvm="snp", target=3, expect=2, who="bob")
     assert refused.value.code == rpc.REFUSED and refused.value.data == {"current": 4}
     entry = json.loads(served.audit.read_text().splitlines()[-1])
-    assert entry["ok"] is False and "expected 2" in entry["why"]
-    assert [e["after"] for e in await client.call("audit", limit=2)] == [4, 3]
+    assert entry["ok"] is False and "expected 2" in entry["why"] and "(requested 3 vCPUs)" in entry["why"]
+    # A refusal records the count it stayed at, not the one asked for.
+    assert [(e["before"], e["after"]) for e in await client.call("audit", limit=2)] == [(2, 4), (4, 4)]
     await client.close()
 
 

@@ -139,9 +139,10 @@ def test_site_commands_over_the_demo_site_file(tmp_path: Path) -> None:
         refused(hostctl("--site", str(site), "scale", "media-es", "2"), "name the CVM as HOST/CVM")
         refused(hostctl("--site", str(site), "scale", "mec-9/x", "2"), "unknown host 'mec-9'")
         audit = hostctl("--site", str(site), "audit", check=True).stdout.splitlines()
-        assert len(audit) == 3 and "mec-2/media-es scale 1->3 ok" in audit[0] and "REFUSED" in audit[2]
+        assert len(audit) == 3 and "mec-2/media-es scale 1->3 ok" in audit[0]
+        assert "mec-2/media-es scale at 3 REFUSED" in audit[2] and audit[2].endswith("(requested 2 vCPUs)")
         lines = hostctl("--site", str(site), "audit", "--json", check=True).stdout.splitlines()
-        assert [json.loads(line)["after"] for line in lines] == [3, 3, 2]
+        assert [json.loads(line)["after"] for line in lines] == [3, 3, 3]  # a refusal: the count it stayed at
     finally:
         hostctl("demo", "down", "--runtime", str(runtime))
     down_status = hostctl("--site", str(runtime / "site.toml"), "status")

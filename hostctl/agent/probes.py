@@ -2,7 +2,8 @@
 
 Open loop: probes leave on a fixed schedule whether or not earlier ones came back, so a slow service cannot
 hide its slowness by slowing the prober down. Each service keeps 10 s and 60 s windows of exact samples (at a
-few requests per second a window holds a few hundred samples, so sorting beats a histogram's approximation).
+few requests per second a window holds a few hundred samples, so sorting beats a histogram's approximation); a
+window drops what has aged out of it as samples come, and a service no longer listed is dropped with its windows.
 """
 
 from __future__ import annotations
@@ -38,22 +39,30 @@ class Window:
         self.samples: deque[ProbeSample] = deque()
 
     def add(self, sample: ProbeSample) -> None:
+        """Keep `sample`, and drop the oldest samples older than the window before it."""
         self.samples.append(sample)
+        oldest = sample.at - self.seconds
+        while self.samples[0].at < oldest:
+            self.samples.popleft()
+
+    def since(self, start: float) -> list[ProbeSample]:
+        """The samples sent at `start` or later."""
+        # Samples are stamped when sent but recorded when answered, so they are not strictly in order.
+        return [s for s in self.samples if s.at >= start]
 
     def stats(self, now: float) -> Latency:
-        # Samples are stamped when sent but recorded when answered, so they are not strictly in order.
-        self.samples = deque(s for s in self.samples if s.at >= now - self.seconds)
-        ok = sorted(s.ms for s in self.samples if s.ok)
-        errors = len(self.samples) - len(ok)
+        samples = self.since(now - self.seconds)
+        ok = sorted(s.ms for s in samples if s.ok)
+        errors = len(samples) - len(ok)
 
         def pct(q: float) -> float:
             return round(percentile(ok, q), 3) if ok else 0.0
 
         return Latency(
             window_s=self.seconds,
-            count=len(self.samples),
+            count=len(samples),
             errors=errors,
-            rps=round(len(self.samples) / self.seconds, 2),
+            rps=round(len(samples) / self.seconds, 2),
             p50=pct(0.5),
             p90=pct(0.9),
             p99=pct(0.99),
@@ -65,10 +74,17 @@ class Prober:
     """Probes every listed service `rate` times a second, at most `max_in_flight` outstanding per service."""
 
     def __init__(
-        self, services: Callable[[], list[Service]], *, rate: float = 2.0, timeout: float = 2.0, max_in_flight: int = 8
+        self,
+        services: Callable[[], list[Service]],
+        *,
+        rate: float = 2.0,
+        timeout: float = 2.0,
+        max_in_flight: int = 8,
+        windows: tuple[float, ...] = WINDOWS,
     ) -> None:
         self.services = services
         self.rate = rate
+        self.window_seconds = windows
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.windows: dict[str, tuple[Window, ...]] = {}
@@ -102,10 +118,14 @@ class Prober:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         while True:
-            for service in self.services():
+            listed = self.services()
+            for gone in (self.windows.keys() | self._in_flight.keys()) - {_key(s) for s in listed}:
+                self.windows.pop(gone, None)
+                self._in_flight.pop(gone, None)
+            for service in listed:
                 key = _key(service)
                 if key not in self.windows:
-                    self.windows[key] = tuple(Window(s) for s in WINDOWS)
+                    self.windows[key] = tuple(Window(s) for s in self.window_seconds)
                 if self._in_flight.get(key, 0) >= self.max_in_flight:
                     self._record(key, ProbeSample(time.monotonic(), self.timeout * 1000, ok=False))
                     continue
@@ -127,11 +147,12 @@ class Prober:
         except (aiohttp.ClientError, TimeoutError):
             ok = False
         finally:
-            self._in_flight[key] -= 1
+            if key in self._in_flight:  # not when the service went away meanwhile
+                self._in_flight[key] -= 1
         self._record(key, ProbeSample(started, (time.monotonic() - started) * 1000, ok))
 
     def _record(self, key: str, sample: ProbeSample) -> None:
-        for window in self.windows[key]:
+        for window in self.windows.get(key, ()):
             window.add(sample)
 
 

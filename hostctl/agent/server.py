@@ -2,17 +2,15 @@
 
 Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes, see `hostctl.agent.updates`),
 `scale`, `audit`, `policies` (the configured elastic policies) and `policy` (a CVM's elastic state; with `name`
-and/or `enabled` it changes it). Every scale, applied or refused, is in the audit log on disk before its reply is sent.
+and/or `enabled` it changes it). Only writers (`hostctl.agent.access`) may scale or change a policy. Every scale and
+policy change, applied or refused, is in the audit log on disk before its reply is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import getpass
+import grp
 import os
-import pwd
-import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -21,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from hostctl import __version__
+from hostctl.agent.access import PeerIdentity, Writers, socket_peer, stdio_peer
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.probes import Prober
 from hostctl.agent.updates import Subscription
 from hostctl.elastic.policies import Probe
-from hostctl.elastic.runner import ElasticRunner, PolicySpec, state_path
+from hostctl.elastic.runner import ElasticRunner, PolicySpec, UnknownPolicy, requested, state_path
+from hostctl.errors import ConfigError
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire import rpc
 from hostctl.wire.model import Event, Service, Snapshot
@@ -68,6 +68,7 @@ class Agent:
         audit: AuditLog,
         services: Callable[[], list[Service]] = list,
         readonly: bool = False,
+        writers: Writers | None = None,
         interval: float = 1.0,
         probe_rate: float = 2.0,
         policies: dict[str, PolicySpec] | None = None,
@@ -75,15 +76,16 @@ class Agent:
         self.host = host
         self.audit = audit
         self.readonly = readonly
+        self.writers = writers or Writers.default()
         self.interval = interval
         self.services = services
         self.prober = Prober(services, rate=probe_rate)
         self.elastic = ElasticRunner(
-            host, policies or {}, state_file=state_path(audit.path), record=self._on_event, probes=self._probes
+            host, policies or {}, state_file=state_path(audit.path), record=self.record, probes=self._probes
         )
         self._sessions: set[Session] = set()
         self._sampler: asyncio.Task[None] | None = None
-        host.on_event(self._on_event)
+        host.on_event(self.record)
 
     def start(self) -> None:
         """Start sampling, probing services and the elastic policies that were on (the host is already open)."""
@@ -117,19 +119,25 @@ class Agent:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self.serve(reader, writer, peer_user=_ssh_user())
+        await self.serve(reader, writer, peer=stdio_peer())
 
-    async def serve_unix(self, path: Path) -> asyncio.Server:
-        """Listen on a unix socket only the owner can reach (`hostctl serve`, reached through SSH)."""
+    async def serve_unix(self, path: Path, *, group: str | None = None) -> asyncio.Server:
+        """Listen on a unix socket only the owner can reach, or also `group` (mode 0660, group-owned): `hostctl
+        serve`, reached through SSH. Reaching it lets a peer read; writing takes being a writer."""
+        gid = _group_id(group) if group is not None else None
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(
-            lambda r, w: self.serve(r, w, peer_user=peer_user_of(w)), path=str(path), limit=rpc.MAX_LINE
+            lambda r, w: self.serve(r, w, peer=socket_peer(w)), path=str(path), limit=rpc.MAX_LINE
         )
-        os.chmod(path, 0o600)
+        if gid is None:
+            os.chmod(path, 0o600)
+        else:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
         return server
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer_user: str) -> None:
-        session = Session(self, rpc.Peer(writer), peer_user)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer: PeerIdentity) -> None:
+        session = Session(self, rpc.Peer(writer), peer)
         self._sessions.add(session)
         try:
             await rpc.serve(reader, session.peer, session.methods)
@@ -137,7 +145,8 @@ class Agent:
             session.close()
             self._sessions.discard(session)
 
-    def _on_event(self, event: Event) -> None:
+    def record(self, event: Event) -> None:
+        """Append `event` to the audit log and push it to every subscribed peer."""
         self.audit.append(event)
         for session in self._sessions:
             session.push(event)
@@ -153,14 +162,16 @@ class Agent:
                 continue
             self.elastic.observe()
 
-    def _probes(self, cvm: str, now: float) -> list[Probe]:
-        """The latency probes of the CVM's services over the prober's shortest window, on the wall clock."""
-        offset = now - time.monotonic()
+    def _probes(self, cvm: str, now: float, seconds: float) -> list[Probe]:
+        """The latency probes of the CVM's services sent in the last `seconds` (at most the prober's shortest
+        window), on the wall clock, oldest first."""
+        mono = time.monotonic()
+        offset = now - mono
         probes = [
             Probe(s.at + offset, s.ms, s.ok)
             for key, windows in self.prober.windows.items()
             if key.rpartition("/")[0] == cvm
-            for s in windows[0].samples
+            for s in windows[0].since(mono - seconds)
         ]
         return sorted(probes, key=lambda p: p.ts)
 
@@ -168,10 +179,11 @@ class Agent:
 class Session:
     """One connected peer: its subscription and its view of what it has been sent."""
 
-    def __init__(self, agent: Agent, peer: rpc.Peer, peer_user: str) -> None:
+    def __init__(self, agent: Agent, peer: rpc.Peer, identity: PeerIdentity) -> None:
         self.agent = agent
         self.peer = peer
-        self.peer_user = peer_user
+        self.identity = identity
+        self.may_write = not agent.readonly and agent.writers.allows(identity)
         self.client = ""  # who the peer said it is in its hello: the default `who` of its actions
         self.updates = Subscription(peer, agent.snapshot)
 
@@ -186,7 +198,9 @@ class Session:
             "policies": self.policies,
             "policy": self.policy,
         }
-        return {name: checked(name, fn, self.agent.readonly) for name, fn in handlers.items()}
+        return {
+            name: checked(name, self._authorized(name, fn) if name in MUTATING else fn) for name, fn in handlers.items()
+        }
 
     def push(self, event: Event) -> None:
         """Queue an audit event for this peer (if subscribed) and send it without waiting for the interval."""
@@ -203,6 +217,8 @@ class Session:
             "host": self.agent.host.host.name,
             "pid": os.getpid(),
             "readonly": self.agent.readonly,
+            "user": self.identity.label,
+            "may_write": self.may_write,
             "interval": self.agent.interval,
             "methods": sorted(SCHEMAS),
         }
@@ -216,9 +232,12 @@ class Session:
         return {"interval": interval}
 
     async def scale(self, params: dict[str, Any]) -> dict[str, Any]:
-        who = f"{params.get('who') or self.client or 'unknown'} ({self.peer_user})"
         event = await self.agent.host.scale(
-            params["cvm"], params["target"], expect=params.get("expect"), who=who, why=params.get("why", "")
+            params["cvm"],
+            params["target"],
+            expect=params.get("expect"),
+            who=self._who(params),
+            why=params.get("why", ""),
         )
         return event.to_dict()
 
@@ -226,14 +245,13 @@ class Session:
         return self.agent.elastic.describe()
 
     async def policy(self, params: dict[str, Any]) -> dict[str, Any]:
-        cvm, name = params["cvm"], params.get("name")
-        known = self.agent.elastic.policies
-        if name is not None and name not in known:
-            raise rpc.RpcError(
-                rpc.INVALID_PARAMS, f"policy: unknown policy {name!r} (known: {', '.join(known) or 'none'})"[:300]
+        cvm = params["cvm"]
+        try:
+            state = self.agent.elastic.choose(
+                cvm, name=params.get("name"), enabled=params.get("enabled"), who=self._who(params)
             )
-        who = f"{params.get('who') or self.client or 'unknown'} ({self.peer_user})"
-        state = self.agent.elastic.choose(cvm, name=name, enabled=params.get("enabled"), who=who)
+        except UnknownPolicy as e:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"policy: {e}"[:300]) from None
         return {
             "cvm": cvm,
             "policy": state.policy,
@@ -248,15 +266,53 @@ class Session:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
         return [e.to_dict() for e in events]
 
+    def _who(self, params: dict[str, Any]) -> str:
+        """Who an action is by: the name the peer gave (or its hello's), and the peer itself."""
+        return f"{params.get('who') or self.client or 'unknown'} ({self.identity.label})"
 
-def checked(name: str, fn: rpc.Method, readonly: bool) -> rpc.Method:
-    """Wrap a method with its schema check and the read-only refusal."""
+    def _authorized(self, name: str, fn: rpc.Method) -> rpc.Method:
+        """`fn` for a writer; for anyone else its read form only, a change refused and audited."""
+
+        async def method(params: dict[str, Any]) -> Any:
+            if not self.may_write and not params.keys() <= READ_FORMS.get(name, frozenset()):
+                self._refuse(name, params)
+            return await fn(params)
+
+        return method
+
+    def _refuse(self, name: str, params: dict[str, Any]) -> None:
+        """Audit a change this peer may not make, then refuse it (REFUSED, with the count it stayed at)."""
+        user = self.identity.user
+        if self.agent.readonly:
+            message = f"agent is read-only: {name} refused; nothing changed"
+        else:
+            message = (
+                f"{user} may only read on this agent: {name} refused; nothing changed "
+                f"(to grant it, add {user} or one of its groups as @GROUP to the agent's --writers)"
+            )
+        cvm = self.agent.host.get(params["cvm"])
+        stayed = cvm.online_vcpus if cvm is not None and name == "scale" else None
+        asked = f"{params['target']} vCPUs" if name == "scale" else requested(params.get("name"), params.get("enabled"))
+        self.agent.record(
+            Event(
+                self.agent.host.host.name,
+                params["cvm"],
+                name,
+                self._who(params),
+                ok=False,
+                before=stayed,
+                after=stayed,
+                why=f"{message} (requested {asked})",
+            )
+        )
+        raise rpc.RpcError(rpc.REFUSED, message, {"current": stayed})
+
+
+def checked(name: str, fn: rpc.Method) -> rpc.Method:
+    """Wrap a method with its schema check: `fn` gets only known, typed, bounded parameters."""
     schema = SCHEMAS[name]
 
     async def method(params: dict[str, Any]) -> Any:
-        given = {key for key, value in params.items() if value is not None}
-        if readonly and name in MUTATING and not given <= READ_FORMS.get(name, frozenset()):
-            raise rpc.RpcError(rpc.REFUSED, f"agent is read-only: {name} refused; nothing changed")
         return await fn(_validate(name, schema, params))
 
     return method
@@ -292,18 +348,8 @@ def _validate(method: str, schema: Schema, params: dict[str, Any]) -> dict[str, 
     return clean
 
 
-def _ssh_user() -> str:
-    """Who is at the other end of a stdio agent: the SSH user and client address, or the local user."""
-    client = os.environ.get("SSH_CLIENT", "").split(" ")[0]
-    return f"{getpass.getuser()}@ssh:{client}" if client else f"{getpass.getuser()}@local"
-
-
-def peer_user_of(writer: asyncio.StreamWriter) -> str:
-    """The user of the process connected to our unix socket (SO_PEERCRED)."""
-    sock = writer.get_extra_info("socket")
+def _group_id(group: str) -> int:
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return f"{pwd.getpwuid(uid).pw_name}@socket"
-    except (OSError, KeyError, AttributeError):
-        return "unknown@socket"
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"--group: no group {group!r} on this host") from None

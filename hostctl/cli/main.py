@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hostctl import __version__
+from hostctl.agent.access import Writers
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.audit import default_path as audit_default_path
 from hostctl.agent.server import Agent
@@ -126,7 +127,14 @@ def parser() -> argparse.ArgumentParser:
     elastic.add_argument("--out", type=Path, default=Path("."), help="folder for the table and plot (default: here)")
 
     agent_opts = argparse.ArgumentParser(add_help=False)
-    agent_opts.add_argument("--readonly", action="store_true", help="refuse every mutating request")
+    agent_opts.add_argument("--readonly", action="store_true", help="refuse every change, from anyone")
+    agent_opts.add_argument(
+        "--writers",
+        metavar="USER,@GROUP,...",
+        help="who may scale and change policies, by user name or @group; everyone else who reaches the agent only "
+        "reads (default: the agent's own user and root). A peer is the SSH user for --stdio, the socket's peer "
+        "user for serve",
+    )
     agent_opts.add_argument("--audit", type=Path, default=None, help="audit log (default: XDG state dir)")
     agent_opts.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     agent_opts.add_argument(
@@ -143,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--stdio", action="store_true", required=True)
     serve = sub.add_parser("serve", parents=[agent_opts], help="serve on a unix socket (long-running, systemd)")
     serve.add_argument("--socket", type=Path, required=True)
+    serve.add_argument(
+        "--group",
+        help="let this group reach the socket (mode 0660, group-owned); its members read, and write only when "
+        "--writers names them or the group",
+    )
 
     demo = sub.add_parser("demo", help="run the embedded demo site").add_subparsers(
         dest="demo", required=True, metavar="ACTION"
@@ -289,12 +302,14 @@ async def _agent(args: argparse.Namespace) -> int:
     if not args.uri:
         raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
     policies = _policies(args.policies)
+    writers = Writers.parse(args.writers) if args.writers is not None else None
     host = LibvirtHost(args.uri)
     await host.open()
     agent = Agent(
         host,
         audit=AuditLog(args.audit or audit_default_path()),
         readonly=args.readonly,
+        writers=writers,
         interval=args.interval,
         probe_rate=args.probe_rate,
         policies=policies,
@@ -304,7 +319,7 @@ async def _agent(args: argparse.Namespace) -> int:
         if args.command == "agent":
             await agent.serve_stdio()
         else:
-            server = await agent.serve_unix(args.socket)
+            server = await agent.serve_unix(args.socket, group=args.group)
             stop = asyncio.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -66,7 +66,12 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
         return event.to_json()
     when = datetime.fromtimestamp(event.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome = "ok" if event.ok else "ALERT" if event.action == "alert" else "REFUSED"
-    change = f" {_count(event.before)}->{_count(event.after)}" if (event.before, event.after) != (None, None) else ""
+    if (event.before, event.after) == (None, None):
+        change = ""
+    elif not event.ok and event.before == event.after:  # refused: the count it stayed at
+        change = f" at {_count(event.after)}"
+    else:
+        change = f" {_count(event.before)}->{_count(event.after)}"
     return f"{when} {event.host}/{event.cvm} {event.action}{change} {outcome} by {event.who}" + (
         f": {event.why}" if event.why else ""
     )

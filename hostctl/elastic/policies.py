@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from hostctl.config import check, non_negative, positive
 from hostctl.stats import percentile
@@ -84,8 +84,6 @@ class Want:
 class Policy(Protocol):
     """A decision function with its own sample interval."""
 
-    reads_probes: ClassVar[bool]  # whether it looks at latency probes (they are gathered only then)
-
     @property
     def interval(self) -> float:
         """Seconds between decisions (and between the samples they look at)."""
@@ -93,6 +91,10 @@ class Policy(Protocol):
     @property
     def horizon(self) -> float:
         """Seconds of samples the policy looks back over."""
+
+    @property
+    def probe_horizon(self) -> float:
+        """Seconds of latency probes the policy looks back over (0: it reads none; they are gathered only then)."""
 
     def decide(self, signals: Signals) -> Want: ...
 
@@ -115,7 +117,6 @@ def _probe_window(value: float) -> str | None:
 class Threshold:
     """CPU bands: wake workers above `high` %, park them below `low` %, sized to bring use back to `target` %."""
 
-    reads_probes: ClassVar[bool] = False
     interval: float = check(positive, default=0.5)
     high: float = check(_percent, default=70.0)
     low: float = check(_percent, default=30.0)
@@ -128,6 +129,10 @@ class Threshold:
     @property
     def horizon(self) -> float:
         return self.interval
+
+    @property
+    def probe_horizon(self) -> float:
+        return 0.0
 
     def decide(self, signals: Signals) -> Want:
         cpus = [s.cpu for s in signals.recent(self.interval) if s.cpu is not None]
@@ -153,7 +158,6 @@ class Threshold:
 class Slo:
     """Keep the p99 of the CVM's probed latency under `target_ms`."""
 
-    reads_probes: ClassVar[bool] = True
     interval: float = check(positive, default=0.5)
     target_ms: float = check(positive, default=50.0)
     window_s: float = check(_probe_window, default=3.0)
@@ -164,6 +168,10 @@ class Slo:
     @property
     def horizon(self) -> float:
         return 0.0  # it reads probes, not samples
+
+    @property
+    def probe_horizon(self) -> float:
+        return max(self.window_s, self.down_after_s)
 
     def decide(self, signals: Signals) -> Want:
         now, current = signals.now, signals.current
@@ -196,7 +204,6 @@ class Slo:
 class Concurrency:
     """Requests in flight or queued per online vCPU, held at `target` (Knative-like stable and panic windows)."""
 
-    reads_probes: ClassVar[bool] = False
     interval: float = check(positive, default=0.2)
     target: float = check(positive, default=0.7)
     stable_s: float = check(positive, default=6.0)
@@ -212,6 +219,10 @@ class Concurrency:
     @property
     def horizon(self) -> float:
         return self.stable_s
+
+    @property
+    def probe_horizon(self) -> float:
+        return 0.0
 
     def decide(self, signals: Signals) -> Want:
         stable = _mean_concurrency(signals.recent(self.stable_s))

@@ -87,6 +87,18 @@ def is_policy(who: str) -> bool:
     return _POLICY_WHO.fullmatch(who) is not None
 
 
+def requested(name: str | None, enabled: bool | None) -> str:
+    """What a policy change asked for: `policy slo, on`."""
+    asked = [] if name is None else [f"policy {name}"]
+    if enabled is not None:
+        asked.append("on" if enabled else "off")
+    return ", ".join(asked)
+
+
+class UnknownPolicy(HostctlError):
+    """A policy name this agent has no file for."""
+
+
 @dataclass
 class _Track:
     """One CVM's elastic state: the choice (persisted), its last decision and the policy's task."""
@@ -110,7 +122,7 @@ class ElasticRunner:
         *,
         state_file: Path,
         record: Callable[[Event], None],
-        probes: Callable[[str, float], list[Probe]] = lambda cvm, now: [],
+        probes: Callable[[str, float, float], list[Probe]] = lambda cvm, now, seconds: [],
     ) -> None:
         self.host = host
         self.policies = policies
@@ -121,6 +133,7 @@ class ElasticRunner:
         self._samples: dict[str, deque[CVMSample]] = {}
         self._lock = asyncio.Lock()
         self._keep_s = max([10.0, *(2 * spec.policy.horizon + 1 for spec in policies.values())])
+        host.on_change(self._forget_if_gone)
 
     @property
     def default_policy(self) -> str | None:
@@ -131,9 +144,14 @@ class ElasticRunner:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore the saved choices and start the policies that were on."""
-        for name, saved in self._load().items():
-            self._tracks[name] = _Track(saved["policy"], saved["enabled"], saved.get("since"))
+        """Restore the saved choices of the CVMs there are (the others were undefined meanwhile) and start the
+        policies that were on."""
+        saved = self._load()
+        for name, choice in saved.items():
+            if self.host.get(name) is not None:
+                self._tracks[name] = _Track(choice["policy"], choice["enabled"], choice.get("since"))
+        if len(self._tracks) < len(saved):
+            self._save()
         for name, track in self._tracks.items():
             if track.enabled:
                 self._run(name, track)
@@ -178,12 +196,14 @@ class ElasticRunner:
     # -- changing --------------------------------------------------------------------------------
 
     def choose(self, cvm: str, *, name: str | None = None, enabled: bool | None = None, who: str = "") -> Elastic:
-        """Pick the CVM's policy and/or switch it on or off; audited, saved, and effective at once."""
-        if not self.policies:
-            raise HostctlError("no elastic policies are configured on this agent")
-        self.host.cvm(cvm)  # an unknown CVM is refused with the names of the known ones
-        if name is not None and name not in self.policies:
-            raise HostctlError(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
+        """Pick the CVM's policy and/or switch it on or off; audited (refused too), saved, and effective at once."""
+        try:
+            self._check(cvm, name)
+        except HostctlError as e:
+            if name is not None or enabled is not None:
+                why = f"{e} (requested {requested(name, enabled)})"
+                self.record(Event(self.host.host.name, cvm, "policy", who, ok=False, why=why))
+            raise
         if name is None and enabled is None:
             state = self.state(cvm)
             assert state is not None
@@ -217,6 +237,25 @@ class ElasticRunner:
         state = self.state(cvm)
         assert state is not None
         return state
+
+    def _check(self, cvm: str, name: str | None) -> None:
+        if not self.policies:
+            raise HostctlError("no elastic policies are configured on this agent")
+        self.host.cvm(cvm)  # an unknown CVM is refused with the names of the known ones
+        if name is not None and name not in self.policies:
+            raise UnknownPolicy(f"unknown policy {name!r} (known: {', '.join(self.policies)})")
+
+    def _forget_if_gone(self, cvm: str) -> None:
+        """Drop the state of a CVM that is no longer defined: its samples, and its choice (kept while it merely
+        stops and starts again)."""
+        if self.host.get(cvm) is not None:
+            return
+        self._samples.pop(cvm, None)
+        track = self._tracks.pop(cvm, None)
+        if track is not None:
+            if track.task is not None:
+                track.task.cancel()
+            self._save()
 
     # -- sampling and deciding -------------------------------------------------------------------
 
@@ -283,7 +322,8 @@ class ElasticRunner:
                 alert=True,
             )
         samples = self._samples.get(name, ())
-        probes = self.probes(name, now) if spec.policy.reads_probes else []
+        seconds = spec.policy.probe_horizon
+        probes = self.probes(name, now, seconds) if seconds > 0 else []
         want = spec.policy.decide(Signals(now, cvm.online_vcpus, tuple(samples), probes))
         return guard(want, self._situation(cvm, cvm.online_vcpus, track, now, samples), spec.guard)
 

@@ -118,6 +118,8 @@ class LibvirtHost:
         self.name = host.name
         old, self._cvms = self._cvms, {c.name: c for c in cvms}
         for name in old.keys() | self._cvms.keys():  # after a reconnect: whatever changed meanwhile
+            if name not in self._cvms:
+                self._forget(name)
             if old.get(name) != self._cvms.get(name):
                 self._changed(name)
         self._callbacks = [
@@ -272,7 +274,10 @@ class LibvirtHost:
 
         A retry of an applied request finds the target already in place and changes nothing.
         """
-        cvm = self.cvm(name)
+        try:
+            cvm = self.cvm(name)
+        except HostctlError as e:  # e.g. undefined between the peer's snapshot and its request
+            raise self._refused(name, target, who, e) from None
         lock = self._scale_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._quiet(name)
@@ -282,31 +287,28 @@ class LibvirtHost:
                 else:
                     before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
             except HostctlError as e:
-                failed = _scale_failure(name, e)
-                self._record(
-                    Event(
-                        self.host.name,
-                        name,
-                        "scale",
-                        who,
-                        ok=False,
-                        before=getattr(failed, "current", None),
-                        after=target,
-                        why=str(failed),
-                    )
-                )
-                if failed is e:
-                    raise
-                raise failed from None
-            fresh = await self._run(self._read_named, name)
-            if fresh is not None:
-                self._store(fresh)
+                raise self._refused(name, target, who, e) from None
+            with contextlib.suppress(HostctlError):  # unreadable now: the next event or sample reads it
+                if (fresh := await self._run(self._read_named, name)) is not None:
+                    self._store(fresh)
             self._counted(name, after)
         if before == after:
             why = f"{why} (already at {after}, nothing changed)".strip()
         event = Event(self.host.name, name, "scale", who, ok=True, before=before, after=after, why=why)
         self._record(event)
         return event
+
+    def _refused(self, name: str, target: int, who: str, error: HostctlError) -> HostctlError:
+        """Audit a scale that was refused or failed, and return the error to raise. The event's counts are the one
+        it stayed at (unknown when that is not known, or when it may have been applied); its why names the target."""
+        failed = _scale_failure(name, error)
+        stayed = getattr(failed, "current", None)
+        if stayed is None and (cvm := self._cvms.get(name)) is not None:
+            stayed = cvm.online_vcpus
+        after = None if isinstance(error, _Overdue) else stayed
+        why = f"{failed} (requested {target} vCPUs)"
+        self._record(Event(self.host.name, name, "scale", who, ok=False, before=stayed, after=after, why=why))
+        return failed
 
     def _scale_blocking(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
         try:
@@ -399,11 +401,14 @@ class LibvirtHost:
         return {"sev": has_sev, "sev_es": has_sev, "sev_snp": "sev-snp" in types}
 
     def _read_named(self, name: str) -> CVM | None:
+        """`name` read now, or None when libvirt has no such domain (any other libvirt error is raised)."""
         conn = self._connected()
         try:
             return self._read(conn.lookupByName(name))
-        except libvirt.libvirtError:
-            return None
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
 
     def _read(self, dom: libvirt.virDomain) -> CVM:
         facts = parse_domain(dom.XMLDesc(0))
@@ -602,8 +607,7 @@ class LibvirtHost:
     def _on_lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, _detail: int, _opaque: object) -> None:
         name = dom.name()
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
-            if self._cvms.pop(name, None) is not None:
-                self._changed(name)
+            self._remove(name)
             return
         self._schedule_refresh(name)
 
@@ -638,10 +642,12 @@ class LibvirtHost:
             while True:
                 if self._conn is None:
                     return
-                cvm = await self._run(self._read_named, name)
+                try:
+                    cvm = await self._run(self._read_named, name)
+                except HostctlError:  # libvirt unreachable: the record stays; the close callback says why
+                    return
                 if cvm is None:
-                    if self._cvms.pop(name, None) is not None:
-                        self._changed(name)
+                    self._remove(name)
                 else:
                     self._store(cvm)
                 if not self._refreshing.get(name):
@@ -667,6 +673,18 @@ class LibvirtHost:
             self._changed(cvm.name)
         if running and self._asks_guest(cvm) and (old is None or old.state is not DomainState.RUNNING):
             self._recount(cvm.name)
+
+    def _remove(self, name: str) -> None:
+        """`name` is no longer defined: drop it and what was kept about it."""
+        self._forget(name)
+        if self._cvms.pop(name, None) is not None:
+            self._changed(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what is kept per CVM beside its record (the CPU-time history goes at the next sample, the guest-call
+        bookkeeping when its call ends)."""
+        self._confirmed.pop(name, None)
+        self._scale_locks.pop(name, None)  # a scale holding it keeps its own reference
 
     def _changed(self, name: str) -> None:
         for callback in self._change_listeners:
