@@ -154,3 +154,23 @@ def test_unreachable_host_in_a_site_exits_1(tmp_path: Path) -> None:
     site.write_text('[defaults]\ntimeout = 1.0\n[[hosts]]\nname = "ghost"\nsocket = "/nonexistent/agent.sock"\n')
     proc = hostctl("--site", str(site), "status")
     assert proc.returncode == 1 and "ghost: connecting" in proc.stdout and "cannot reach agent socket" in proc.stdout
+
+
+@pytest.mark.parametrize("stream", ["stdin", "stdout"])
+def test_agent_stdio_on_a_file_is_refused_in_one_line(uri: str, tmp_path: Path, stream: str) -> None:
+    """ssh gives the agent pipes; a file or /dev/null in their place once ended in a traceback."""
+    file = tmp_path / "stream"
+    file.write_text("")
+    argv = [sys.executable, "-m", "hostctl", "--uri", uri, "agent", "--stdio", "--audit", str(tmp_path / "a.jsonl")]
+    with file.open("r+") as f:
+        if stream == "stdin":
+            proc = subprocess.run(argv, stdin=f, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT, check=False)
+        else:
+            proc = subprocess.run(
+                argv, input="", stdout=f, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT, check=False
+            )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        == f"hostctl: agent --stdio: {stream} is a regular file; run it as ssh does, with pipes or a socket"
+    )

@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import signal
+import stat
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -301,6 +302,8 @@ async def _agent(args: argparse.Namespace) -> int:
     """Run the agent for the host at --uri until its peer leaves (stdio) or SIGTERM (socket)."""
     if not args.uri:
         raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+    if args.command == "agent":
+        _check_stdio()
     policies = _policies(args.policies)
     writers = Writers.parse(args.writers) if args.writers is not None else None
     host = LibvirtHost(args.uri)
@@ -330,6 +333,16 @@ async def _agent(args: argparse.Namespace) -> int:
         await agent.stop()
         await host.close()
     return 0
+
+
+def _check_stdio() -> None:
+    """`agent --stdio` speaks on stdin/stdout through asyncio's pipe transports: refuse a file or /dev/null in one
+    line instead of a traceback (ssh gives pipes or sockets; a terminal works for trying it by hand)."""
+    for name, fd in (("stdin", 0), ("stdout", 1)):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)):
+            kind = "a regular file" if stat.S_ISREG(mode) else "neither a pipe, a socket nor a terminal"
+            raise HostctlError(f"agent --stdio: {name} is {kind}; run it as ssh does, with pipes or a socket")
 
 
 def _policies(directory: Path | None) -> dict[str, PolicySpec]:
