@@ -266,8 +266,8 @@ async def run_faults(host: Host, faults: list[tuple[str, float]], c: Campaign, s
         fault.end = time.monotonic()
         c.faults.append(fault)
         # Wait for the link to notice the fault and recover from it (the figures are taken later, from `states`).
-        await until(lambda: went_stale(states, fault.start) is not None, hold + RECOVERY_CAP_S)
-        await until(lambda: fresh_again(states, fault) is not None, RECOVERY_CAP_S)
+        await until(lambda f=fault: went_stale(states, f.start) is not None, hold + RECOVERY_CAP_S)
+        await until(lambda f=fault: fresh_again(states, f) is not None, RECOVERY_CAP_S)
 
 
 async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
@@ -497,7 +497,7 @@ async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[
             hosts.append(await lab.run(Host.start(runtime, name, args.wake_ms)))
         app = DittoApp(site=site_file.load(site_for(hosts, runtime, args)))
         with stderr_to(runtime / "console.log"):
-            await console_run(app, c, hosts, lab, names, progress)
+            await console_run(app, c, hosts, lab, progress=progress)
     finally:
         for host in hosts:
             with contextlib.suppress(Exception):
@@ -511,9 +511,10 @@ async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[
 
 
 async def console_run(
-    app: DittoApp, c: Campaign, hosts: list[Host], lab: Lab, names: list[str], progress: Callable[[str], None]
+    app: DittoApp, c: Campaign, hosts: list[Host], lab: Lab, *, progress: Callable[[str], None]
 ) -> None:
     args = c.args
+    names = [h.name for h in hosts]
     async with app.run_test(size=(160, 50)):
         await wait_until(lambda: app.fleet is not None, 10, "the console's fleet")
         console = Console(app, c)
@@ -686,6 +687,7 @@ def report(c: Campaign, t: Tally, command: str) -> str:
     stalls = [ms for ms in lat if ms > STALL_MS]
     shared = sum(1 for when, ms in c.lateness if ms > STALL_MS and machine_busy(c, when, ms))
     control_stalls = [ms for _t, ms in c.control if ms > STALL_MS]
+    control_max = max((ms for _t, ms in c.control), default=0.0)
     agent_tb = {name: tracebacks(c.runtime / f"{name}.agent.log") for name in c.audit}
     console_tb = tracebacks(c.runtime / "console.log") + (1 if c.app_exception else 0)
     by_kind: dict[str, list[Fault]] = {k: [f for f in c.faults if f.kind == k] for k in KINDS}
@@ -782,8 +784,8 @@ def report(c: Campaign, t: Tally, command: str) -> str:
         f"({none_lost} outside any fault) | {'pass' if not t.lost else 'FAIL'} |",
         f"| 0 applied twice | {len(t.doubled)} | {'pass' if not t.doubled else 'FAIL'} |",
         f"| 0 console loop stalls > {STALL_MS:.0f} ms | {len(stalls)} over {len(lat)} ticks; lateness p50 / p99 / "
-        f"max {fmt(lat, ' ms')}; {shared} of them while the control ticker (a process of its own) was late too; the control: "
-        f"{len(control_stalls)} over {STALL_MS:.0f} ms, max {max((ms for _t, ms in c.control), default=0):.0f} ms | "
+        f"max {fmt(lat, ' ms')}; {shared} of them while the control ticker (a process of its own) was late too; "
+        f"the control: {len(control_stalls)} over {STALL_MS:.0f} ms, max {control_max:.0f} ms | "
         f"{'pass' if not stalls else 'FAIL'} |",
         f"| 0 tracebacks | console {console_tb}, agents {sum(agent_tb.values())} | "
         f"{'pass' if not console_tb and not sum(agent_tb.values()) else 'FAIL'} |",
