@@ -594,7 +594,7 @@ def tally(c: Campaign) -> Tally:
     lost: list[tuple[Request, str]] = []
     doubled: list[tuple[Request, int]] = []
     applied_though_failed = refusals_unaudited = 0
-    used: set[int] = set()
+    used: set[tuple[str, int]] = set()  # (host, index) of the refusal entries matched
     for r in c.requests:
         outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
         if applied.get(r.token, 0) > 1:
@@ -612,7 +612,7 @@ def tally(c: Campaign) -> Tally:
                 (
                     i
                     for i, e in enumerate(refusals.get(r.host, []))
-                    if i not in used
+                    if (r.host, i) not in used
                     and e["cvm"] == CVM
                     and e["after"] == r.target
                     and r.sent_wall - 1 <= e["ts"] <= r.done_wall + 1
@@ -622,7 +622,7 @@ def tally(c: Campaign) -> Tally:
             if entry is None:
                 refusals_unaudited += 1
             else:
-                used.add(entry)
+                used.add((r.host, entry))
             if not refused_shown(c, r):
                 lost.append((r, f"refused without a line on the console: {r.detail}"))
         if r.outcome == "failed" and applied.get(r.token):
