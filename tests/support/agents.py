@@ -46,9 +46,10 @@ name = "{name}"
 class AgentProcess:
     """`hostctl demo serve-host NAME` as its own process, restartable, with its socket and audit log."""
 
-    def __init__(self, runtime: Path, name: str, wake_ms: float = 1000.0) -> None:
+    def __init__(self, runtime: Path, name: str, wake_ms: float = 1000.0, *, log: Path | None = None) -> None:
         self.runtime = runtime
         self.name = name
+        self.log = log  # its stdout and stderr, appended (inherited when None)
         self.config = runtime / f"{name}.toml"
         self.config.write_text(CONFIG.format(wake_ms=wake_ms, hosts=HOST.format(name=name)))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,7 +79,13 @@ class AgentProcess:
 
     async def start(self) -> None:
         self.socket.unlink(missing_ok=True)
-        self.proc = await asyncio.to_thread(subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
+        if self.log is None:
+            self.proc = await asyncio.to_thread(subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
+        else:
+            with self.log.open("ab") as out:
+                self.proc = await asyncio.to_thread(
+                    subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                )
         for _ in range(200):
             if self.socket.exists():
                 with contextlib.suppress(HostctlError, OSError, TimeoutError):

@@ -1,0 +1,898 @@
+"""The fault campaign: a running console, scale requests in flight, and hundreds of faults injected under it.
+
+    python -m bench.faults [--hosts 5] [--per-kind 100] [--interval 0.25] [--timeout 1.0] [--seed 1]
+                           [--out FILE.md]
+
+Each host is a real agent (`hostctl demo serve-host`: libvirt's test driver, emulated workers that take `--wake-ms`
+to wake) behind its own OpenSSH sshd, reached through a cuttable TCP proxy. The console is the real `DittoApp`
+headless (`run_test`) on a site file naming those hosts. One task per host keeps a scale request in flight through
+the console's own path (`ScaleRequested`, the message the detail screen's `+`/`-` posts); each request carries a
+unique `why` (the one change to that path: each link's `scale` is wrapped to put the request's token in place of the
+console's fixed "console" and to record what the console was told). Meanwhile the faults, spread over the hosts in
+parallel, each host one at a time, once its link is fresh again:
+
+- `kill`: the agent gets SIGKILL and is started again (the fault ends when it answers on its socket);
+- `stop`: the agent gets SIGSTOP for 1.5-4 link timeouts, then SIGCONT;
+- `cut`: the proxy aborts its TCP connections (RST); the fault ends at once;
+- `sshd`: sshd and every session it started are stopped, then sshd starts again on the same port and key;
+- `blackhole`: the proxy forwards nothing for 1.5-4 link timeouts (nothing is closed), then forwards again.
+
+Counted from the agents' audit logs on disk and from the console: scale actions lost or applied twice, the console
+loop's lateness (a 10 ms ticker on its loop), time to stale after each fault starts and to fresh after it ends
+(state changes as the link reports them to the console), tracebacks in the console's and agents' output.
+Writes bench/results/faults.md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import textual
+
+from dittotui.app import DittoApp
+from dittotui.messages import ScaleRequested
+from hostctl.client import site as site_file
+from hostctl.client.link import HostLink, LinkError, LinkState
+from hostctl.client.ref import CVMRef
+from hostctl.client.site import Defaults, HostEntry, Site
+from hostctl.stats import percentile
+from hostctl.wire import rpc
+from hostctl.wire.model import Event
+from tests.support.agents import AgentProcess
+from tests.support.proxy import CuttableProxy
+from tests.support.sshd import RestartableSSHD
+
+OUT = Path(__file__).parent / "results" / "faults.md"
+FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
+KINDS = ("kill", "stop", "cut", "sshd", "blackhole")
+CVM = "snp"  # the one CVM of each agent (boot 1, max 5, 2 online at start)
+LOW, HIGH = 2, 4  # the console scales it between these counts
+STALL_MS = 100.0
+STALE_INTERVALS = 2.0
+FRESH_S = 5.0
+RECOVERY_CAP_S = 30.0  # a fault whose link is not fresh again this long after it ended counts as not fresh
+HOLD = (1.5, 4.0)  # stop and blackhole last this many link timeouts (uniform)
+TRACEBACK = "Traceback (most recent call last)"
+T = TypeVar("T")
+
+
+# -- what is recorded ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """One scale request issued through the console, and what became of it."""
+
+    token: str
+    host: str
+    issued: float  # monotonic
+    step: int
+    target: int | None = None
+    expect: int | None = None
+    sent: float | None = None  # when the console's link call began (None: the console did not send it)
+    sent_wall: float = 0.0
+    done: float | None = None
+    done_wall: float = 0.0
+    outcome: str = "pending"  # applied | unchanged | refused | failed | not sent | skipped | error | pending
+    detail: str = ""
+    shown: bool = False  # the console showed the operator its failure (log line)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return CVMRef(self.host, CVM).key
+
+
+@dataclass
+class Fault:
+    host: str
+    kind: str
+    start: float
+    end: float
+    hold: float
+    in_flight: int = 0  # requests of this host in flight when it began
+    stale_s: float | None = None  # from start to the link's first state other than fresh
+    fresh_s: float | None = None  # from end (or from stale, if later) to fresh again
+
+
+@dataclass
+class Campaign:
+    """Everything one run records, and its settings."""
+
+    args: argparse.Namespace
+    runtime: Path
+    requests: list[Request] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    states: dict[str, list[tuple[float, LinkState]]] = field(default_factory=dict)
+    lateness: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms) of the console's loop
+    lines: list[tuple[float, str, str]] = field(default_factory=list)  # the console's log: (monotonic, text, style)
+    audit: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    control: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms) of the control's late wakes
+    # (monotonic, the console thread's stack, where the faults' thread was) at each stall
+    stall_stacks: list[tuple[float, str, str]] = field(default_factory=list)
+    bench_errors: list[str] = field(default_factory=list)  # the injecting side's own failures (not the console's)
+    app_exception: str = ""
+    wall_s: float = 0.0
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+# -- the hosts, on a loop of their own ----------------------------------------------------------------------------
+
+
+class Lab:
+    """Agents, sshds and proxies on an event loop in a thread of their own, so that nothing the faults do (a blocking
+    wait for a killed process, a proxy's forwarding) runs on the console's loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fault-lab", daemon=True)
+        self.thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the lab's loop and wait for it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+@dataclass
+class Host:
+    name: str
+    agent: AgentProcess
+    sshd: RestartableSSHD
+    proxy: CuttableProxy
+
+    @classmethod
+    async def start(cls, runtime: Path, name: str, wake_ms: float) -> Host:
+        agent = AgentProcess(runtime, name, wake_ms=wake_ms, log=runtime / f"{name}.agent.log")
+        sshd = RestartableSSHD(runtime / f"{name}-sshd")
+        await agent.start()
+        await sshd.start()
+        proxy = await CuttableProxy(sshd.endpoint.host, sshd.endpoint.port).start()
+        return cls(name, agent, sshd, proxy)
+
+    async def stop(self) -> None:
+        await self.proxy.close()
+        await self.sshd.stop()
+        await asyncio.to_thread(self.agent.stop)
+
+    async def inject(self, kind: str, hold: float, started: Callable[[], None]) -> None:
+        """Inflict `kind` on this host (calling `started` as it begins) and return when it is over."""
+        started()
+        if kind == "kill":
+            await asyncio.to_thread(self.agent.kill)
+            await self.agent.start()
+        elif kind == "stop":
+            self.agent.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(hold)
+            finally:
+                self.agent.signal(signal.SIGCONT)
+        elif kind == "cut":
+            self.proxy.cut()
+        elif kind == "sshd":
+            await self.sshd.restart()
+        elif kind == "blackhole":
+            self.proxy.pause()
+            try:
+                await asyncio.sleep(hold)
+            finally:
+                self.proxy.resume()
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def site_for(hosts: list[Host], runtime: Path, args: argparse.Namespace) -> Path:
+    """A site file naming every host by an ssh alias (through its proxy) and its agent's socket."""
+    config = runtime / "ssh_config"
+    known_hosts = runtime / "known_hosts"
+    config.write_text(
+        "".join(
+            f"Host {h.name}\n  HostName {h.proxy.listen_host}\n  Port {h.proxy.listen_port}\n"
+            f"  User {h.sshd.endpoint.user}\n  IdentityFile {h.sshd.endpoint.client_key}\n  IdentitiesOnly yes\n"
+            for h in hosts
+        )
+    )
+    known_hosts.write_text("".join(h.sshd.endpoint.known_hosts_line(h.proxy.listen_port) for h in hosts))
+    site = Site(
+        defaults=Defaults(
+            interval=args.interval,
+            timeout=args.timeout,
+            scale_timeout=args.scale_timeout,
+            keepalive=args.keepalive,
+            backoff_max=args.backoff_max,
+            known_hosts=str(known_hosts),
+            ssh_config=str(config),
+        ),
+        hosts=[HostEntry(name=h.name, ssh=h.name, socket=str(h.agent.socket)) for h in hosts],
+    )
+    path = runtime / "site.toml"
+    site_file.write(site, path)
+    return path
+
+
+def plan(args: argparse.Namespace, names: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """Each host's faults in order: `per_kind` of each kind in all, dealt round the hosts, shuffled per host."""
+    rng = random.Random(args.seed)
+    faults = [kind for kind in KINDS for _ in range(args.per_kind)]
+    rng.shuffle(faults)
+    out: dict[str, list[tuple[str, float]]] = {name: [] for name in names}
+    for i, kind in enumerate(faults):
+        hold = rng.uniform(*HOLD) * args.timeout if kind in ("stop", "blackhole") else 0.0
+        out[names[i % len(names)]].append((kind, hold))
+    return out
+
+
+async def run_faults(host: Host, faults: list[tuple[str, float]], c: Campaign, seed: int) -> None:
+    """One host's faults, one at a time, each once the link is fresh again (on the lab's loop)."""
+    rng = random.Random(seed)
+    states = c.states[host.name]
+    for kind, hold in faults:
+        await until(lambda: bool(states) and states[-1][1] is LinkState.FRESH, RECOVERY_CAP_S)
+        await asyncio.sleep(rng.uniform(0.3, 1.2))  # so that faults fall at every phase of the requests
+        fault = Fault(host.name, kind, 0.0, 0.0, hold)
+
+        def began(fault: Fault = fault) -> None:
+            fault.start = time.monotonic()
+            fault.in_flight = sum(
+                1 for r in list(c.requests) if r.host == host.name and r.sent is not None and r.done is None
+            )
+
+        try:
+            await host.inject(kind, hold, began)
+        except Exception as e:  # the bench's own failure: written down, and the campaign goes on
+            c.bench_errors.append(f"{host.name} {kind}: {type(e).__name__}: {e}")
+        fault.end = time.monotonic()
+        c.faults.append(fault)
+        # Wait for the link to notice the fault and recover from it (the figures are taken later, from `states`).
+        await until(lambda f=fault: went_stale(states, f.start) is not None, hold + RECOVERY_CAP_S)
+        await until(lambda f=fault: fresh_again(states, f) is not None, RECOVERY_CAP_S)
+
+
+async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+def went_stale(states: list[tuple[float, LinkState]], start: float) -> float | None:
+    """When the link first left fresh at or after `start`."""
+    return next((t for t, s in list(states) if t >= start and s is not LinkState.FRESH), None)
+
+
+def fresh_again(states: list[tuple[float, LinkState]], fault: Fault) -> float | None:
+    """When the link was fresh again after the fault ended (and after it went stale)."""
+    stale = went_stale(states, fault.start)
+    if stale is None:
+        return None
+    after = max(stale, fault.end)
+    return next((t for t, s in list(states) if t >= after and s is LinkState.FRESH), None)
+
+
+# -- the console side ---------------------------------------------------------------------------------------------
+
+
+class Console:
+    """Hooks on the running console: what each request became, what the operator was shown, the link states."""
+
+    def __init__(self, app: DittoApp, c: Campaign) -> None:
+        self.app = app
+        self.c = c
+        self.outstanding: dict[str, Request] = {}  # host -> its request in flight
+        self.expected_lines: dict[str, Request] = {}  # a failure's log line -> its request
+
+    def install(self) -> None:
+        original_log = self.app.log_line
+
+        def log_line(text: str, *, style: str = "", stamp: bool = True) -> None:
+            self.c.lines.append((time.monotonic(), text, style))
+            self._seen(text)
+            original_log(text, style=style, stamp=stamp)
+
+        self.app.log_line = log_line  # type: ignore[method-assign]
+        for link in self.app.links:
+            self.c.states[link.name] = [(time.monotonic(), link.state)]
+            link.on_update(self._state)
+            self._wrap(link)
+
+    def _state(self, link: HostLink) -> None:
+        states = self.c.states[link.name]
+        if states[-1][1] is not link.state:
+            states.append((time.monotonic(), link.state))
+
+    def _seen(self, text: str) -> None:
+        if (req := self.expected_lines.pop(text, None)) is not None:
+            req.shown = True
+            return
+        for req in self.outstanding.values():
+            if req.sent is None and text.startswith(f"{req.key}: not "):  # "not scaled: ...", "not known ..."
+                req.outcome, req.detail, req.shown = "skipped", text, True
+                req.done, req.done_wall = time.monotonic(), time.time()
+                req.finished.set()
+
+    def _wrap(self, link: HostLink) -> None:
+        original = link.scale
+
+        async def scale(cvm: str, target: int, *, expect: int | None, why: str = "manual") -> Event:
+            req = self.outstanding.get(link.name)
+            if req is None or req.sent is not None:
+                self.c.bench_errors.append(f"{link.name}: a scale the bench did not ask for ({cvm} -> {target})")
+                return await original(cvm, target, expect=expect, why=why)
+            req.target, req.expect, req.sent, req.sent_wall = target, expect, time.monotonic(), time.time()
+            try:
+                event = await original(cvm, target, expect=expect, why=req.token)
+            except rpc.RpcError as e:
+                refused = e.code == rpc.REFUSED and isinstance(e.data, dict) and "current" in e.data
+                req.outcome, req.detail = ("refused" if refused else "failed"), str(e)
+                if not refused:
+                    self.expected_lines[f"{req.key}: {e}"] = req
+                raise
+            except LinkError as e:
+                req.outcome, req.detail = ("not sent" if "nothing was sent" in str(e) else "failed"), str(e)
+                self.expected_lines[f"{req.key}: {e}"] = req
+                raise
+            except BaseException as e:
+                req.outcome, req.detail = "error", f"{type(e).__name__}: {e}"
+                raise
+            else:
+                req.outcome = "applied" if event.before != event.after else "unchanged"
+                req.detail = f"{event.before}->{event.after}"
+                return event
+            finally:
+                req.done, req.done_wall = time.monotonic(), time.time()
+                req.finished.set()
+
+        link.scale = scale  # type: ignore[method-assign]
+
+    async def drive(self, host: str, stop: asyncio.Event, seed: int) -> None:
+        """Keep one scale request of this host in flight, through the console's own message, until `stop`."""
+        rng = random.Random(seed)
+        link = self.app.links[[lk.name for lk in self.app.links].index(host)]
+        n = 0
+        while not stop.is_set():
+            cvm = link.cvm(CVM)
+            count = cvm.online_vcpus if cvm is not None else None
+            step = 1 if count is None or count <= LOW else -1 if count >= HIGH else rng.choice((1, -1))
+            n += 1
+            req = Request(token=f"fault-campaign {host}#{n}", host=host, issued=time.monotonic(), step=step)
+            self.c.requests.append(req)
+            self.outstanding[host] = req
+            self.app.post_message(ScaleRequested([CVMRef(host, CVM)], step))
+            limit = self.c.args.scale_timeout + self.c.args.timeout + 5
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await req.finished.wait()
+            self.outstanding.pop(host, None)
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+
+
+async def ticker(c: Campaign, stop: asyncio.Event, watch: StallWatch, period: float = 0.01) -> None:
+    """How late a `period` sleep wakes on the console's loop: what a key press or a repaint waits for."""
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        watch.beat(t0 + period)
+        await asyncio.sleep(period)
+        c.lateness.append((time.monotonic(), max(0.0, (time.perf_counter() - t0 - period) * 1000)))
+
+
+class StallWatch(threading.Thread):
+    """Says what the console's thread was running when its loop is late: its stack, sampled from another thread
+    once per stall (an idle loop's `select` there means the thread was kept from running, not busy)."""
+
+    def __init__(self, c: Campaign, lab: Lab) -> None:
+        super().__init__(name="stall-watch", daemon=True)
+        self.c = c
+        self.target = threading.get_ident()
+        self.lab = lab.thread.ident
+        self.due = time.perf_counter()
+        self.caught = False
+        self.halt = threading.Event()
+
+    def beat(self, due: float) -> None:
+        self.due, self.caught = due, False
+
+    def run(self) -> None:
+        while not self.halt.wait(0.02):
+            late = time.perf_counter() - self.due
+            if late * 1000 <= STALL_MS or self.caught:
+                continue
+            self.caught = True
+            frames = sys._current_frames()
+            lab = frames.get(self.lab) if self.lab is not None else None
+            lab_at = f"{Path(lab.f_code.co_filename).name}:{lab.f_lineno} {lab.f_code.co_name}" if lab else "-"
+            self.c.stall_stacks.append((time.monotonic(), stack(frames.get(self.target)), lab_at))
+
+
+def stack(frame: FrameType | None, depth: int = 6) -> str:
+    where = []
+    while frame is not None and len(where) < depth:
+        code = frame.f_code
+        where.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(where)
+
+
+CONTROL = """
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    time.sleep(0.01)
+    late = (time.perf_counter() - t0 - 0.01) * 1000
+    if late > 50:
+        print(f"{time.monotonic():.3f} {late:.1f}", flush=True)
+"""
+
+
+class Control:
+    """The same 10 ms ticker in a process of its own doing nothing else: when it is late too, the machine was busy
+    (its other work), not the console."""
+
+    def __init__(self, seconds: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CONTROL, str(seconds)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+
+    def stalls(self) -> list[tuple[float, float]]:
+        """(monotonic, ms) of each wake-up more than 50 ms late."""
+        self.proc.kill()
+        out, _ = self.proc.communicate(timeout=10)
+        return [(float(t), float(ms)) for t, ms in (line.split() for line in out.splitlines())]
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """The process's stderr (fd 2: where a headless Textual app and asyncio write tracebacks) into `path`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    if not await until(predicate, timeout, 0.05):
+        raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[str], None] = print) -> Campaign:
+    """Run the whole campaign; the agents, sshds and proxies are stopped whatever happens."""
+    c = Campaign(args, runtime)
+    names = [f"mec-{i}" for i in range(1, args.hosts + 1)]
+    lab = Lab()
+    lab.loop.set_exception_handler(lambda _loop, ctx: c.bench_errors.append(str(ctx.get("message"))))
+    hosts: list[Host] = []
+    t0 = time.monotonic()
+    try:
+        for name in names:
+            hosts.append(await lab.run(Host.start(runtime, name, args.wake_ms)))
+        app = DittoApp(site=site_file.load(site_for(hosts, runtime, args)))
+        with stderr_to(runtime / "console.log"):
+            await console_run(app, c, hosts, lab, progress=progress)
+    finally:
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                await lab.run(host.stop())
+        lab.close()
+    c.wall_s = time.monotonic() - t0
+    for name in names:
+        path = runtime / f"{name}.audit.jsonl"
+        c.audit[name] = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return c
+
+
+async def console_run(
+    app: DittoApp, c: Campaign, hosts: list[Host], lab: Lab, *, progress: Callable[[str], None]
+) -> None:
+    args = c.args
+    names = [h.name for h in hosts]
+    async with app.run_test(size=(160, 50)):
+        await wait_until(lambda: app.fleet is not None, 10, "the console's fleet")
+        console = Console(app, c)
+        console.install()
+        await wait_until(lambda: all(link.state is LinkState.FRESH for link in app.links), 60, "every link fresh")
+        progress(f"  {len(names)} hosts fresh; faults begin")
+        stop = asyncio.Event()
+        watch = StallWatch(c, lab)
+        watch.start()
+        control = Control(24 * 3600)
+        tasks = [asyncio.create_task(ticker(c, stop, watch))]
+        tasks += [asyncio.create_task(console.drive(name, stop, args.seed + i)) for i, name in enumerate(names)]
+        planned = plan(args, names)
+        runs = [lab.run(run_faults(host, planned[host.name], c, args.seed * 1000 + i)) for i, host in enumerate(hosts)]
+        report_task = asyncio.create_task(report_progress(c, args.per_kind * len(KINDS), progress))
+        try:
+            await asyncio.gather(*runs)
+        finally:
+            report_task.cancel()
+            watch.halt.set()
+            c.control = await asyncio.to_thread(control.stalls)
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Every request ends within the scale timeout; give the last ones that long.
+        await until(
+            lambda: all(r.done is not None or r.outcome != "pending" for r in c.requests), args.scale_timeout + 5
+        )
+        await asyncio.sleep(2 * args.interval)  # the last audit events reach the console
+        if app._exception is not None:
+            c.app_exception = f"{type(app._exception).__name__}: {app._exception}"
+        await asyncio.wait_for(app.action_quit(), 15)
+
+
+async def report_progress(c: Campaign, total: int, progress: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(30)
+        progress(f"  {len(c.faults)}/{total} faults, {len(c.requests)} requests")
+
+
+# -- counting -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What the audit logs and the console say about the requests."""
+
+    outcomes: dict[str, int]
+    lost: list[tuple[Request, str]]
+    doubled: list[tuple[Request, int]]
+    applied_though_failed: int  # reported failed ("may or may not have been applied") and in fact applied
+    refusals_unaudited: int
+    strays: int  # audit entries of a scale no request of ours explains
+
+
+def tally(c: Campaign) -> Tally:
+    applied: dict[str, int] = {}
+    ok: dict[str, int] = {}
+    refusals: dict[str, list[dict[str, Any]]] = {}
+    strays = 0
+    tokens = {r.token for r in c.requests}
+    for host, entries in c.audit.items():
+        refusals[host] = []
+        for e in entries:
+            if e.get("action") != "scale":
+                continue
+            if not e["ok"]:
+                refusals[host].append(e)
+                continue
+            token = str(e.get("why", "")).split(" (already at", 1)[0]
+            if token not in tokens:
+                strays += 1
+                continue
+            ok[token] = ok.get(token, 0) + 1
+            if e["before"] != e["after"]:
+                applied[token] = applied.get(token, 0) + 1
+    outcomes: dict[str, int] = {}
+    lost: list[tuple[Request, str]] = []
+    doubled: list[tuple[Request, int]] = []
+    applied_though_failed = refusals_unaudited = 0
+    used: set[tuple[str, int]] = set()  # (host, index) of the refusal entries matched
+    for r in c.requests:
+        outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+        if applied.get(r.token, 0) > 1:
+            doubled.append((r, applied[r.token]))
+        if r.outcome in ("applied", "unchanged") and not ok.get(r.token):
+            lost.append((r, f"the console was told {r.detail}; no audit entry"))
+        elif r.outcome == "pending":
+            lost.append((r, "neither applied nor reported failed (no outcome)"))
+        elif r.outcome == "error":
+            lost.append((r, f"an unexpected error: {r.detail}"))
+        elif r.outcome in ("failed", "not sent") and not r.shown:
+            lost.append((r, f"failed without a line on the console: {r.detail}"))
+        elif r.outcome == "refused":
+            entry = next(
+                (
+                    i
+                    for i, e in enumerate(refusals.get(r.host, []))
+                    if (r.host, i) not in used
+                    and e["cvm"] == CVM
+                    and e["after"] == r.target
+                    and r.sent_wall - 1 <= e["ts"] <= r.done_wall + 1
+                ),
+                None,
+            )
+            if entry is None:
+                refusals_unaudited += 1
+            else:
+                used.add((r.host, entry))
+            if not refused_shown(c, r):
+                lost.append((r, f"refused without a line on the console: {r.detail}"))
+        if r.outcome == "failed" and applied.get(r.token):
+            applied_though_failed += 1
+    return Tally(outcomes, lost, doubled, applied_though_failed, refusals_unaudited, strays)
+
+
+def refused_shown(c: Campaign, r: Request) -> bool:
+    """The console showed the refusal's audit event (it logs no line of its own for an audited refusal)."""
+    assert r.sent is not None and r.done is not None
+    needle = f"{r.key} scale "
+    return any(
+        needle in text and "REFUSED" in text and f"->{r.target}" in text
+        for t, text, _style in c.lines
+        if r.sent <= t <= r.done + 10
+    )
+
+
+def kind_of(c: Campaign, r: Request) -> str:
+    """The fault a request overlapped (its host's, from its start to 5 s after its end), or 'none'."""
+    start, end = r.sent if r.sent is not None else r.issued, r.done if r.done is not None else float("inf")
+    for f in c.faults:
+        if f.host == r.host and start <= f.end + FRESH_S and end >= f.start:
+            return f.kind
+    return "none"
+
+
+def measure(c: Campaign) -> None:
+    for f in c.faults:
+        states = c.states[f.host]
+        stale = went_stale(states, f.start)
+        fresh = fresh_again(states, f)
+        f.stale_s = None if stale is None else stale - f.start
+        f.fresh_s = None if fresh is None or stale is None else fresh - max(stale, f.end)
+        if f.fresh_s is not None and f.fresh_s > RECOVERY_CAP_S:
+            f.fresh_s = None
+
+
+def tracebacks(path: Path) -> int:
+    return path.read_text(errors="replace").count(TRACEBACK) if path.exists() else 0
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+
+
+def machine_busy(c: Campaign, when: float, ms: float) -> bool:
+    """The control ticker was late at the same time as the console's (the lateness is logged when it ends)."""
+    return any(t - late / 1000 - 0.05 <= when and when - ms / 1000 - 0.05 <= t for t, late in c.control)
+
+
+def fmt(values: list[float], unit: str = "", digits: int = 1) -> str:
+    if not values:
+        return "-"
+    return (
+        " / ".join(f"{v:.{digits}f}" for v in (percentile(values, 0.5), percentile(values, 0.99), max(values))) + unit
+    )
+
+
+def report(c: Campaign, t: Tally, command: str) -> str:
+    args = c.args
+    lat = [ms for _t, ms in c.lateness]
+    stalls = [ms for ms in lat if ms > STALL_MS]
+    shared = sum(1 for when, ms in c.lateness if ms > STALL_MS and machine_busy(c, when, ms))
+    control_stalls = [ms for _t, ms in c.control if ms > STALL_MS]
+    control_max = max((ms for _t, ms in c.control), default=0.0)
+    agent_tb = {name: tracebacks(c.runtime / f"{name}.agent.log") for name in c.audit}
+    console_tb = tracebacks(c.runtime / "console.log") + (1 if c.app_exception else 0)
+    by_kind: dict[str, list[Fault]] = {k: [f for f in c.faults if f.kind == k] for k in KINDS}
+    req_kind = {r.token: kind_of(c, r) for r in c.requests}
+    rows = []
+    verdicts = []
+    for kind, faults in by_kind.items():
+        stale = [f.stale_s / args.interval for f in faults if f.stale_s is not None]
+        fresh = [f.fresh_s for f in faults if f.fresh_s is not None]
+        not_stale = sum(f.stale_s is None for f in faults)
+        not_fresh = sum(f.stale_s is not None and f.fresh_s is None for f in faults)
+        overlapping = sum(1 for r in c.requests if req_kind[r.token] == kind)
+        lost = sum(1 for r, _ in t.lost if req_kind[r.token] == kind)
+        doubled = sum(1 for r, _ in t.doubled if req_kind[r.token] == kind)
+        holds = [f.hold for f in faults if f.hold]
+        rows.append(
+            f"| {kind} | {len(faults)} | {f'{min(holds):.1f}-{max(holds):.1f}' if holds else '0'} | "
+            f"{sum(f.in_flight for f in faults)} | {overlapping} | {lost} | {doubled} | {fmt(stale)} | {not_stale} | "
+            f"{fmt(fresh, digits=2)} | {not_fresh} |"
+        )
+        stale_ok = not not_stale and bool(stale) and max(stale) <= STALE_INTERVALS
+        fresh_ok = not not_fresh and bool(fresh) and max(fresh) <= FRESH_S
+        verdicts.append(
+            f"| {kind} | {'pass' if stale_ok else 'FAIL'} (max {max(stale) if stale else float('nan'):.1f}"
+            f"{f', {not_stale} never stale' if not_stale else ''}) | "
+            f"{'pass' if fresh_ok else 'FAIL'} (max {max(fresh) if fresh else float('nan'):.2f} s"
+            f"{f', {not_fresh} not fresh within {RECOVERY_CAP_S:.0f} s' if not_fresh else ''}) |"
+        )
+    none_lost = sum(1 for r, _ in t.lost if req_kind[r.token] == "none")
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items(), key=lambda kv: -kv[1]))
+    lines = [
+        "# Fault campaign",
+        "",
+        f"One run of `{command}` on {c.started:%Y-%m-%d} ({platform.machine()}, {os.cpu_count()} cores shared with "
+        f"other work; Python {sys.version.split()[0]}, Textual {textual.__version__}): "
+        f"{len(c.faults)} faults in {c.wall_s / 60:.1f} min of wall clock.",
+        "",
+        "## Setup",
+        "",
+        f"- **Hosts**: {args.hosts}, each a real agent (`hostctl demo serve-host`: libvirt's test driver, one SEV-SNP "
+        f"CVM `{CVM}` of boot 1 / max 5 vCPUs, emulated workers taking {args.wake_ms:g} ms to wake) behind its own "
+        "OpenSSH sshd (key auth, host key verified), reached through a cuttable TCP proxy; the console reaches "
+        "each agent's socket through its SSH connection.",
+        f"- **Console**: `DittoApp` headless (`run_test`) on a site file naming those hosts (interval "
+        f"{args.interval:g} s, timeout {args.timeout:g} s, scale timeout {args.scale_timeout:g} s, SSH keepalive "
+        f"{args.keepalive:g} s, reconnect backoff at most {args.backoff_max:g} s; a link is stale after 3 intervals "
+        "of silence and reconnects after 3 intervals + 2 timeouts).",
+        f"- **Requests**: one task per host keeps a scale request in flight through the console's own path "
+        f"(`ScaleRequested`, as the detail screen's `+`/`-`; the console compares-and-sets against the count on "
+        f"screen), between {LOW} and {HIGH} workers, 0.05-0.3 s apart, each with a unique `why`: each link's "
+        "`scale` is wrapped to put the request's token in place of the console's fixed `console` and to record "
+        "the reply or error the console got (nothing else on the path is changed).",
+        f"- **Faults**: {args.per_kind} of each kind, shuffled and dealt round the hosts (seed {args.seed}); each "
+        "host runs its faults one at a time, each 0.3-1.2 s after its link is fresh again; the hosts run in "
+        f"parallel. `stop` and `blackhole` hold for {HOLD[0]:g}-{HOLD[1]:g} link timeouts (uniform).",
+        "",
+        "| kind | what is done | the fault ends when |",
+        "|---|---|---|",
+        "| kill | the agent gets SIGKILL, then is started again | the new agent answers `hello` on its socket |",
+        "| stop | the agent gets SIGSTOP, then SIGCONT | SIGCONT is sent |",
+        "| cut | the proxy aborts every connection (RST) | at once |",
+        "| sshd | sshd and every session it started are stopped, sshd started again (same port and key) | sshd "
+        "sends its banner |",
+        "| blackhole | the proxy forwards nothing either way and closes nothing, then forwards again | forwarding "
+        "resumes |",
+        "",
+        "## Per kind",
+        "",
+        "| kind | faults | hold (s) | requests in flight at the start | requests overlapping | lost | doubled | "
+        "time to stale, intervals (p50 / p99 / max) | never stale | time to fresh, s (p50 / p99 / max) | "
+        f"not fresh within {RECOVERY_CAP_S:.0f} s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "- **requests in flight at the start**: the console's `scale` calls on that host sent and not yet answered "
+        "when the fault began; **requests overlapping**: requests on that host from their sending to their end "
+        f"overlapping the fault or the {FRESH_S:g} s after it (each counted under the first such fault).",
+        "- **lost**: the console was told applied but no audit entry has the request's `why`, or the request was "
+        "neither applied nor reported failed (no outcome, an unexpected error, or a failure the console showed "
+        "no line for). **doubled**: two or more audit entries that changed the count carry one request's `why`.",
+        "- **time to stale**: from the fault's start to the link's first state other than fresh, as the link "
+        "reports it to the console (its `on_update` callback), in link intervals. **time to fresh**: from the "
+        "fault's end (or from going stale, if that came later) to fresh again, in seconds.",
+        "",
+        "## Targets",
+        "",
+        "| kind | stale within 2 intervals | fresh within 5 s |",
+        "|---|---|---|",
+        *verdicts,
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+        f"| 0 scale actions lost | {len(t.lost)} lost of {len(c.requests)} requests "
+        f"({none_lost} outside any fault) | {'pass' if not t.lost else 'FAIL'} |",
+        f"| 0 applied twice | {len(t.doubled)} | {'pass' if not t.doubled else 'FAIL'} |",
+        f"| 0 console loop stalls > {STALL_MS:.0f} ms | {len(stalls)} over {len(lat)} ticks; lateness p50 / p99 / "
+        f"max {fmt(lat, ' ms')}; {shared} of them while the control ticker (a process of its own) was late too; "
+        f"the control: {len(control_stalls)} over {STALL_MS:.0f} ms, max {control_max:.0f} ms | "
+        f"{'pass' if not stalls else 'FAIL'} |",
+        f"| 0 tracebacks | console {console_tb}, agents {sum(agent_tb.values())} | "
+        f"{'pass' if not console_tb and not sum(agent_tb.values()) else 'FAIL'} |",
+        "",
+        "## Requests",
+        "",
+        f"{len(c.requests)} requests: {outcomes}. `applied`: the console was told the count changed; `unchanged`: "
+        "told it was already at the target; `refused`: the agent refused it (compare-and-set found another count; "
+        "the console shows the audited refusal); `failed`: sent, then the link broke or timed out (the console "
+        "shows the error, which says it may or may not have been applied); `not sent`: the link was down, nothing "
+        "was sent (the console says so); `skipped`: the console did not send it (the count "
+        "on screen was unknown) and said so.",
+        "",
+        f"- Reported failed and in fact applied (the audit log has it; the console said it may have been): "
+        f"{t.applied_though_failed}.",
+        f"- Refusals with no audit entry of theirs (matched by CVM, target and time: a refusal's entry holds its "
+        f"reason, not the request's `why`): {t.refusals_unaudited}.",
+        f"- Audit entries of scales no request explains: {t.strays}.",
+        f"- The injecting side's own errors (not the console's): {len(c.bench_errors)}"
+        + (f" (first: {c.bench_errors[0]})" if c.bench_errors else "")
+        + ".",
+        f"- The console's app exception: {c.app_exception or 'none'}.",
+        "",
+    ]
+    if t.lost or t.doubled:
+        lines += ["### Lost and doubled requests", ""]
+        lines += [f"- lost: {r.token} ({req_kind[r.token]}): {why}" for r, why in t.lost[:20]]
+        lines += [f"- doubled: {r.token} ({req_kind[r.token]}): {n} entries" for r, n in t.doubled[:20]]
+        lines.append("")
+    if stalls:
+        worst = sorted(c.lateness, key=lambda x: -x[1])[:5]
+        lines += [
+            "### Console loop stalls",
+            "",
+            "The five worst (time since the campaign began, lateness, faults under way on any host from 0.5 s before "
+            "to 2 s after):",
+            "",
+        ]
+        t0 = c.lateness[0][0]
+        for when, ms in worst:
+            active = [f"{f.host} {f.kind}" for f in c.faults if f.start - 0.5 <= when <= f.end + 2]
+            busy = "; the control was late too" if machine_busy(c, when, ms) else ""
+            lines.append(f"- {when - t0:.1f} s: {ms:.0f} ms ({', '.join(active) or 'no fault'}{busy})")
+        idle = sum(1 for _t, at, _lab in c.stall_stacks if at.startswith("selectors.py"))
+        lab_busy = sum(1 for _t, _at, lab in c.stall_stacks if not lab.startswith(("selectors.py", "threading.py")))
+        places: dict[str, int] = {}
+        for _t, at, _lab in c.stall_stacks:
+            places[at] = places.get(at, 0) + 1
+        lines += [
+            "",
+            f"The console thread's stack, sampled from another thread {STALL_MS:.0f}-{STALL_MS + 20:.0f} ms into "
+            f"each stall ({len(c.stall_stacks)} samples; {idle} in the loop's `select`, i.e. the loop had nothing "
+            "to run and its thread was kept from running: the machine's other work or another thread holding the "
+            "GIL). The thread injecting the faults (the bench's own, in this process) was running Python code, not "
+            f"waiting, at {lab_busy} of them. Most frequent, innermost frame first:",
+            "",
+            *(f"- {n} x `{stack}`" for stack, n in sorted(places.items(), key=lambda kv: -kv[1])[:8]),
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", type=int, default=5)
+    p.add_argument("--per-kind", type=int, default=100, help="faults of each kind, over all hosts")
+    p.add_argument("--interval", type=float, default=0.25, help="the links' update interval, s")
+    p.add_argument("--timeout", type=float, default=1.0, help="the links' request timeout, s")
+    p.add_argument("--scale-timeout", type=float, default=3.0)
+    p.add_argument("--keepalive", type=float, default=1.0, help="SSH keepalive interval, s")
+    p.add_argument("--backoff-max", type=float, default=1.0, help="longest wait between reconnects, s")
+    p.add_argument("--wake-ms", type=float, default=300.0, help="how long one emulated worker takes to wake")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT)
+    return p
+
+
+def checked(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, in one line, or None."""
+    for name in ("hosts", "per_kind"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1"
+    for name in ("interval", "timeout", "scale_timeout", "keepalive", "backoff_max", "wake_ms"):
+        if not getattr(args, name) > 0:
+            return f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive"
+    return None
+
+
+async def main(args: argparse.Namespace, command: str) -> str:
+    runtime = Path(tempfile.mkdtemp(prefix="fault-campaign-"))
+    print(f"{args.hosts} hosts, {args.per_kind} faults of each kind", flush=True)
+    c = await campaign(args, runtime, progress=lambda line: print(line, flush=True))
+    measure(c)
+    text = report(c, tally(c), command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = args.out.read_text() if args.out.exists() else ""
+    findings = old[old.index(FINDINGS_MARK) :] if FINDINGS_MARK in old else ""
+    args.out.write_text(text + ("\n" + findings if findings else ""))
+    print(text)
+    print(f"(runtime kept for inspection: {runtime})", flush=True)
+    return text
+
+
+if __name__ == "__main__":
+    arguments = parser().parse_args()
+    if problem := checked(arguments):
+        print(f"python -m bench.faults: {problem}", file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(main(arguments, "python -m bench.faults " + " ".join(sys.argv[1:])))
