@@ -299,6 +299,7 @@ class Fuzzer:
                 ("policies", {}),
                 ("audit", {"limit": self.rng.choice([1, 10, 1000])}),
                 ("policy", {"cvm": CVM}),
+                ("subscribe", {"interval": self.rng.choice([0.05, 0.5, 5.0])}),
                 ("scale", {"cvm": CVM, "target": self.rng.randint(1, MAX_VCPUS), "who": VALID_WHO, "why": "fuzz"}),
             ]
         )
