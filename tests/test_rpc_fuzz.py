@@ -134,3 +134,24 @@ async def test_the_fuzz_at_small_volume_finds_nothing(agent: rpc_fuzz.LoggedAgen
     applied, wrong = rpc_fuzz.applied_scales(agent.audit.read_text().splitlines())
     assert wrong == [] and applied > 0
     assert agent.proc is not None and agent.proc.poll() is None and agent.tracebacks() == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"[1]", b"5", b'{"jsonrpc":"2.0","id":1,"error":"boom"}', b"[" * 100_000 + b"]" * 100_000],
+    ids=["array", "number", "error not an object", "deep nesting"],
+)
+async def test_a_client_whose_agent_sends_no_message_says_the_link_is_broken(
+    socket_pair: tuple[socket.socket, socket.socket], line: bytes
+) -> None:
+    ours, theirs = socket_pair
+    client = rpc.Client(*await asyncio.open_connection(sock=ours, limit=rpc.MAX_LINE))
+    agent_reader, agent_writer = await asyncio.open_connection(sock=theirs, limit=rpc.MAX_LINE)
+    calling = asyncio.ensure_future(client.call("hello", timeout=5))
+    await agent_reader.readline()
+    agent_writer.write(line + b"\n")
+    with pytest.raises(ConnectionError, match="link broken: "):
+        await calling
+    assert await client.wait_closed(5) and client._reading.exception() is None
+    await client.close()
+    agent_writer.close()

@@ -199,12 +199,12 @@ class Client:
         try:
             while line := await self._reader.readline():
                 await asyncio.sleep(0)  # a backlog of buffered lines must not starve the other links
-                message = json.loads(line)
-                if "id" not in message and "method" in message:
+                message = _message(line)
+                if "id" not in message:
                     for callback in self._notifications:
                         callback(message["method"], message.get("params", {}))
                     continue
-                future = self._pending.get(message.get("id"))
+                future = self._pending.get(message["id"])
                 if future is None or future.done():
                     continue
                 if "error" in message:
@@ -212,12 +212,24 @@ class Client:
                     future.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
                 else:
                     future.set_result(message.get("result"))
-        except (ConnectionError, json.JSONDecodeError, ValueError) as e:
-            reason = ConnectionError(f"link broken: {e}")
+        except (ConnectionError, ValueError, RecursionError) as e:  # ValueError: the line is not a message
+            reason = ConnectionError(f"link broken: {e}"[:300])
         finally:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(reason)
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    """A reply or a notification from the agent; ValueError for anything else."""
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError(f"not a JSON-RPC message: {line[:80]!r}")
+    if "id" not in message and not (isinstance(message.get("method"), str) and isinstance(message.get("params"), dict)):
+        raise ValueError(f"a notification needs a string method and object params: {line[:80]!r}")
+    if "error" in message and not isinstance(message["error"], dict):
+        raise ValueError(f"an error must be an object: {line[:80]!r}")
+    return message
 
 
 async def open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
