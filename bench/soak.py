@@ -200,13 +200,23 @@ async def _policy_names(side: Side) -> list[str]:
 
 
 async def _policy_on(side: Side, cvm: str, policies: list[str]) -> None:
-    """The next policy in turn, switched on for `cvm`; a refusal is kept with its reason."""
+    """The next policy in turn, switched on for `cvm`; a refusal is kept with its reason. A CVM just defined may
+    not be known to the agent yet (it learns of it from libvirt's event): that is asked again for a few seconds."""
     name = policies[(side.added + STEADY.index(cvm) if cvm in STEADY else side.added) % len(policies)]
-    try:
-        await rpc.call_unix(str(side.socket), "policy", timeout=10, cvm=cvm, name=name, enabled=True, who="soak")
-        side.policies_on += 1
-    except (HostctlError, TimeoutError, rpc.RpcError) as e:
-        side.refused.append(f"{cvm}: {e or 'timed out'}")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await rpc.call_unix(str(side.socket), "policy", timeout=10, cvm=cvm, name=name, enabled=True, who="soak")
+            side.policies_on += 1
+            return
+        except rpc.RpcError as e:
+            if "unknown CVM" not in str(e) or time.monotonic() > deadline:
+                side.refused.append(f"{cvm}: {e}")
+                return
+        except (HostctlError, TimeoutError) as e:
+            side.refused.append(f"{cvm}: {e or 'timed out'}")
+            return
+        await asyncio.sleep(0.1)
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -253,7 +263,7 @@ def report(args: argparse.Namespace, sides: list[Side], warmup_s: float) -> list
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {os.cpu_count()} cores shared with other work, "
         f"{platform.system()} {platform.release().split('-')[0]}, Python {sys.version.split()[0]}.",
         f"`{command}` writes this file (seed {args.seed}, a sample every {args.interval:g} s, warm-up "
-        f"{warmup_s / 60:g} min).",
+        f"{warmup_s / 60:.1f} min).",
         "",
         f"Each agent: one demo host, probes at {PROBE_RATE:g}/s per service (10x the default), 2 steady CVMs and up to "
         f"3 more defined, started, stripped of their service, destroyed and undefined on a seeded schedule (a change "

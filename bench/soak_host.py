@@ -30,7 +30,7 @@ from hostctl.demo.services import CVMService
 from hostctl.elastic.runner import load_policies
 from hostctl.wire.security import SecurityType
 
-COUNTED = ("ProbeSample", "Probe", "CVMSample", "Event", "CVM", "Service", "Latency", "Window", "_Track", "Task")
+COUNTED = ("ProbeSample", "Window", "CVMSample", "_Track", "Task", "Event")
 MAX_TRANSIENT = 3
 
 
