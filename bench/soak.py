@@ -176,7 +176,12 @@ async def follow(side: Side, started: float) -> None:
     for cvm in STEADY:
         await _policy_on(side, cvm, policies)
     while line := await reader.readline():
-        message: dict[str, Any] = json.loads(line)
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except ValueError:  # something else the agent printed
+            continue
+        if not isinstance(message, dict):
+            continue
         if "added" in message:
             side.added += 1
             await _policy_on(side, message["added"], policies)
