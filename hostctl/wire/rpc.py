@@ -1,10 +1,17 @@
-"""JSON-RPC 2.0 over a byte stream, one JSON object per line."""
+"""JSON-RPC 2.0 over a byte stream, one JSON object per line.
+
+The server side answers anything a peer sends with one well-formed reply, or none for a notification (a request
+without an `id`), and never ends for it: text that is not strict JSON (NaN, numbers too long to convert, nesting
+too deep to parse) is a parse error; an `id` that is not a string, a number or null is an invalid request, answered
+with a null id; batches (arrays) are not supported and get one invalid-request error.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,8 +46,12 @@ class Peer:
         self._lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self.send_line(json.dumps(message, separators=(",", ":")).encode())
+
+    async def send_line(self, line: bytes) -> None:
+        """Send one encoded message (without its newline)."""
         async with self._lock:
-            self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self.writer.write(line + b"\n")
             await self.writer.drain()
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
@@ -62,8 +73,8 @@ async def serve(reader: asyncio.StreamReader, peer: Peer, methods: dict[str, Met
             if line.strip():
                 reply = await _handle(line, methods)
                 if reply is not None:
-                    await peer.send(reply)
-    except (ConnectionError, BrokenPipeError):
+                    await peer.send_line(_encode_reply(reply))
+    except ConnectionError:
         return
     finally:
         peer.writer.close()
@@ -71,33 +82,59 @@ async def serve(reader: asyncio.StreamReader, peer: Peer, methods: dict[str, Met
 
 async def _handle(line: bytes, methods: dict[str, Method]) -> dict[str, Any] | None:
     try:
-        request = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(None, PARSE_ERROR, f"not JSON: {e}")
+        request = json.loads(line, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _error(None, PARSE_ERROR, f"not JSON: {e}"[:300])
+    if isinstance(request, list):
+        return _error(None, INVALID_REQUEST, "batches are not supported: send one JSON-RPC 2.0 request per line")
+    rid = request.get("id") if isinstance(request, dict) else None
+    if not _is_id(rid):
+        return _error(None, INVALID_REQUEST, f"id must be a string, a number or null, got {type(rid).__name__}")
     if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
-        return _error(
-            request.get("id") if isinstance(request, dict) else None,
-            INVALID_REQUEST,
-            "expected a JSON-RPC 2.0 request object with a string 'method'",
-        )
-    rid = request.get("id")
+        return _error(rid, INVALID_REQUEST, "expected a JSON-RPC 2.0 request object with a string 'method'")
+    notification = "id" not in request  # executed, never answered, even with an error
     params = request.get("params", {})
-    if not isinstance(params, dict):
-        return _error(rid, INVALID_PARAMS, "params must be an object")
     method = methods.get(request["method"])
-    if method is None:
-        return _error(
-            rid, METHOD_NOT_FOUND, f"unknown method {request['method']!r} (known: {', '.join(sorted(methods))})"
-        )
+    if not isinstance(params, dict):
+        reply = _error(rid, INVALID_PARAMS, "params must be an object")
+    elif method is None:
+        known = ", ".join(sorted(methods))
+        reply = _error(rid, METHOD_NOT_FOUND, f"unknown method {request['method'][:100]!r} (known: {known})")
+    else:
+        try:
+            reply = {"jsonrpc": "2.0", "id": rid, "result": await method(params)}
+        except RpcError as e:
+            reply = _error(rid, e.code, str(e), e.data)
+        except HostctlError as e:
+            reply = _error(rid, REFUSED, str(e), {"current": getattr(e, "current", None)})
+        except Exception as e:  # a bug must not take the agent down; the peer gets the reason
+            reply = _error(rid, INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+    return None if notification else reply
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _is_id(value: Any) -> bool:
+    """JSON-RPC 2.0 ids: a string, a number (not a boolean) or null."""
+    return value is None or isinstance(value, str | float) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _encode_reply(reply: dict[str, Any]) -> bytes:
+    """The reply as strict JSON; a result that cannot be encoded becomes an internal error for the same id."""
     try:
-        result = await method(params)
-    except RpcError as e:
-        return _error(rid, e.code, str(e), e.data)
-    except HostctlError as e:
-        return _error(rid, REFUSED, str(e), {"current": getattr(e, "current", None)})
-    except Exception as e:  # a bug must not take the agent down; the peer gets the reason
-        return _error(rid, INTERNAL_ERROR, f"{type(e).__name__}: {e}")
-    return None if rid is None else {"jsonrpc": "2.0", "id": rid, "result": result}
+        return json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        error = _error(reply.get("id"), INTERNAL_ERROR, f"reply is not JSON: {e}"[:300])
+        return json.dumps(error, separators=(",", ":")).encode()
 
 
 async def _discard_line(reader: asyncio.StreamReader) -> None:
@@ -162,12 +199,12 @@ class Client:
         try:
             while line := await self._reader.readline():
                 await asyncio.sleep(0)  # a backlog of buffered lines must not starve the other links
-                message = json.loads(line)
-                if "id" not in message and "method" in message:
+                message = _message(line)
+                if "id" not in message:
                     for callback in self._notifications:
                         callback(message["method"], message.get("params", {}))
                     continue
-                future = self._pending.get(message.get("id"))
+                future = self._pending.get(message["id"])
                 if future is None or future.done():
                     continue
                 if "error" in message:
@@ -175,12 +212,24 @@ class Client:
                     future.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
                 else:
                     future.set_result(message.get("result"))
-        except (ConnectionError, json.JSONDecodeError, ValueError) as e:
-            reason = ConnectionError(f"link broken: {e}")
+        except (ConnectionError, ValueError, RecursionError) as e:  # ValueError: the line is not a message
+            reason = ConnectionError(f"link broken: {e}"[:300])
         finally:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(reason)
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    """A reply or a notification from the agent; ValueError for anything else."""
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError(f"not a JSON-RPC message: {line[:80]!r}")
+    if "id" not in message and not (isinstance(message.get("method"), str) and isinstance(message.get("params"), dict)):
+        raise ValueError(f"a notification needs a string method and object params: {line[:80]!r}")
+    if "error" in message and not isinstance(message["error"], dict):
+        raise ValueError(f"an error must be an object: {line[:80]!r}")
+    return message
 
 
 async def open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
