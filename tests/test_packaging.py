@@ -55,12 +55,16 @@ class Installed:
         return proc
 
 
-def pip(*args: str) -> None:
+def pip(*args: str, cwd: Path) -> None:
+    """pip, away from the repository: its `dittotui.egg-info` on PYTHONPATH or in the working directory would make
+    pip take the wheel as installed already."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         check=False,
     )
     assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
@@ -75,7 +79,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(work / "dist"), str(source))
+    pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(work / "dist"), str(source), cwd=work)
     (built,) = (work / "dist").glob("dittotui-*.whl")
     return built
 
@@ -86,7 +90,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installe
     target = root / "venv"
     venv.create(target, with_pip=False)
     python = str(target / "bin" / "python")
-    pip("--python", python, "install", "--no-deps", "--no-index", str(wheel))
+    pip("--python", python, "install", "--no-deps", "--no-index", str(wheel), cwd=root)
     site_packages = Path(
         subprocess.run(
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -98,7 +102,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installe
     )
     ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
-    pip("--python", python, "check")
+    pip("--python", python, "check", cwd=root)
     home = root / "elsewhere"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("XDG_")}
