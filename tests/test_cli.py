@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +177,24 @@ def test_agent_stdio_on_a_file_is_refused_in_one_line(uri: str, tmp_path: Path, 
         proc.stderr.strip()
         == f"hostctl: agent --stdio: {stream} is a regular file; run it as ssh does, with pipes or a socket"
     )
+
+
+def test_serve_stops_cleanly_with_a_peer_connected(uri: str, tmp_path: Path) -> None:
+    """SIGTERM while a console is subscribed once printed a CancelledError traceback at exit."""
+    sock = tmp_path / "agent.sock"
+    argv = [sys.executable, "-m", "hostctl", "--uri", uri, "serve", "--socket", str(sock)]
+    argv += ["--audit", str(tmp_path / "audit.jsonl"), "--interval", "0.2"]
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=ROOT) as agent:
+        try:
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline and agent.poll() is None:
+                time.sleep(0.05)
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.connect(str(sock))
+                peer.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+                assert b'"update"' in peer.recv(65536) + peer.recv(65536)
+                agent.send_signal(signal.SIGTERM)
+                _, stderr = agent.communicate(timeout=30)
+        finally:
+            agent.kill()
+    assert agent.returncode == 0 and stderr == "", stderr

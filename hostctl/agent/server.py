@@ -31,6 +31,7 @@ from hostctl.wire import rpc
 from hostctl.wire.model import Event, Service, Snapshot
 
 PROTOCOL_VERSION = 1
+STOP_TIMEOUT_S = 2.0  # how long a stopping agent waits for its connections to end
 MUTATING = frozenset({"scale", "policy"})
 READ_FORMS = {"policy": frozenset({"cvm", "who"})}  # a mutating method called with only these params reads
 
@@ -97,8 +98,10 @@ class Agent:
         if self._sampler is not None:
             self._sampler.cancel()
         await self.elastic.stop()
-        for session in self._sessions:
-            session.close()
+        # End each connection as its peer would (EOF), so no connection task is left to be cancelled at exit.
+        serving = [task for session in self._sessions if (task := session.end()) is not None]
+        if serving:
+            await asyncio.wait(serving, timeout=STOP_TIMEOUT_S)
         await self.prober.stop()
         self.audit.close()
 
@@ -137,7 +140,7 @@ class Agent:
         return server
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer: PeerIdentity) -> None:
-        session = Session(self, rpc.Peer(writer), peer)
+        session = Session(self, rpc.Peer(writer), peer, asyncio.current_task())
         self._sessions.add(session)
         try:
             await rpc.serve(reader, session.peer, session.methods)
@@ -179,9 +182,10 @@ class Agent:
 class Session:
     """One connected peer: its subscription and its view of what it has been sent."""
 
-    def __init__(self, agent: Agent, peer: rpc.Peer, identity: PeerIdentity) -> None:
+    def __init__(self, agent: Agent, peer: rpc.Peer, identity: PeerIdentity, task: asyncio.Task[Any] | None) -> None:
         self.agent = agent
         self.peer = peer
+        self.task = task  # the task serving this connection
         self.identity = identity
         self.may_write = not agent.readonly and agent.writers.allows(identity)
         self.client = ""  # who the peer said it is in its hello: the default `who` of its actions
@@ -208,6 +212,12 @@ class Session:
 
     def close(self) -> None:
         self.updates.close()
+
+    def end(self) -> asyncio.Task[Any] | None:
+        """Stop sending and close the connection; the task serving it then ends as at the peer's EOF."""
+        self.close()
+        self.peer.writer.close()
+        return self.task
 
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         self.client = params.get("client", "")
