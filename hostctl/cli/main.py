@@ -191,7 +191,31 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(coro)
 
 
+# Numeric options and their bounds, per command: (option, attribute, low, high).
+_BOUNDS: dict[str, tuple[tuple[str, str, float, float], ...]] = {
+    "status": (("--sample", "sample", 0, 60),),
+    "scale": (("N", "target", 0, 4096), ("--expect", "expect", 0, 4096)),
+    "audit": (("--limit", "limit", 1, 100_000),),
+    "experiment": (
+        ("--duration", "duration", 1, 86_400),
+        ("--connections", "connections", 1, 65_536),
+        ("--threads", "threads", 1, 1024),
+        ("--timeout", "timeout", 1, 3600),
+        ("--scale", "scale", 0.01, 100),
+    ),
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """HostctlError naming the first numeric option outside its bounds (nan and inf included)."""
+    for option, attr, low, high in _BOUNDS.get(args.command, ()):
+        value = getattr(args, attr, None)
+        if value is not None and not low <= value <= high:
+            raise HostctlError(f"{option} {value}: must be from {low:g} to {high:g}")
+
+
 async def _dispatch(args: argparse.Namespace) -> int:
+    check_options(args)
     if args.command == "demo":
         return await _demo(args)
     if args.command == "lab":
@@ -265,8 +289,6 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
 
 async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
     """`experiment elastic-vs-fixed`: the comparison of bench/policies.py on any site."""
-    if not args.scale > 0:
-        raise HostctlError(f"--scale {args.scale:g} must be > 0")
 
     async def progress(what: str) -> None:
         print(what, file=sys.stderr, flush=True)
