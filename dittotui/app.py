@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog
 
 from dittotui.messages import ExperimentSaved, ScaleRequested, WrkRunRecorded
+from dittotui.refusals import Refusals
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.experiment import ExperimentScreen
@@ -97,6 +98,7 @@ class DittoApp(App[None]):
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
         self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
+        self.refusals = Refusals()  # each refused request shown once, from its reply or its audit event
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
     def compose(self) -> ComposeResult:
@@ -174,11 +176,27 @@ class DittoApp(App[None]):
         self._dirty = True
 
     def _on_audit(self, event: Event) -> None:
+        if (
+            not event.ok
+            and self._asked_here(event)
+            and not self.refusals.audited((event.host, event.cvm, event.action))
+        ):
+            return  # its reply showed it already
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
         self._dirty = True
         self.call_later(self.tick)  # an action's result shows now, not at the next tick
+
+    def _asked_here(self, event: Event) -> bool:
+        """True for an event of a request this console sent (its agent writes `who (peer user)`)."""
+        link = self.fleet.links.get(event.host) if self.fleet else None
+        return link is not None and (event.who == link.who or event.who.startswith(f"{link.who} ("))
+
+    def _refused(self, link: HostLink, ref: CVMRef, action: str, error: rpc.RpcError) -> None:
+        """Show a request's refusal unless its audit event showed it already."""
+        if self.refusals.replied((link.name, ref.cvm, action)):
+            self.log_line(f"{ref.key}: {action} refused: {error}", style="red")
 
     @property
     def links(self) -> list[HostLink]:
@@ -344,8 +362,7 @@ class DittoApp(App[None]):
         try:
             await link.scale(ref.cvm, target, expect=expect, why="console")
         except rpc.RpcError as e:
-            if not (e.code == rpc.REFUSED and isinstance(e.data, dict) and "current" in e.data):
-                self.log_line(f"{ref.key}: {e}", style="red")  # audited refusals arrive as audit events
+            self._refused(link, ref, "scale", e)
         except HostctlError as e:
             self.log_line(f"{ref.key}: {e}", style="red")
 
@@ -448,7 +465,9 @@ class DittoApp(App[None]):
                 continue
             try:
                 await link.set_policy(ref.cvm, name=name, enabled=enabled)
-            except (HostctlError, rpc.RpcError) as e:
+            except rpc.RpcError as e:
+                self._refused(link, ref, "policy", e)
+            except HostctlError as e:
                 self.log_line(f"{ref.key}: policy not changed: {e}", style="red")
 
     @on(LiveTable.RowSelected, "#cvms")

@@ -199,7 +199,7 @@ class HostLink:
         result = await self.call(
             "scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect, who=self.who, why=why
         )
-        return Event.from_dict(result)
+        return self._event(result)
 
     def offers(self, method: str) -> bool:
         """True when the agent listed `method` in its hello (False until it has answered)."""
@@ -222,7 +222,7 @@ class HostLink:
 
     async def audit(self, limit: int = 100) -> list[Event]:
         """The last `limit` entries of the agent's audit log, oldest first."""
-        return [Event.from_dict(e) for e in await self.call("audit", limit=limit)]
+        return [self._event(e) for e in await self.call("audit", limit=limit)]
 
     # -- the connection loop ---------------------------------------------------------------------
 
@@ -336,8 +336,14 @@ class HostLink:
             snapshot.services = [Service.from_dict(s) for s in params["services"]]
         snapshot.ts = params.get("ts", time.time())
         for data in params.get("events", []):
-            self._notify(Event.from_dict(data))
+            self._notify(self._event(data))
         self._fresh()
+
+    def _event(self, data: dict[str, Any]) -> Event:
+        """An event from the agent, naming this site host (agents of several hosts may share one hostname)."""
+        event = Event.from_dict(data)
+        event.host = self.name
+        return event
 
     def _notify(self, event: Event) -> None:
         for callback in self._event_listeners:
