@@ -90,7 +90,7 @@ class DittoApp(App[None]):
         self.runs = runs or RunLog()
         self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
         self._dirty = True
-        self._states: dict[str, LinkState] = {}
+        self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
         self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
         self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
@@ -108,7 +108,7 @@ class DittoApp(App[None]):
             yield CVMTable(id="cvms")
             with Horizontal(id="bottom"):
                 yield ServicesTable(id="services")
-                yield RichLog(id="events", markup=False, wrap=False, max_lines=2000)
+                yield RichLog(id="events", markup=False, wrap=True, max_lines=2000)
         yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
         yield Footer()
 
@@ -211,18 +211,26 @@ class DittoApp(App[None]):
         with self.batch_update():
             self.hosts_table.sync({link.name: self._host_row(link) for link in links})
             for link in links:
-                if self._states.get(link.name) != link.state:
-                    self._states[link.name] = link.state
-                    if link.state is LinkState.FRESH:
-                        self.log_line(f"{link.name}: live", style="green")
-                    elif link.error:
-                        self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
+                self._log_link(link)
             if self._dirty:
                 self._dirty = False
                 self._sync_hosts(links, self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
         if not self._frozen and all(link.snapshot for link in links):
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
+
+    def _log_link(self, link: HostLink) -> None:
+        """Log a link's change of state, and each new reason it fails for (once, however often it retries)."""
+        now = (link.state, link.error)
+        before = self._states.get(link.name)
+        if before == now:
+            return
+        self._states[link.name] = now
+        if link.state is LinkState.FRESH:
+            if before is None or before[0] is not LinkState.FRESH:
+                self.log_line(f"{link.name}: live", style="green")
+        elif link.error:
+            self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
 
     def _sync_hosts(self, links: list[HostLink], slo_ms: float, *, deadline: float) -> None:
         """Bring the CVM and service rows up to date, the longest-waiting hosts first, until `deadline`.
