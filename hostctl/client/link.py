@@ -221,9 +221,11 @@ class HostLink:
         changes: dict[str, Any] = {k: v for k, v in (("name", name), ("enabled", enabled)) if v is not None}
         return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
 
-    async def audit(self, limit: int = 100) -> list[Event]:
-        """The last `limit` entries of the agent's audit log, oldest first."""
-        return [self._event(e) for e in await self.call("audit", limit=limit)]
+    async def audit(self, limit: int = 100, *, since: float | None = None) -> list[Event]:
+        """The last `limit` entries of the agent's audit log, oldest first; with `since` (a time of the agent's own
+        clock, e.g. an event's `ts`), the first `limit` entries after it."""
+        after = {} if since is None else {"since": since}  # an agent from before `since` knows only `limit`
+        return [self._event(e) for e in await self.call("audit", limit=limit, **after)]
 
     # -- the connection loop ---------------------------------------------------------------------
 
