@@ -196,7 +196,7 @@ class DittoApp(App[None]):
     def _refused(self, link: HostLink, ref: CVMRef, action: str, error: rpc.RpcError) -> None:
         """Show a request's refusal unless its audit event showed it already."""
         if self.refusals.replied((link.name, ref.cvm, action)):
-            self.log_line(f"{ref.key}: {action} refused: {error}", style="red")
+            self.log_line(f"{ref.key} {action} REFUSED: {error}", style="red")  # as its audit event reads
 
     @property
     def links(self) -> list[HostLink]:

@@ -86,10 +86,7 @@ def test_absurd_numbers_in_a_site_file_name_file_field_and_value(
         (("scale", "h/c", "99999999"), "N 99999999: must be from 0 to 4096"),
         (("status", "--sample", "inf"), "--sample inf: must be from 0 to 60"),
         (("experiment", "elastic-vs-fixed", "--scale", "nan"), "--scale nan: must be from 0.01 to 100"),
-        (
-            ("experiment", "security-overhead", "--duration", "100000000"),
-            "--duration 100000000: must be from 1 to 86400",
-        ),
+        (("experiment", "elastic-vs-fixed", "--scale", "inf"), "--scale inf: must be from 0.01 to 100"),
     ],
 )
 def test_absurd_options_are_refused_before_anything_is_reached(

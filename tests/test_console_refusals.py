@@ -69,11 +69,11 @@ async def test_a_refusal_for_a_cvm_the_agent_no_longer_knows_is_shown_once(twins
         link = app.fleet.link("mec-a")
         # What a key press sends for a CVM undefined after the console's snapshot: its agent refuses, unaudited.
         await app.scale_one(link, CVMRef("mec-a", "gone"), 3, 2).wait()
-        await until(pilot, lambda: shown(app, "mec-a/gone", "refused") > 0)
+        await until(pilot, lambda: shown(app, "mec-a/gone", "REFUSED") > 0)
         await app.set_policy([CVMRef("mec-a", "gone")], enabled=True).wait()
         await settled(pilot)
-        assert shown(app, "mec-a/gone: scale refused", "gone") == 1
-        assert shown(app, "mec-a/gone: policy refused") == 1
+        assert shown(app, "mec-a/gone scale REFUSED", "gone") == 1
+        assert shown(app, "mec-a/gone policy REFUSED") == 1
         assert shown(app, "mec-a/gone") == 2
 
 

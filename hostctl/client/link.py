@@ -238,7 +238,7 @@ class HostLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every failure of one host stays with that host
-                self.error = self._at(await self._local_reason() or describe(e))
+                self.error = await self._local_reason() or self._at(describe(e))
             finally:
                 await self._drop()
             if (task := asyncio.current_task()) is not None and task.cancelling():
@@ -275,7 +275,7 @@ class HostLink:
                 return True
             if age > self.stale_after and self.state is not LinkState.STALE:
                 self._set_state(LinkState.STALE, self._at(f"no data for {age:.0f} s"))
-        self.error = self._at(await self._local_reason() or "the agent closed the link")
+        self.error = await self._local_reason() or self._at("the agent closed the link")
         return True
 
     async def _open(self) -> tuple[Any, Any]:
@@ -332,7 +332,8 @@ class HostLink:
             await local.stop()
 
     async def _local_reason(self) -> str | None:
-        """Why the local agent of an agentless host ended (its host key refusal, its last error), if it did."""
+        """Why the local agent of an agentless host ended (its host key refusal, its last error, naming its URI or
+        destination), if it did."""
         return await self._local.exit_reason() if self._local is not None else None
 
     def _agentless_notice(self) -> Event:
