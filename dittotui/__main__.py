@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readonly", action="store_true", help="allow no change from this console")
     p.add_argument("--refresh", type=float, default=0.25, help="screen refresh interval, seconds (default 0.25)")
     args = p.parse_args(argv)
+    if not 0.01 <= args.refresh <= 10:
+        return _refuse(f"--refresh {args.refresh}: must be from 0.01 to 10 seconds")
     if args.lab and args.site is not None:
         return _refuse("--lab and --site cannot go together: the lab site has its own site file")
     if args.lab_runtime is not None and not args.lab:

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog
 
 from dittotui.messages import ExperimentSaved, ScaleRequested, WrkRunRecorded
+from dittotui.refusals import Refusals
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
 from dittotui.screens.experiment import ExperimentScreen
@@ -89,7 +90,7 @@ class DittoApp(App[None]):
         self.runs = runs or RunLog()
         self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
         self._dirty = True
-        self._states: dict[str, LinkState] = {}
+        self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
         self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
         self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
@@ -97,6 +98,7 @@ class DittoApp(App[None]):
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
         self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
+        self.refusals = Refusals()  # each refused request shown once, from its reply or its audit event
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
     def compose(self) -> ComposeResult:
@@ -106,7 +108,7 @@ class DittoApp(App[None]):
             yield CVMTable(id="cvms")
             with Horizontal(id="bottom"):
                 yield ServicesTable(id="services")
-                yield RichLog(id="events", markup=False, wrap=False, max_lines=2000)
+                yield RichLog(id="events", markup=False, wrap=True, max_lines=2000)
         yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
         yield Footer()
 
@@ -174,11 +176,27 @@ class DittoApp(App[None]):
         self._dirty = True
 
     def _on_audit(self, event: Event) -> None:
+        if (
+            not event.ok
+            and self._asked_here(event)
+            and not self.refusals.audited((event.host, event.cvm, event.action))
+        ):
+            return  # its reply showed it already
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
         self._dirty = True
         self.call_later(self.tick)  # an action's result shows now, not at the next tick
+
+    def _asked_here(self, event: Event) -> bool:
+        """True for an event of a request this console sent (its agent writes `who (peer user)`)."""
+        link = self.fleet.links.get(event.host) if self.fleet else None
+        return link is not None and (event.who == link.who or event.who.startswith(f"{link.who} ("))
+
+    def _refused(self, link: HostLink, ref: CVMRef, action: str, error: rpc.RpcError) -> None:
+        """Show a request's refusal unless its audit event showed it already."""
+        if self.refusals.replied((link.name, ref.cvm, action)):
+            self.log_line(f"{ref.key} {action} REFUSED: {error}", style="red")  # as its audit event reads
 
     @property
     def links(self) -> list[HostLink]:
@@ -193,18 +211,26 @@ class DittoApp(App[None]):
         with self.batch_update():
             self.hosts_table.sync({link.name: self._host_row(link) for link in links})
             for link in links:
-                if self._states.get(link.name) != link.state:
-                    self._states[link.name] = link.state
-                    if link.state is LinkState.FRESH:
-                        self.log_line(f"{link.name}: live", style="green")
-                    elif link.error:
-                        self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
+                self._log_link(link)
             if self._dirty:
                 self._dirty = False
                 self._sync_hosts(links, self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
         if not self._frozen and all(link.snapshot for link in links):
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
+
+    def _log_link(self, link: HostLink) -> None:
+        """Log a link's change of state, and each new reason it fails for (once, however often it retries)."""
+        now = (link.state, link.error)
+        before = self._states.get(link.name)
+        if before == now:
+            return
+        self._states[link.name] = now
+        if link.state is LinkState.FRESH:
+            if before is None or before[0] is not LinkState.FRESH:
+                self.log_line(f"{link.name}: live", style="green")
+        elif link.error:
+            self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
 
     def _sync_hosts(self, links: list[HostLink], slo_ms: float, *, deadline: float) -> None:
         """Bring the CVM and service rows up to date, the longest-waiting hosts first, until `deadline`.
@@ -344,8 +370,7 @@ class DittoApp(App[None]):
         try:
             await link.scale(ref.cvm, target, expect=expect, why="console")
         except rpc.RpcError as e:
-            if not (e.code == rpc.REFUSED and isinstance(e.data, dict) and "current" in e.data):
-                self.log_line(f"{ref.key}: {e}", style="red")  # audited refusals arrive as audit events
+            self._refused(link, ref, "scale", e)
         except HostctlError as e:
             self.log_line(f"{ref.key}: {e}", style="red")
 
@@ -448,7 +473,9 @@ class DittoApp(App[None]):
                 continue
             try:
                 await link.set_policy(ref.cvm, name=name, enabled=enabled)
-            except (HostctlError, rpc.RpcError) as e:
+            except rpc.RpcError as e:
+                self._refused(link, ref, "policy", e)
+            except HostctlError as e:
                 self.log_line(f"{ref.key}: policy not changed: {e}", style="red")
 
     @on(LiveTable.RowSelected, "#cvms")

@@ -30,8 +30,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {not_utf8(e)}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+
+
+_BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """What is wrong with text that is not UTF-8, in words: the encoding its first bytes suggest, else where."""
+    head = bytes(error.object[:2])
+    if head in _BOMS:
+        return f"not UTF-8 text: it starts with bytes {head.hex(' ').upper()}, a {_BOMS[head]} mark; save it as UTF-8"
+    bad = bytes(error.object[error.start : error.start + 1]).hex().upper()
+    return f"not UTF-8 text: byte {bad} at offset {error.start} ({error.reason}); save it as UTF-8"
 
 
 def load(cls: type[T], path: Path) -> T:
@@ -114,13 +128,22 @@ def _show(value: Any) -> str:
 
 
 def positive(value: float) -> str | None:
-    """Field check: strictly positive."""
-    return None if value > 0 else "must be > 0"
+    """Field check: strictly positive and finite."""
+    return "must be > 0" if not value > 0 else "must be finite" if value == math.inf else None
 
 
 def non_negative(value: float) -> str | None:
-    """Field check: zero or more."""
-    return None if value >= 0 else "must be >= 0"
+    """Field check: zero or more, finite."""
+    return "must be >= 0" if not value >= 0 else "must be finite" if value == math.inf else None
+
+
+def between(low: float, high: float) -> typing.Callable[[float], str | None]:
+    """Field check: from `low` to `high`, both included (never nan)."""
+
+    def within(value: float) -> str | None:
+        return None if low <= value <= high else f"must be from {low:g} to {high:g}"
+
+    return within
 
 
 def check(fn: typing.Callable[[Any], str | None], **kwargs: Any) -> Any:

@@ -119,7 +119,7 @@ def test_bounds_come_from_the_site_file(tmp_path: Path) -> None:
     with pytest.raises(HostctlError, match=r"connections = 65 is above the bound 64"):
         check_bounds(Params(connections=65), bounds)
     for bad, message in (
-        ("0", r"load\.max_connections: 0 must be > 0"),
+        ("0", r"load\.max_connections: 0 must be from 1 to 65536"),
         ('"many"', r"load\.max_connections: expected an integer, got 'many'"),
     ):
         path.write_text(SITE.format(max_connections=bad))

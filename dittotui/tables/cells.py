@@ -37,10 +37,10 @@ def link_state(value: tuple[str, int | None]) -> Text:
 
 def capacity(value: tuple[int | None, int | None, str, int]) -> Text:
     """`used/cpus` online vCPUs (red when over; `used+?` when some running CVM's count is unknown), or the link's
-    error."""
+    error (cut to the cell; the event log has it whole)."""
     used, cpus, error, unknown = value
     if error:
-        return Text(error[:80], style="yellow" if used is not None else "red")
+        return Text(error, style="yellow" if used is not None else "red")
     style = "bold red" if used and cpus and used > cpus else "yellow" if unknown else ""
     return Text(f"{used}{'+?' if unknown else ''}/{cpus}", style=style)
 

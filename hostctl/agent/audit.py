@@ -28,18 +28,36 @@ class AuditLog:
         os.write(self._fd, event.to_json().encode() + b"\n")
         os.fsync(self._fd)
 
-    def tail(self, limit: int) -> list[Event]:
-        """The last `limit` events; a torn or foreign line is skipped, never fatal."""
+    def tail(self, limit: int, since: float | None = None) -> list[Event]:
+        """The last `limit` events; with `since` (a time of this agent's clock), the first `limit` written after it,
+        to page forward. A torn or foreign line is skipped, never fatal."""
+        if since is not None:
+            return self._after(since)[:limit]
         lines: deque[str] = deque(maxlen=limit)
         with self.path.open(encoding="utf-8", errors="replace") as f:
             lines.extend(f)
-        events = []
-        for line in lines:
-            try:
-                events.append(Event.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
+        return [e for e in map(_parse, lines) if e is not None]
+
+    def _after(self, since: float) -> list[Event]:
+        """The events stamped after `since`, read back from the end of the log (events are written in time order)."""
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        after = []
+        for line in reversed(lines):
+            event = _parse(line)
+            if event is None:
                 continue
-        return events
+            if event.ts <= since:
+                break
+            after.append(event)
+        return after[::-1]
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _parse(line: str) -> Event | None:
+    try:
+        return Event.from_dict(json.loads(line))
+    except (ValueError, KeyError, TypeError):
+        return None

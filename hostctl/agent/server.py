@@ -48,7 +48,7 @@ SCHEMAS: dict[str, Schema] = {
         "who": (str, False, None),
         "why": (str, False, None),
     },
-    "audit": {"limit": (int, False, (1, 100_000))},
+    "audit": {"limit": (int, False, (1, 100_000)), "since": (float, False, (0.0, 1e11))},
     "policies": {},
     "policy": {
         "cvm": (str, True, None),
@@ -273,7 +273,7 @@ class Session:
         }
 
     async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100))
+        events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100), params.get("since"))
         return [e.to_dict() for e in events]
 
     def _who(self, params: dict[str, Any]) -> str:

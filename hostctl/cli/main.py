@@ -205,7 +205,25 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(coro)
 
 
+# Numeric options and their bounds, per command: (option, attribute, low, high).
+_BOUNDS: dict[str, tuple[tuple[str, str, float, float], ...]] = {
+    "status": (("--sample", "sample", 0, 60),),
+    "scale": (("N", "target", 0, 4096), ("--expect", "expect", 0, 4096)),
+    "audit": (("--limit", "limit", 1, 100_000),),
+    "experiment": (("--scale", "scale", 0.01, 100),),  # wrk's options: at least 1, at most the site's [load] bounds
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """HostctlError naming the first numeric option outside its bounds (nan and inf included)."""
+    for option, attr, low, high in _BOUNDS.get(args.command, ()):
+        value = getattr(args, attr, None)
+        if value is not None and not low <= value <= high:
+            raise HostctlError(f"{option} {value}: must be from {low:g} to {high:g}")
+
+
 async def _dispatch(args: argparse.Namespace) -> int:
+    check_options(args)
     if args.command == "demo":
         return await _demo(args)
     if args.command == "lab":
@@ -279,8 +297,6 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
 
 async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
     """`experiment elastic-vs-fixed`: the comparison of bench/policies.py on any site."""
-    if not args.scale > 0:
-        raise HostctlError(f"--scale {args.scale:g} must be > 0")
 
     async def progress(what: str) -> None:
         print(what, file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.config import SSHClientConfig
 
 from hostctl.client import hostkeys
 from hostctl.client.local_agent import START_GRACE, LocalAgent
@@ -173,7 +174,7 @@ class HostLink:
             async with asyncio.timeout(timeout):
                 await self._tried.wait()
         except TimeoutError:
-            self.error = self.error or f"no answer within {timeout:g} s"
+            self.error = self.error or self._at(f"no answer within {timeout:g} s")
 
     async def call(self, method: str, *, timeout: float | None = None, **params: Any) -> Any:
         """Call an agent method; LinkError when the link is down, breaks, or the agent does not answer."""
@@ -199,7 +200,7 @@ class HostLink:
         result = await self.call(
             "scale", timeout=self.defaults.scale_timeout, cvm=cvm, target=target, expect=expect, who=self.who, why=why
         )
-        return Event.from_dict(result)
+        return self._event(result)
 
     def offers(self, method: str) -> bool:
         """True when the agent listed `method` in its hello (False until it has answered)."""
@@ -220,9 +221,11 @@ class HostLink:
         changes: dict[str, Any] = {k: v for k, v in (("name", name), ("enabled", enabled)) if v is not None}
         return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
 
-    async def audit(self, limit: int = 100) -> list[Event]:
-        """The last `limit` entries of the agent's audit log, oldest first."""
-        return [Event.from_dict(e) for e in await self.call("audit", limit=limit)]
+    async def audit(self, limit: int = 100, *, since: float | None = None) -> list[Event]:
+        """The last `limit` entries of the agent's audit log, oldest first; with `since` (a time of the agent's own
+        clock, e.g. an event's `ts`), the first `limit` entries after it."""
+        after = {} if since is None else {"since": since}  # an agent from before `since` knows only `limit`
+        return [self._event(e) for e in await self.call("audit", limit=limit, **after)]
 
     # -- the connection loop ---------------------------------------------------------------------
 
@@ -235,7 +238,7 @@ class HostLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every failure of one host stays with that host
-                self.error = await self._local_reason() or describe(e)
+                self.error = await self._local_reason() or self._at(describe(e))
             finally:
                 await self._drop()
             if (task := asyncio.current_task()) is not None and task.cancelling():
@@ -268,11 +271,11 @@ class HostLink:
             await client.wait_closed(timeout=self.defaults.interval)
             age = self.age or 0.0
             if age > drop_after:
-                self.error = f"no data for {age:.0f} s; reconnecting"
+                self.error = self._at(f"no data for {age:.0f} s; reconnecting")
                 return True
             if age > self.stale_after and self.state is not LinkState.STALE:
-                self._set_state(LinkState.STALE, f"no data for {age:.0f} s")
-        self.error = await self._local_reason() or "the agent closed the link"
+                self._set_state(LinkState.STALE, self._at(f"no data for {age:.0f} s"))
+        self.error = await self._local_reason() or self._at("the agent closed the link")
         return True
 
     async def _open(self) -> tuple[Any, Any]:
@@ -284,12 +287,37 @@ class HostLink:
             assert entry.socket is not None
             return await rpc.open_unix(entry.socket)
         if entry.jump:
-            self._tunnel = await connect_ssh(entry.jump, self.defaults)
-        self._conn = await connect_ssh(entry.ssh, self.defaults, tunnel=self._tunnel)
+            try:
+                self._tunnel = await connect_ssh(entry.jump, self.defaults)
+            except Exception as e:
+                raise LinkError(f"jump host: {describe(e)}") from None
+        try:
+            self._conn = await connect_ssh(entry.ssh, self.defaults, tunnel=self._tunnel)
+        except asyncssh.ChannelOpenError as e:  # only a jump host opens channels on the way
+            raise LinkError(f"the jump host could not reach it: {e.reason}") from None
         if entry.socket:
             return await self._conn.open_unix_connection(entry.socket)
         process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
         return process.stdout, process.stdin
+
+    @property
+    def where(self) -> str:
+        """How this host is reached, as an error names it: `mec-1 (10.0.0.5:22) via jump host bastion (...)`,
+        a socket, or the libvirt URI of a host with no agent."""
+        entry = self.entry
+        if entry.agentless:
+            return f"its agent here, over {entry.uri}"
+        if entry.ssh is None:
+            return f"socket {entry.socket}"
+        where, jump = address(entry.ssh, self.defaults)
+        jump = entry.jump or jump
+        if jump:
+            where += f" via jump host {address(jump, self.defaults)[0]}"
+        return where + (f", socket {entry.socket}" if entry.socket else "")
+
+    def _at(self, reason: str) -> str:
+        """`reason`, saying where the host was reached."""
+        return f"{self.where}: {reason}"
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
@@ -304,7 +332,8 @@ class HostLink:
             await local.stop()
 
     async def _local_reason(self) -> str | None:
-        """Why the local agent of an agentless host ended (its host key refusal, its last error), if it did."""
+        """Why the local agent of an agentless host ended (its host key refusal, its last error, naming its URI or
+        destination), if it did."""
         return await self._local.exit_reason() if self._local is not None else None
 
     def _agentless_notice(self) -> Event:
@@ -336,8 +365,14 @@ class HostLink:
             snapshot.services = [Service.from_dict(s) for s in params["services"]]
         snapshot.ts = params.get("ts", time.time())
         for data in params.get("events", []):
-            self._notify(Event.from_dict(data))
+            self._notify(self._event(data))
         self._fresh()
+
+    def _event(self, data: dict[str, Any]) -> Event:
+        """An event from the agent, naming this site host (agents of several hosts may share one hostname)."""
+        event = Event.from_dict(data)
+        event.host = self.name
+        return event
 
     def _notify(self, event: Event) -> None:
         for callback in self._event_listeners:
@@ -387,6 +422,27 @@ def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient
     except (OSError, ValueError):
         trusted = []
     return hostkeys.refusal_line(destination, changed=bool(trusted), fingerprint=fingerprint, known_hosts=known_hosts)
+
+
+def address(destination: str, defaults: Defaults) -> tuple[str, str | None]:
+    """(`[user@]host:port`, or `alias (host:port)`, and the jump host the OpenSSH client config names, if any) of an
+    SSH destination, resolved through that config as the connection resolves it; port 22 when neither names one."""
+    user, host, port = parse_destination(destination)
+    given, jump = host, None
+    config = Path(defaults.ssh_config).expanduser()
+    if config.is_file():
+        try:
+            options = SSHClientConfig.load(
+                None, [str(config)], False, False, False, getpass.getuser(), user or "", host, port or ()
+            )
+        except (OSError, ValueError, asyncssh.Error):
+            pass
+        else:
+            host = str(options.get("Hostname") or host)
+            port = port or int(str(options.get("Port") or 22))
+            jump = str(options.get("ProxyJump") or "") or None
+    shown = f"[{host}]:{port or 22}" if ":" in host else f"{host}:{port or 22}"
+    return (f"{user}@{shown}" if user else shown) if host == given else f"{destination} ({shown})", jump
 
 
 def describe(error: BaseException) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from hostctl import config
-from hostctl.config import check, positive
+from hostctl.config import between, check
 from hostctl.errors import HostctlError
 
 DEFAULT_AGENT = ["hostctl", "agent", "--stdio"]
@@ -168,15 +168,15 @@ def _argv_problem(argv: list[str]) -> str | None:
 class Defaults:
     """Settings shared by every host unless a host overrides them."""
 
-    interval: float = check(positive, default=1.0)  # seconds between agent updates
-    timeout: float = check(positive, default=5.0)  # per-request timeout, seconds
-    scale_timeout: float = check(positive, default=30.0)  # waking workers can take a while, seconds
-    slo_p99_ms: float = check(positive, default=50.0)  # a service breaks its SLO when its p99 is above this
-    keepalive: float = check(positive, default=5.0)  # SSH keepalive interval, seconds
+    interval: float = check(between(0.05, 3600), default=1.0)  # seconds between agent updates
+    timeout: float = check(between(0.1, 3600), default=5.0)  # per-request timeout, seconds
+    scale_timeout: float = check(between(0.1, 3600), default=30.0)  # waking workers can take a while, seconds
+    slo_p99_ms: float = check(between(0.01, 600_000), default=50.0)  # a service breaks its SLO above this p99
+    keepalive: float = check(between(0.1, 3600), default=5.0)  # SSH keepalive interval, seconds
     known_hosts: str = check(_non_empty, default="~/.ssh/known_hosts")
     ssh_config: str = check(_non_empty, default="~/.ssh/config")  # OpenSSH client config, read if present
     agent: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT))  # run over SSH, as argv
-    backoff_max: float = check(positive, default=30.0)  # longest wait between reconnects, seconds
+    backoff_max: float = check(between(0.1, 3600), default=30.0)  # longest wait between reconnects, seconds
 
     def __post_init__(self) -> None:
         if problem := _argv_problem(self.agent):
@@ -270,10 +270,10 @@ class LoadGenerator:
 class LoadBounds:
     """Hard upper bounds on every wrk run (the `[load]` table); a request beyond one is refused."""
 
-    max_threads: int = check(positive, default=8)
-    max_connections: int = check(positive, default=512)
-    max_duration_s: int = check(positive, default=300)
-    max_timeout_s: int = check(positive, default=10)
+    max_threads: int = check(between(1, 1024), default=8)
+    max_connections: int = check(between(1, 65_536), default=512)
+    max_duration_s: int = check(between(1, 86_400), default=300)
+    max_timeout_s: int = check(between(1, 3600), default=10)
 
 
 @dataclass

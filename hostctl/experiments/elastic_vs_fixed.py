@@ -9,7 +9,9 @@ Definitions:
   it took (at least the timeout).
 - A 10 s window (by send time) is within the SLO when its p99 is at most the SLO and none of its requests failed.
 - Worker-vCPU-seconds integrate the active workers (online vCPUs beyond the boot set) over the run, from the
-  agent's audit log of scale events; boot vCPUs are the same in every run and left out.
+  agent's audit log of scale events; boot vCPUs are the same in every run and left out. A run's events are those
+  after the scale that set its start count, on the agent's own clock (the console's may be far off), fetched a
+  bounded page at a time.
 - Reaction to a load step is the time from the step until the online vCPUs reach "enough" for the new rate:
   ceil(rate x service time / 0.8), capped at max, with the service time the p50 of fixed-max's first quiet phase
   (or, without a fixed-max run, the run's own). "never" when the count is not reached before the phase ends.
@@ -30,9 +32,11 @@ from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.load.trace import Request, Trace, replay
 from hostctl.stats import percentile
-from hostctl.wire.model import CVM, DomainState
+from hostctl.wire.model import CVM, DomainState, Event
 
 FIXED = ("fixed-min", "fixed-max")
+AUDIT_PAGE = 1000  # audit entries per request
+AUDIT_MOST = 20_000  # audit entries one run may fetch: a policy that scales more often than this is broken
 WINDOW_S = 10.0
 UTILISATION = 0.8
 WHY = "experiment elastic-vs-fixed"
@@ -235,7 +239,8 @@ async def _run(
         await link.set_policy(cvm, enabled=False)
     current = _cvm(link, cvm)
     start_count = current.max_vcpus if name == "fixed-max" else current.boot_vcpus
-    await link.scale(cvm, start_count, expect=None, why=WHY)
+    start = await link.scale(cvm, start_count, expect=None, why=WHY)  # stamped by the agent's clock
+    skew = start.ts - time.time()  # the agent's clock less ours, within a round trip
     await asyncio.sleep(settle_s)  # let the previous run's queue drain and the policies' windows forget it
     if name not in FIXED:
         await link.set_policy(cvm, name=name, enabled=True)
@@ -246,14 +251,28 @@ async def _run(
         if name not in FIXED:
             await link.set_policy(cvm, enabled=False)
     ended = time.time()
+    began, ended = began + skew, ended + skew  # on the agent's clock, which stamps the audit log
     events = [
         e
-        for e in await link.audit(100_000)
+        for e in await audit_since(link, start.ts)
         if e.cvm == cvm and e.action == "scale" and e.ok and began <= e.ts <= ended and e.before != e.after
     ]
     steps = [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts) if e.after is not None]
     online = [(0.0, start_count), *steps]
     return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events))
+
+
+async def audit_since(link: HostLink, since: float) -> list[Event]:
+    """The agent's audit entries after `since` (its own clock), a page at a time; HostctlError past `AUDIT_MOST`."""
+    events: list[Event] = []
+    while True:
+        page = await link.audit(AUDIT_PAGE, since=since)
+        events += page
+        if len(page) < AUDIT_PAGE:
+            return events
+        if len(events) >= AUDIT_MOST:
+            raise HostctlError(f"{link.name}: more than {AUDIT_MOST} audit entries in one run; not read further")
+        since = page[-1].ts
 
 
 def _cvm(link: HostLink, name: str) -> CVM:
