@@ -88,9 +88,7 @@ class Request:
     target: int | None = None
     expect: int | None = None
     sent: float | None = None  # when the console's link call began (None: the console did not send it)
-    sent_wall: float = 0.0
     done: float | None = None
-    done_wall: float = 0.0
     outcome: str = "pending"  # applied | unchanged | refused | failed | not sent | skipped | error | pending
     detail: str = ""
     shown: bool = False  # the console showed the operator its failure (log line)
@@ -286,12 +284,17 @@ def went_stale(states: list[tuple[float, LinkState]], start: float) -> float | N
 
 
 def fresh_again(states: list[tuple[float, LinkState]], fault: Fault) -> float | None:
-    """When the link was fresh again after the fault ended (and after it went stale)."""
+    """When the link was fresh again after the fault ended (and after it went stale): the fault's end when the link
+    was back before it (a killed agent's successor can be reached before the bench's own check of it answers)."""
     stale = went_stale(states, fault.start)
     if stale is None:
         return None
     after = max(stale, fault.end)
-    return next((t for t, s in list(states) if t >= after and s is LinkState.FRESH), None)
+    seen = list(states)
+    then = [s for t, s in seen if stale <= t <= after]
+    if then and then[-1] is LinkState.FRESH:
+        return after
+    return next((t for t, s in seen if t >= after and s is LinkState.FRESH), None)
 
 
 # -- the console side ---------------------------------------------------------------------------------------------
@@ -332,7 +335,7 @@ class Console:
         for req in self.outstanding.values():
             if req.sent is None and text.startswith(f"{req.key}: not "):  # "not scaled: ...", "not known ..."
                 req.outcome, req.detail, req.shown = "skipped", text, True
-                req.done, req.done_wall = time.monotonic(), time.time()
+                req.done = time.monotonic()
                 req.finished.set()
 
     def _wrap(self, link: HostLink) -> None:
@@ -343,7 +346,7 @@ class Console:
             if req is None or req.sent is not None:
                 self.c.bench_errors.append(f"{link.name}: a scale the bench did not ask for ({cvm} -> {target})")
                 return await original(cvm, target, expect=expect, why=why)
-            req.target, req.expect, req.sent, req.sent_wall = target, expect, time.monotonic(), time.time()
+            req.target, req.expect, req.sent = target, expect, time.monotonic()
             try:
                 event = await original(cvm, target, expect=expect, why=req.token)
             except rpc.RpcError as e:
@@ -364,7 +367,7 @@ class Console:
                 req.detail = f"{event.before}->{event.after}"
                 return event
             finally:
-                req.done, req.done_wall = time.monotonic(), time.time()
+                req.done = time.monotonic()
                 req.finished.set()
 
         link.scale = scale  # type: ignore[method-assign]
@@ -613,10 +616,7 @@ def tally(c: Campaign) -> Tally:
                 (
                     i
                     for i, e in enumerate(refusals.get(r.host, []))
-                    if (r.host, i) not in used
-                    and e["cvm"] == CVM
-                    and e["after"] == r.target
-                    and r.sent_wall - 1 <= e["ts"] <= r.done_wall + 1
+                    if (r.host, i) not in used and e["cvm"] == CVM and f"why: {r.token})" in str(e.get("why", ""))
                 ),
                 None,
             )
@@ -632,11 +632,12 @@ def tally(c: Campaign) -> Tally:
 
 
 def refused_shown(c: Campaign, r: Request) -> bool:
-    """The console showed the refusal's audit event (it logs no line of its own for an audited refusal)."""
+    """The console showed the refusal: its reply (which carries the agent's message) or its audit event (whose why
+    names the request's own why), whichever came first."""
     assert r.sent is not None and r.done is not None
     needle = f"{r.key} scale "
     return any(
-        needle in text and "REFUSED" in text and f"->{r.target}" in text
+        needle in text and "REFUSED" in text and (f"why: {r.token})" in text or r.detail in text)
         for t, text, _style in c.lines
         if r.sent <= t <= r.done + 10
     )
@@ -734,8 +735,8 @@ def report(c: Campaign, t: Tally, command: str) -> str:
         "each agent's socket through its SSH connection.",
         f"- **Console**: `DittoApp` headless (`run_test`) on a site file naming those hosts (interval "
         f"{args.interval:g} s, timeout {args.timeout:g} s, scale timeout {args.scale_timeout:g} s, SSH keepalive "
-        f"{args.keepalive:g} s, reconnect backoff at most {args.backoff_max:g} s; a link is stale after 3 intervals "
-        "of silence and reconnects after 3 intervals + 2 timeouts).",
+        f"{args.keepalive:g} s, reconnect backoff at most {args.backoff_max:g} s; a link is stale after 2 intervals "
+        "of silence and reconnects after 2 intervals + 2 timeouts).",
         f"- **Requests**: one task per host keeps a scale request in flight through the console's own path "
         f"(`ScaleRequested`, as the detail screen's `+`/`-`; the console compares-and-sets against the count on "
         f"screen), between {LOW} and {HIGH} workers, 0.05-0.3 s apart, each with a unique `why`: each link's "
@@ -802,8 +803,8 @@ def report(c: Campaign, t: Tally, command: str) -> str:
         "",
         f"- Reported failed and in fact applied (the audit log has it; the console said it may have been): "
         f"{t.applied_though_failed}.",
-        f"- Refusals with no audit entry of theirs (matched by CVM, target and time: a refusal's entry holds its "
-        f"reason, not the request's `why`): {t.refusals_unaudited}.",
+        f"- Refusals with no audit entry of theirs (a refusal's entry names the request's `why` after its reason): "
+        f"{t.refusals_unaudited}.",
         f"- Audit entries of scales no request explains: {t.strays}.",
         f"- The injecting side's own errors (not the console's): {len(c.bench_errors)}"
         + (f" (first: {c.bench_errors[0]})" if c.bench_errors else "")
@@ -857,7 +858,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1.0, help="the links' request timeout, s")
     p.add_argument("--scale-timeout", type=float, default=3.0)
     p.add_argument("--keepalive", type=float, default=1.0, help="SSH keepalive interval, s")
-    p.add_argument("--backoff-max", type=float, default=1.0, help="longest wait between reconnects, s")
+    p.add_argument(
+        "--backoff-max",
+        type=float,
+        default=Defaults().backoff_max,
+        help="longest wait between reconnects, s (default: a site's)",
+    )
     p.add_argument("--wake-ms", type=float, default=300.0, help="how long one emulated worker takes to wake")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)

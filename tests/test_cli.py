@@ -143,7 +143,7 @@ def test_site_commands_over_the_demo_site_file(tmp_path: Path) -> None:
         refused(hostctl("--site", str(site), "scale", "mec-9/x", "2"), "unknown host 'mec-9'")
         audit = hostctl("--site", str(site), "audit", check=True).stdout.splitlines()
         assert len(audit) == 3 and "mec-2/media-es scale 1->3 ok" in audit[0]
-        assert "mec-2/media-es scale at 3 REFUSED" in audit[2] and audit[2].endswith("(requested 2 vCPUs)")
+        assert "mec-2/media-es scale at 3 REFUSED" in audit[2] and audit[2].endswith("(requested 2 vCPUs, why: manual)")
         lines = hostctl("--site", str(site), "audit", "--json", check=True).stdout.splitlines()
         assert [json.loads(line)["after"] for line in lines] == [3, 3, 3]  # a refusal: the count it stayed at
     finally:

@@ -312,7 +312,7 @@ class Session:
                 ok=False,
                 before=stayed,
                 after=stayed,
-                why=f"{message} (requested {asked})",
+                why=f"{message} (requested {asked}" + (f", why: {params['why']})" if params.get("why") else ")"),
             )
         )
         raise rpc.RpcError(rpc.REFUSED, message, {"current": stayed})

@@ -125,7 +125,8 @@ class HostLink:
 
     @property
     def stale_after(self) -> float:
-        return 3 * self.defaults.interval
+        """The agent sends an update every interval, even with nothing new: two intervals of silence is stale."""
+        return 2 * self.defaults.interval
 
     @property
     def agentless(self) -> bool:
@@ -268,13 +269,16 @@ class HostLink:
             self._notify(self._agentless_notice())
         drop_after = self.stale_after + 2 * self.defaults.timeout
         while not client.closed:
-            await client.wait_closed(timeout=self.defaults.interval)
             age = self.age or 0.0
             if age > drop_after:
                 self.error = self._at(f"no data for {age:.0f} s; reconnecting")
                 return True
             if age > self.stale_after and self.state is not LinkState.STALE:
-                self._set_state(LinkState.STALE, self._at(f"no data for {age:.0f} s"))
+                self._set_state(LinkState.STALE, self._at(f"no data for {age:.1f} s"))
+            # Wake when the data would turn stale (or the link be dropped), not on a fixed tick: about one wake-up per
+            # update, and staleness seen within milliseconds of its deadline.
+            deadline = self.stale_after if age <= self.stale_after else drop_after
+            await client.wait_closed(timeout=deadline - age + 0.005)
         self.error = await self._local_reason() or self._at("the agent closed the link")
         return True
 

@@ -176,7 +176,7 @@ class Defaults:
     known_hosts: str = check(_non_empty, default="~/.ssh/known_hosts")
     ssh_config: str = check(_non_empty, default="~/.ssh/config")  # OpenSSH client config, read if present
     agent: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT))  # run over SSH, as argv
-    backoff_max: float = check(between(0.1, 3600), default=30.0)  # longest wait between reconnects, seconds
+    backoff_max: float = check(between(0.1, 3600), default=4.0)  # longest wait between reconnects, seconds
 
     def __post_init__(self) -> None:
         if problem := _argv_problem(self.agent):

@@ -277,7 +277,7 @@ class LibvirtHost:
         try:
             cvm = self.cvm(name)
         except HostctlError as e:  # e.g. undefined between the peer's snapshot and its request
-            raise self._refused(name, target, who, e) from None
+            raise self._refused(name, target, who, why, e) from None
         lock = self._scale_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._quiet(name)
@@ -287,7 +287,7 @@ class LibvirtHost:
                 else:
                     before, after = await self._run(self._scale_blocking, cvm, target, expect, who)
             except HostctlError as e:
-                raise self._refused(name, target, who, e) from None
+                raise self._refused(name, target, who, why, e) from None
             with contextlib.suppress(HostctlError):  # unreadable now: the next event or sample reads it
                 if (fresh := await self._run(self._read_named, name)) is not None:
                     self._store(fresh)
@@ -298,16 +298,20 @@ class LibvirtHost:
         self._record(event)
         return event
 
-    def _refused(self, name: str, target: int, who: str, error: HostctlError) -> HostctlError:
+    def _refused(self, name: str, target: int, who: str, why: str, error: HostctlError) -> HostctlError:
         """Audit a scale that was refused or failed, and return the error to raise. The event's counts are the one
-        it stayed at (unknown when that is not known, or when it may have been applied); its why names the target."""
+        it stayed at (unknown when that is not known, or when it may have been applied); its why gives the reason,
+        the target and the request's own why."""
         failed = _scale_failure(name, error)
         stayed = getattr(failed, "current", None)
         if stayed is None and (cvm := self._cvms.get(name)) is not None:
             stayed = cvm.online_vcpus
         after = None if isinstance(error, _Overdue) else stayed
-        why = f"{failed} (requested {target} vCPUs)"
-        self._record(Event(self.host.name, name, "scale", who, ok=False, before=stayed, after=after, why=why))
+        asked = f"requested {target} vCPUs" + (f", why: {why}" if why else "")
+        event = Event(
+            self.host.name, name, "scale", who, ok=False, before=stayed, after=after, why=f"{failed} ({asked})"
+        )
+        self._record(event)
         return failed
 
     def _scale_blocking(self, cvm: CVM, target: int, expect: int | None, who: str) -> tuple[int, int]:
