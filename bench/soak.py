@@ -120,7 +120,7 @@ class Side:
             sys.executable,
             str(ROOT / "bench" / "soak_host.py"),
             *("--config", str(config), "--runtime", str(self.runtime)),
-            *("--policies", str(self.checkout / "configs" / "policies")),
+            *("--policies", str(_policies_of(self.checkout))),
             *("--seed", str(seed), "--period", str(period)),
         ]
         env = {**os.environ, "PYTHONPATH": str(self.checkout), "XDG_STATE_HOME": str(self.runtime / "state")}
@@ -202,6 +202,12 @@ async def _policy_names(side: Side) -> list[str]:
         if time.monotonic() > deadline or (side.proc is not None and side.proc.poll() is not None):
             raise HostctlError(f"{side.label}: the agent did not answer within 30 s: {side.stderr.read_text()[-800:]}")
         await asyncio.sleep(0.2)
+
+
+def _policies_of(checkout: Path) -> Path:
+    """A checkout's shipped policies: inside the package, or in `configs/` before they moved there."""
+    inside = checkout / "hostctl" / "data" / "policies"
+    return inside if inside.is_dir() else checkout / "configs" / "policies"
 
 
 async def _policy_on(side: Side, cvm: str, policies: list[str]) -> None:
