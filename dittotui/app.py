@@ -7,6 +7,7 @@ that coalesces whatever arrived since the last one and touches only cells that c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from dittotui.tables.live import LiveTable, Row
 from dittotui.tables.services import ServicesTable, service_rows
 from dittotui.trends import Trends
 from hostctl.client.link import Fleet, HostLink, LinkState
+from hostctl.client.link_thread import LinkThread
 from hostctl.client.ref import CVMRef
 from hostctl.client.render import format_event
 from hostctl.client.site import Site
@@ -149,10 +151,18 @@ class DittoApp(App[None]):
         self.start_fleet(site)
 
     def start_fleet(self, site: Site) -> None:
-        self.fleet = Fleet(site)
+        """Follow the site's hosts, with the links on a thread of their own: however many hosts connect or fail at
+        once, their SSH handshakes and decoding never hold up the screen."""
+        self.fleet = Fleet(site, thread=LinkThread())
+        loop = asyncio.get_running_loop()
+
+        def on_audit(event: Event) -> None:  # called on the links' thread: the log is written on the screen's
+            with contextlib.suppress(RuntimeError):  # the screen's loop has closed: nobody is left to show it to
+                loop.call_soon_threadsafe(self._on_audit, event)
+
         for link in self.fleet.links.values():
             link.on_update(self._mark_dirty)
-            link.on_event(self._on_audit)
+            link.on_event(on_audit)
         self.fleet.start()
         self.read_run_history()
 
@@ -173,6 +183,7 @@ class DittoApp(App[None]):
         self.wrk_results[record.key] = record.result
 
     def _mark_dirty(self, _link: HostLink) -> None:
+        """A link's data or state changed (called on the links' thread: it only raises a flag the tick reads)."""
         self._dirty = True
 
     def _on_audit(self, event: Event) -> None:
@@ -515,6 +526,11 @@ class DittoApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    async def on_unmount(self) -> None:
+        """However the console ends, its links and their thread end with it."""
+        if self.fleet is not None:
+            await self.fleet.stop()
 
     async def action_quit(self) -> None:
         """Stop every link and the demo site this session started, then leave."""

@@ -26,6 +26,7 @@ import asyncssh
 from asyncssh.config import SSHClientConfig
 
 from hostctl.client import hostkeys
+from hostctl.client.link_thread import LinkThread, on_loop
 from hostctl.client.local_agent import START_GRACE, LocalAgent
 from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
@@ -110,6 +111,7 @@ class HostLink:
         self._local: LocalAgent | None = None
         self._noticed = False  # the notice that an agentless host's policies run here, given once
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the link runs, once started
         self._listeners: list[Callable[[HostLink], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
         self._tried = asyncio.Event()
@@ -149,18 +151,27 @@ class HostLink:
         return next((c for c in self.snapshot.cvms if c.name == name), None) if self.snapshot else None
 
     def on_update(self, callback: Callable[[HostLink], None]) -> None:
-        """Call `callback(link)` after every change of data or state."""
+        """Call `callback(link)` after every change of data or state (on the loop the link runs on)."""
         self._listeners.append(callback)
 
     def on_event(self, callback: Callable[[Event], None]) -> None:
-        """Call `callback(event)` for every audit event the agent reports from now on."""
+        """Call `callback(event)` for every audit event the agent reports from now on (on the link's loop)."""
         self._event_listeners.append(callback)
 
     def start(self) -> None:
+        """Start following the host on the running loop."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.name}")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run(), name=f"link-{self.name}")
+
+    def _elsewhere(self) -> asyncio.AbstractEventLoop | None:
+        """The link's loop when the caller runs on another one (a console's screen, with links on their thread)."""
+        loop = self._loop
+        return loop if loop is not None and loop is not asyncio.get_running_loop() and loop.is_running() else None
 
     async def stop(self) -> None:
+        if loop := self._elsewhere():
+            return await on_loop(loop, self.stop())
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -170,6 +181,8 @@ class HostLink:
     async def ready(self, timeout: float) -> None:
         """Wait until the first connection attempt has ended (fresh data or an error); `timeout` seconds, and as long
         as a local agent may take to start for an agentless host."""
+        if loop := self._elsewhere():
+            return await on_loop(loop, self.ready(timeout))
         timeout += self.first_answer - self.defaults.timeout
         try:
             async with asyncio.timeout(timeout):
@@ -179,6 +192,8 @@ class HostLink:
 
     async def call(self, method: str, *, timeout: float | None = None, **params: Any) -> Any:
         """Call an agent method; LinkError when the link is down, breaks, or the agent does not answer."""
+        if loop := self._elsewhere():
+            return await on_loop(loop, self.call(method, timeout=timeout, **params))
         client = self._client
         if client is None or client.closed:
             raise LinkError(f"{self.name}: not connected ({self.error or self.state.value}); nothing was sent")
@@ -396,9 +411,10 @@ class HostLink:
 class Fleet:
     """Links to every host of a site, each independent of the others."""
 
-    def __init__(self, site: Site, *, who: str | None = None) -> None:
+    def __init__(self, site: Site, *, who: str | None = None, thread: LinkThread | None = None) -> None:
         self.site = site
         self.links = {h.name: HostLink(h, site.defaults, who=who) for h in site.hosts}
+        self.thread = thread  # the links run there when given (a console), else on the loop that starts them
 
     def link(self, name: str) -> HostLink:
         try:
@@ -407,11 +423,18 @@ class Fleet:
             raise HostctlError(f"unknown host {name!r} (known: {', '.join(self.links)})") from None
 
     def start(self) -> None:
+        if self.thread is not None:
+            self.thread.start()
         for link in self.links.values():
-            link.start()
+            if self.thread is not None:
+                self.thread.soon(link.start)
+            else:
+                link.start()
 
     async def stop(self) -> None:
         await asyncio.gather(*(link.stop() for link in self.links.values()))
+        if self.thread is not None:
+            await self.thread.close()
 
     async def ready(self) -> None:
         """Wait until every host has answered or failed once (bounded by the request timeout)."""
