@@ -239,9 +239,19 @@ class DittoApp(App[None]):
         self._states[link.name] = now
         if link.state is LinkState.FRESH:
             if before is None or before[0] is not LinkState.FRESH:
-                self.log_line(f"{link.name}: live", style="green")
+                self.log_line(f"{link.name}: live{self._read_only_note(link)}", style="green")
         elif link.error:
             self.log_line(f"{link.name}: {link.state.value}: {link.error}", style="yellow")
+
+    @staticmethod
+    def _read_only_note(link: HostLink) -> str:
+        """What a live host's agent lets this console do, when that is only reading (its hello says so)."""
+        if link.hello.get("may_write", True):
+            return ""
+        who = link.hello.get("user") or "this console's user"
+        if link.hello.get("readonly"):
+            return " (read-only agent: scales and policy changes are refused)"
+        return f" (read-only for {who}: not one of the agent's writers; scales and policy changes are refused)"
 
     def _sync_hosts(self, links: list[HostLink], slo_ms: float, *, deadline: float) -> None:
         """Bring the CVM and service rows up to date, the longest-waiting hosts first, until `deadline`.

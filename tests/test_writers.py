@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 
+from dittotui.app import DittoApp
+from hostctl.client.ref import CVMRef
+from hostctl.client.site import Defaults
+from hostctl.client.site import load as load_site
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
 from tests.support import ROOT
@@ -237,3 +241,32 @@ def test_bad_access_options_exit_2_with_one_line(tmp_path: Path, option: list[st
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"hostctl: {message}")
     assert not (tmp_path / "agent.sock").exists()
+
+
+async def test_the_console_says_when_it_may_only_read(tmp_path: Path) -> None:
+    """A console whose user is not one of the agent's writers says so when the host comes up, and its scale shows
+    the agent's refusal; nothing changes."""
+    async with serving(tmp_path, tmp_path / "agent.sock", "--writers", "nobody") as served:
+        site_file = tmp_path / "site.toml"
+        site_file.write_text(f'[[hosts]]\nname = "edge"\nsocket = "{served.socket}"\n')
+        site = load_site(site_file)
+        site.defaults = Defaults(interval=0.2, timeout=2.0, backoff_max=0.5)
+        app = DittoApp(site=site, refresh=0.05)
+        async with app.run_test() as pilot:
+            lines = app.query_one("#events")
+
+            def logged(text: str) -> bool:  # the log wraps its lines: read them as one text
+                return text in "".join(line.text for line in lines.lines)  # type: ignore[attr-defined]
+
+            for _ in range(200):
+                if logged("edge: live"):
+                    break
+                await pilot.pause(0.05)
+            assert logged("edge: live (read-only for root@socket: not one of the agent's writers;")
+            app.scale_cvms([CVMRef("edge", "snp")], +1)
+            for _ in range(200):
+                if logged("REFUSED"):
+                    break
+                await pilot.pause(0.05)
+            assert logged("edge/snp scale at 2 REFUSED") and logged("root may only read on this agent")
+        assert await served.online() == 2
