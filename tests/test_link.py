@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
+from hostctl.client.link_thread import LinkThread
 from hostctl.client.site import Defaults
 from hostctl.demo.site import demo_site
 from hostctl.wire.model import Event
@@ -127,3 +129,37 @@ async def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
             await link.call("hello")
     finally:
         await link.stop()
+
+
+async def test_links_run_report_and_answer_on_their_thread(agents: dict[str, AgentProcess]) -> None:
+    site = demo_site({name: p.socket for name, p in agents.items()})
+    site.defaults = DEFAULTS
+    thread = LinkThread()
+    fleet = Fleet(site, who="tester", thread=thread)
+    reported_on: set[str] = set()
+    events: list[Event] = []
+    for link in fleet.links.values():
+        link.on_update(lambda _link: reported_on.add(threading.current_thread().name))
+        link.on_event(events.append)
+    fleet.start()
+    try:
+        await fleet.ready()
+        assert all(link.state is LinkState.FRESH for link in fleet.links.values())
+        assert reported_on == {"links"}  # every listener ran on the links' thread, none on the caller's
+        link = fleet.link("mec-a")
+        assert link._task is not None and link._task.get_loop() is thread.loop
+        assert thread.loop is not asyncio.get_running_loop()
+
+        event = await link.scale("snp", 3, expect=2)  # called from this loop, run on the links'
+        assert (event.before, event.after, event.ok, event.host) == (2, 3, True, "mec-a")
+        await until(lambda: any(e.after == 3 for e in events), timeout=5)
+        await until(lambda: (c := link.cvm("snp")) is not None and c.online_vcpus == 3, timeout=5)
+
+        agents["mec-b"].kill()  # one host gone: the other still answers from the same thread
+        await until(lambda: fleet.link("mec-b").state is not LinkState.FRESH, timeout=5)
+        assert (await fleet.link("mec-a").scale("snp", 2, expect=3)).after == 2
+    finally:
+        await fleet.stop()
+    assert not thread._thread.is_alive() and thread.loop.is_closed()
+    with pytest.raises(LinkError, match="not connected"):  # stopped: nothing is sent, and nothing hangs
+        await fleet.link("mec-a").scale("snp", 3, expect=2)

@@ -88,19 +88,7 @@ async def openssh(tmp: Path) -> AsyncIterator[SSHEndpoint]:
     for _attempt in range(5):  # free_port() is racy; retry on "Address already in use"
         port = free_port()
         config.write_text(_sshd_config(tmp, port, host_key_path, authorized))
-        with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                SSHD,
-                "-D",
-                "-e",
-                "-f",
-                str(config),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        ok, last_error = await _wait_sshd(proc, port, log_path)
+        proc, ok, last_error = await spawn_sshd(config, port, log_path)
         if ok:
             break
         await _stop_sshd(proc)
@@ -139,6 +127,27 @@ async def openssh(tmp: Path) -> AsyncIterator[SSHEndpoint]:
         yield endpoint
     finally:
         await _stop_sshd(proc)
+
+
+async def spawn_sshd(
+    config: Path, port: int, log_path: Path, *, append: bool = False
+) -> tuple[asyncio.subprocess.Process, bool, str]:
+    """sshd in the foreground (its own session) on `config`, its output to `log_path`: (the process, whether it
+    listens on `port`, why not)."""
+    with log_path.open("ab" if append else "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            SSHD,
+            "-D",
+            "-e",
+            "-f",
+            str(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    ok, error = await _wait_sshd(proc, port, log_path)
+    return proc, ok, error
 
 
 async def _wait_sshd(proc: asyncio.subprocess.Process, port: int, log_path: Path) -> tuple[bool, str]:

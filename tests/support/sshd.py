@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from tests.support.openssh import SSHD, _sshd_config, _stop_sshd, _wait_sshd
+from tests.support.openssh import SSHD, _sshd_config, _stop_sshd, spawn_sshd
 from tests.support.ssh import LOOPBACK, SSHEndpoint, current_user, free_port, public_line, write_keys, write_known_hosts
 
 
@@ -47,19 +47,7 @@ class RestartableSSHD:
         assert log_path is not None
         error = ""
         for _ in range(attempts):
-            with log_path.open("ab") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    SSHD,
-                    "-D",
-                    "-e",
-                    "-f",
-                    str(config),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            ok, error = await _wait_sshd(proc, self.port, log_path)
+            proc, ok, error = await spawn_sshd(config, self.port, log_path, append=True)
             if ok:
                 self._proc = proc
                 self.endpoint.server_pid = proc.pid
