@@ -34,6 +34,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
 	$(BIN)/python -m bench.worker_latency  # the lab site: libvirtd + QEMU guests (root, or a running libvirtd)
+	$(BIN)/python -m bench.faults          # 500 faults over real OpenSSH against a running console (~6 min)
+	$(BIN)/python -m bench.fuzz_rpc        # 100,000 generated messages against a live agent (~2 min)
+	$(BIN)/python -m bench.soak --minutes 30  # a headless agent for 30 minutes (--baseline CHECKOUT to compare)
 
 # SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
 screenshots: $(STAMP)
