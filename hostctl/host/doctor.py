@@ -31,7 +31,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 import libvirt
-import libvirt_qemu
+import libvirt_qemu  # type: ignore[import-untyped]
 
 from hostctl.errors import HostctlError
 from hostctl.host.domxml import parse_domain
@@ -385,7 +385,11 @@ def _sev(hypervisor: Hypervisor, judge: _Judge) -> list[Check]:
             else "libvirt does not report maxESGuests (libvirt before 8.0)"
         )
     advice = "enable SEV in the firmware and kvm_amd, then restart libvirtd (it probes QEMU at start)"
-    snp_types = {v.text for v in caps.findall("features/launchSecurity/enum[@name='sectype']/value")} if caps is not None else set()
+    snp_types = (
+        {v.text for v in caps.findall("features/launchSecurity/enum[@name='sectype']/value")}
+        if caps is not None
+        else set()
+    )
     if hypervisor.libvirt < SNP_LIBVIRT:
         snp_found = f"libvirt {_dotted(hypervisor.libvirt)} has no <launchSecurity type='sev-snp'> (needs 10.5)"
     elif "sev-snp" in snp_types:
