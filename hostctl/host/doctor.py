@@ -245,7 +245,11 @@ def _ping(conn: libvirt.virConnect, name: str, seconds: int, answers: dict[str, 
 def _read(uri: str) -> tuple[libvirt.virConnect, Hypervisor, list[Domain]]:
     conn = libvirt.open(uri)
     try:
-        return conn, _hypervisor(conn), [_domain(dom) for dom in conn.listAllDomains()]
+        return (
+            conn,
+            _hypervisor(conn),
+            [read_domain(d.XMLDesc(0), running=d.state()[0] in _RUNNING) for d in conn.listAllDomains()],
+        )
     except BaseException:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
@@ -263,16 +267,17 @@ def _hypervisor(conn: libvirt.virConnect) -> Hypervisor:
         return Hypervisor(driver, _version(conn.getLibVersion()), version, None, e.get_error_message())
 
 
-def _domain(dom: libvirt.virDomain) -> Domain:
-    xml = dom.XMLDesc(0)
+def read_domain(xml: str, *, running: bool) -> Domain:
+    """A domain's XML as the checks see it."""
     facts = parse_domain(xml)
+    root = ET.fromstring(xml)
     # The driver LibvirtHost gives a domain that names none.
     driver = facts.driver or ("guest" if facts.guest_agent or facts.security.confidential else "hotplug")
     return Domain(
-        name=dom.name(),
-        running=dom.state()[0] in _RUNNING,
+        name=root.findtext("name") or "?",
+        running=running,
         security=facts.security,
-        launch=ET.fromstring(xml).find("launchSecurity") is not None,
+        launch=root.find("launchSecurity") is not None,
         driver=driver,
         channel=facts.guest_agent,
         policy=facts.policy,
@@ -415,18 +420,18 @@ def _smt(platform: Platform, domains: list[Domain], judge: _Judge) -> Check:
     state = {True: "on", False: "off"}.get(active) if active is not None else None
     path = str(platform.root / "sys/devices/system/cpu/smt/active")
     found = f"SMT {state} (control {platform.smt_control or '?'})" if state else f"SMT {_unknown(platform, path)}"
-    forbid = [d for d in domains if d.security is SecurityType.SEV_SNP and not d.policy & SMT_ALLOWED]
+    forbid = [d.name for d in domains if d.security is SecurityType.SEV_SNP and not d.policy & SMT_ALLOWED]
     if not forbid:
         return Check("SMT", Status.OK, f"{found}; no SNP CVM forbids SMT")
-    names = ", ".join(d.name for d in forbid)
-    sub = _Judge([d for d in judge.domains if d in forbid], judge.emulated)
-    return sub(
-        "SMT",
-        active is False,
-        f"{found}; the policy of {names} forbids SMT",
-        (SecurityType.SEV_SNP,),
-        "turn SMT off (echo off > /sys/devices/system/cpu/smt/control) or allow SMT in the CVM's policy (bit 16)",
-    )
+    found = f"{found}; the policy of {', '.join(forbid)} forbids SMT"
+    if active is False:
+        return Check("SMT", Status.OK, found)
+    advice = "turn SMT off (echo off > /sys/devices/system/cpu/smt/control) or allow SMT in the policy (bit 16)"
+    if judge.needing((SecurityType.SEV_SNP,)):
+        return Check("SMT", Status.FAIL, f"{found}: the firmware refuses to launch them", advice)
+    if judge.emulated:
+        return Check("SMT", Status.EMULATED, found)
+    return Check("SMT", Status.WARN, found, advice)
 
 
 def _unknown(platform: Platform, path: str) -> str:
