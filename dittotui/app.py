@@ -26,6 +26,7 @@ from dittotui.messages import ExperimentSaved, ScaleRequested, WrkRunRecorded
 from dittotui.refusals import Refusals
 from dittotui.screens.confirm import ConfirmScreen
 from dittotui.screens.detail import DetailScreen
+from dittotui.screens.doctor import DoctorScreen
 from dittotui.screens.experiment import ExperimentScreen
 from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
@@ -64,6 +65,7 @@ class DittoApp(App[None]):
         Binding("p", "pick_policy", "Policy", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort", show=False),
+        Binding("d", "doctor", "Doctor", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -506,6 +508,25 @@ class DittoApp(App[None]):
         if link is not None:
             self.push_screen(DetailScreen(ref, link, self.trends, self.run_history))
 
+    def action_doctor(self) -> None:
+        """The doctor report of the selected host (the hosts table's row, else the selected CVM's host)."""
+        link = self.selected_host()
+        if link is None:
+            self.notify("no host selected", severity="warning")
+            return
+        self.push_screen(DoctorScreen(link))
+
+    def selected_host(self) -> HostLink | None:
+        """The host under the cursor in the hosts table when it has focus, else the selected CVM's, else the first."""
+        if self.fleet is None:
+            return None
+        if self.focused is self.hosts_table and (name := self.hosts_table.selected_key):
+            return self.fleet.links.get(name)
+        refs = self.selected()
+        if refs:
+            return self.fleet.links.get(refs[0].host)
+        return next(iter(self.fleet.links.values()), None)
+
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.add_class("visible")
@@ -570,6 +591,9 @@ class DittoApp(App[None]):
         )
         yield SystemCommand("Toggle elastic policy", "On/off for the selected CVM", self.action_toggle_policy)
         yield SystemCommand("Pick elastic policy", "Choose the selected CVM's policy", self.action_pick_policy)
+        yield SystemCommand(
+            "Doctor", "Check the selected host: SEV/SNP, libvirt, QEMU, drivers, guest agents", self.action_doctor
+        )
         yield SystemCommand("Filter", "Show only matching CVMs and services", self.action_filter)
         yield SystemCommand("Sort", "Sort the focused table by the next column", self.action_sort)
         yield SystemCommand("Help", "Keys and columns", self.action_help)

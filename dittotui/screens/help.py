@@ -27,6 +27,7 @@ and its age. Such a CVM is not scaled, and its policy holds. **CPU%on**: CPU use
 | `w` | run wrk load against the selected CVM's service |
 | `a` / `p` | switch the elastic policy of the selected (or marked) CVMs on or off / pick which one |
 | `enter` | CVM detail: worker and CPU history |
+| `d` | doctor: the selected host's checks (SEV/SNP, libvirt, QEMU, drivers, guest agents), run by its agent |
 | `/` | filter CVMs and services (every word must match); `escape` clears |
 | `s` | sort the focused table by the next column; click a header to sort by it |
 | `j` / `k` | move down / up (or the arrow keys); `g` / `G` to the first / last row (or `home` / `end`) |

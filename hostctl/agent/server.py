@@ -1,9 +1,10 @@
 """The host agent: owns one host and speaks JSON-RPC 2.0 (one object per line) over stdio or a unix socket.
 
 Methods: `hello`, `snapshot`, `subscribe` (then `update` notifications carry changes, see `hostctl.agent.updates`),
-`scale`, `audit`, `policies` (the configured elastic policies) and `policy` (a CVM's elastic state; with `name`
-and/or `enabled` it changes it). Only writers (`hostctl.agent.access`) may scale or change a policy. Every scale and
-policy change, applied or refused, is in the audit log on disk before its reply is sent.
+`scale`, `audit`, `policies` (the configured elastic policies), `policy` (a CVM's elastic state; with `name`
+and/or `enabled` it changes it) and `doctor` (the host's checks, `hostctl.host.doctor`). Only writers
+(`hostctl.agent.access`) may scale or change a policy. Every scale and policy change, applied or refused, is in the
+audit log on disk before its reply is sent.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from hostctl.agent.updates import Subscription
 from hostctl.elastic.policies import Probe
 from hostctl.elastic.runner import ElasticRunner, PolicySpec, UnknownPolicy, requested, state_path
 from hostctl.errors import ConfigError
+from hostctl.host.doctor import AgentFiles, examine
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.wire import rpc
+from hostctl.wire.doctor import Report
 from hostctl.wire.model import Event, Service, Snapshot
 
 PROTOCOL_VERSION = 1
@@ -50,6 +53,7 @@ SCHEMAS: dict[str, Schema] = {
     },
     "audit": {"limit": (int, False, (1, 100_000)), "since": (float, False, (0.0, 1e11))},
     "policies": {},
+    "doctor": {},
     "policy": {
         "cvm": (str, True, None),
         "name": (str, False, None),
@@ -73,8 +77,10 @@ class Agent:
         interval: float = 1.0,
         probe_rate: float = 2.0,
         policies: dict[str, PolicySpec] | None = None,
+        root: Path = Path("/"),
     ) -> None:
         self.host = host
+        self.root = root  # where the doctor reads the host's /sys and /dev
         self.audit = audit
         self.readonly = readonly
         self.writers = writers or Writers.default()
@@ -85,6 +91,7 @@ class Agent:
             host, policies or {}, state_file=state_path(audit.path), record=self.record, probes=self._probes
         )
         self._sessions: set[Session] = set()
+        self._socket: tuple[Path, str | None] | None = None  # the socket served, and the group let reach it
         self._sampler: asyncio.Task[None] | None = None
         host.on_event(self.record)
 
@@ -137,7 +144,21 @@ class Agent:
         else:
             os.chown(path, -1, gid)
             os.chmod(path, 0o660)
+        self._socket = (path, group)
         return server
+
+    async def doctor(self) -> Report:
+        """The host's checks, with this agent's files and socket (blocking reads on a thread, each bounded)."""
+        socket, group = self._socket or (None, None)
+        files = AgentFiles(self.audit.path, self.elastic.state_file, socket, group)
+        return await asyncio.to_thread(
+            examine,
+            self.host.uri,
+            name=self.host.host.name,
+            root=self.root,
+            ping_s=self.host.agent_timeout,
+            files=files,
+        )
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, peer: PeerIdentity) -> None:
         session = Session(self, rpc.Peer(writer), peer, asyncio.current_task())
@@ -201,6 +222,7 @@ class Session:
             "audit": self.audit,
             "policies": self.policies,
             "policy": self.policy,
+            "doctor": self.doctor,
         }
         return {
             name: checked(name, self._authorized(name, fn) if name in MUTATING else fn) for name, fn in handlers.items()
@@ -271,6 +293,9 @@ class Session:
             "ts": state.ts,
             "alert": state.alert,
         }
+
+    async def doctor(self, params: dict[str, Any]) -> dict[str, Any]:
+        return (await self.agent.doctor()).to_dict()
 
     async def audit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         events = await asyncio.to_thread(self.agent.audit.tail, params.get("limit", 100), params.get("since"))

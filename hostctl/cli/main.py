@@ -1,4 +1,5 @@
-"""`hostctl`: read a libvirt host, scale worker vCPUs, run the demo site. Bad input exits 2 with one line."""
+"""`hostctl`: read a libvirt host, scale worker vCPUs, check it (doctor), run the demo site. Bad input exits 2 with
+one line."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from hostctl.agent.audit import default_path as audit_default_path
 from hostctl.agent.server import Agent
 from hostctl.cli import site as sitecli
 from hostctl.client.link import Fleet
-from hostctl.client.render import format_scale, format_snapshot
+from hostctl.client.render import format_doctor, format_scale, format_snapshot
 from hostctl.client.site import Site
 from hostctl.client.site import load as load_site
 from hostctl.demo import launcher
@@ -31,6 +32,7 @@ from hostctl.errors import HostctlError
 from hostctl.experiments import elastic_report
 from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
+from hostctl.host.doctor import examine
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.lab import launcher as lab_launcher
 from hostctl.lab import status as lab_status
@@ -84,6 +86,22 @@ def parser() -> argparse.ArgumentParser:
     policy.add_argument("--name", help="choose this policy (one of the agent's configured policies)")
     policy.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
 
+    sys_root = argparse.ArgumentParser(add_help=False)
+    sys_root.add_argument(
+        "--sys-root",
+        type=Path,
+        metavar="DIR",
+        help="read the kernel's /sys and /dev under DIR (default /: this host's own)",
+    )
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[sys_root],
+        help="check what the host needs to run elastic CVMs: kvm_amd, /dev/sev, libvirt, QEMU, SEV/SNP, drivers, "
+        "guest agents, the agent's files and socket; exit 0 when no check fails (warnings do not), 1 otherwise",
+    )
+    doctor.add_argument("host", nargs="?", metavar="HOST", help="with --site: this host only (default: every host)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
     experiment = sub.add_parser("experiment", help="run a load experiment over the site's CVMs (with --site)")
     experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     overhead = experiments.add_parser(
@@ -127,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     )
     elastic.add_argument("--out", type=Path, default=Path("."), help="folder for the table and plot (default: here)")
 
-    agent_opts = argparse.ArgumentParser(add_help=False)
+    agent_opts = argparse.ArgumentParser(add_help=False, parents=[sys_root])
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every change, from anyone")
     agent_opts.add_argument(
         "--writers",
@@ -240,6 +258,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         raise HostctlError(f"{args.command} talks to the agents: pass --site FILE")
     if not args.uri:
         raise HostctlError("no host given: pass --uri URI or --site FILE (or set LIBVIRT_DEFAULT_URI)")
+    if args.command == "doctor":
+        return await _doctor(args)
     async with LibvirtHost(args.uri) as host:
         if args.command == "status":
             if args.sample > 0:
@@ -252,6 +272,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
             event = await host.scale(args.cvm, args.target, expect=args.expect, who=_who(), why=args.why)
             print(format_scale(event))
     return 0
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    """`doctor` on the host at --uri, with no agent: its checks without an agent's files."""
+    if args.host is not None:
+        raise HostctlError(f"doctor {args.host}: a host by name is a site's: pass --site FILE (or --uri alone)")
+    report = await asyncio.to_thread(examine, args.uri, root=_sys_root(args))
+    print(json.dumps({**report.to_dict(), "passed": report.passed}, indent=2) if args.json else format_doctor(report))
+    return 0 if report.passed else 1
 
 
 async def _experiment(args: argparse.Namespace, site: Site) -> int:
@@ -322,6 +351,7 @@ async def _agent(args: argparse.Namespace) -> int:
         _check_stdio()
     policies = _policies(args.policies)
     writers = Writers.parse(args.writers) if args.writers is not None else None
+    root = _sys_root(args)
     host = LibvirtHost(args.uri)
     await host.open()
     agent = Agent(
@@ -332,6 +362,7 @@ async def _agent(args: argparse.Namespace) -> int:
         interval=args.interval,
         probe_rate=args.probe_rate,
         policies=policies,
+        root=root,
     )
     agent.start()
     try:
@@ -349,6 +380,14 @@ async def _agent(args: argparse.Namespace) -> int:
         await agent.stop()
         await host.close()
     return 0
+
+
+def _sys_root(args: argparse.Namespace) -> Path:
+    """--sys-root, a directory (default /)."""
+    root: Path = args.sys_root or Path("/")
+    if not root.is_dir():
+        raise HostctlError(f"--sys-root {root}: not a directory")
+    return root
 
 
 def _check_stdio() -> None:

@@ -4,7 +4,8 @@
 `fresh`, `stale` or `connecting`, `age_s` the seconds since the host's last data (null if none) and `snapshot`
 the host model (null if never reached). Exit status: 0 when every host is fresh, 1 otherwise, 2 on bad input.
 `audit --json` prints one event object per line. `policy HOST/CVM [--name NAME] [--on|--off]` shows (and sets)
-a CVM's elastic policy; `--json` prints the agent's reply.
+a CVM's elastic policy; `--json` prints the agent's reply. `doctor [HOST]` prints each host's checks (its agent runs
+them); `--json` prints `{"hosts": [{"name", "error", "report"}]}`; exit 0 when every host answered and no check failed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import json
 
 from hostctl.client.link import Fleet, HostLink, LinkState
 from hostctl.client.ref import CVMRef
-from hostctl.client.render import format_event, format_scale, format_snapshot
+from hostctl.client.render import format_doctor, format_event, format_scale, format_snapshot
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
+from hostctl.wire.doctor import Report
 from hostctl.wire.model import Event
 
 
@@ -30,6 +32,8 @@ async def run(args: argparse.Namespace, site: Site) -> int:
             return await _scale(fleet, args)
         if args.command == "policy":
             return await _policy(fleet, args)
+        if args.command == "doctor":
+            return await _doctor(fleet, args)
         return await _audit(fleet, args)
     finally:
         await fleet.stop()
@@ -78,6 +82,36 @@ async def _policy(fleet: Fleet, args: argparse.Namespace) -> int:
     if state.decision:
         print(f"  last decision: {state.decision}: {state.reason}" + ("  (ALERT)" if state.alert else ""))
     return 0
+
+
+async def _doctor(fleet: Fleet, args: argparse.Namespace) -> int:
+    if args.sys_root is not None:
+        raise HostctlError("--sys-root is the agent's own setting (hostctl serve --sys-root DIR), not the site's")
+    links = [fleet.link(args.host)] if args.host else list(fleet.links.values())
+    for link in links:
+        link.start()
+    await asyncio.gather(*(link.ready(fleet.site.defaults.timeout + 2) for link in links))
+    results = await asyncio.gather(*(_doctor_one(link) for link in links))
+    if args.json:
+        hosts = [
+            {"name": link.name, "error": error, "report": None if report is None else report.to_dict()}
+            for link, (report, error) in zip(links, results, strict=True)
+        ]
+        print(json.dumps({"hosts": hosts}, indent=2))
+    else:
+        for link, (report, error) in zip(links, results, strict=True):
+            print(format_doctor(report) if report is not None else f"{link.name}: doctor not run: {error}")
+    return 0 if all(report is not None and report.passed for report, _ in results) else 1
+
+
+async def _doctor_one(link: HostLink) -> tuple[Report | None, str]:
+    """The host's report, or why there is none (unreachable, an agent without a doctor)."""
+    if link.state is not LinkState.FRESH:
+        return None, f"not reachable ({link.error or link.state.value})"
+    try:
+        return await link.doctor(), ""
+    except HostctlError as e:
+        return None, str(e)
 
 
 async def _audit(fleet: Fleet, args: argparse.Namespace) -> int:

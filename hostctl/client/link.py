@@ -31,6 +31,7 @@ from hostctl.client.local_agent import START_GRACE, LocalAgent
 from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
 from hostctl.wire import rpc
+from hostctl.wire.doctor import BOUND_S, Report
 from hostctl.wire.model import CVM, Elastic, Event, Host, Service, Snapshot
 
 
@@ -236,6 +237,15 @@ class HostLink:
             raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no elastic policies")
         changes: dict[str, Any] = {k: v for k, v in (("name", name), ("enabled", enabled)) if v is not None}
         return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
+
+    async def doctor(self) -> Report:
+        """The host's checks as its agent runs them (the agent answers within its own bound)."""
+        if not self.offers("doctor"):
+            agent = self.hello.get("agent", "?")
+            raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no doctor; upgrade it")
+        report = Report.from_dict(await self.call("doctor", timeout=self.defaults.timeout + BOUND_S))
+        report.host = self.name  # the site's name for it, as events are named
+        return report
 
     async def audit(self, limit: int = 100, *, since: float | None = None) -> list[Event]:
         """The last `limit` entries of the agent's audit log, oldest first; with `since` (a time of the agent's own

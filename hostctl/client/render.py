@@ -1,10 +1,11 @@
-"""Human-readable lines and tables for hosts, scale results and audit events."""
+"""Human-readable lines and tables for hosts, scale results, audit events and doctor reports."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
+from hostctl.wire.doctor import Report, Status
 from hostctl.wire.model import CVM, Event, Snapshot
 
 
@@ -79,3 +80,22 @@ def format_event(event: Event, *, as_json: bool = False) -> str:
 
 def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
+
+
+def format_doctor(report: Report) -> str:
+    """The checklist: one line per check (ok, warn, FAIL, emulated, n/a), the advice under each one not ok, and a
+    summary."""
+    lines = [f"{report.host}: doctor" + (f" (emulated: {report.emulated})" if report.emulated else "")]
+    width = max((len(c.name) for c in report.checks), default=0)
+    for check in report.checks:
+        status = "FAIL" if check.status is Status.FAIL else check.status.value
+        lines.append(f"  {status:<8}  {check.name:<{width}}  {check.detail}")
+        if check.advice and check.status in (Status.FAIL, Status.WARN):
+            lines.append(f"  {'':<8}  {'':<{width}}  -> {check.advice}")
+    counts = ", ".join(
+        f"{report.count(s)} {'FAIL' if s is Status.FAIL else s.value}"
+        for s in Status
+        if report.count(s) or s is Status.FAIL
+    )
+    lines.append(f"  {'passed' if report.passed else 'FAILED'}: {counts}")
+    return "\n".join(lines)
