@@ -90,7 +90,7 @@ def node_limits(params: Mapping[str, Any], support: Support) -> None:
 def host_facts(support: Support, platform: Platform | None, platform_why: str = "") -> HostSEV:
     """The host's SEV facts from libvirt's support and the kernel's platform (None: not readable, `platform_why`)."""
     facts = HostSEV(max_guests=support.max_guests, max_es_guests=support.max_es_guests)
-    facts.why.update({k: v for k, v in support.why.items() if k in ("max_guests", "max_es_guests")})
+    facts.why.update(support.why)  # sev, sev_es, sev_snp: libvirt's support (the host's own fields)
     kernel = {"sev_enabled": "sev", "sev_es_enabled": "sev_es", "sev_snp_enabled": "sev_snp"}
     if platform is None:
         for name in (*kernel, "dev_sev", "smt"):
@@ -136,9 +136,7 @@ def count_guests(facts: HostSEV, cvms: list[CVM]) -> HostSEV:
 def parse_launch_xml(launch: ET.Element, security: SecurityType) -> Launch:
     """The launch facts a domain's `<launchSecurity>` holds (libvirt's formatdomain "Launch Security": for
     `sev-snp` since libvirt 10.5 `kernelHashes` and `authorKey` attributes, `idBlock`, `idAuth`, `hostData`)."""
-    facts = Launch(kernel_hashes=_yes_no(launch.get("kernelHashes")))
-    if facts.kernel_hashes is None:
-        facts.why["kernel_hashes"] = "not set in its <launchSecurity> (QEMU's default: no hashes)"
+    facts = Launch(kernel_hashes=launch.get("kernelHashes") == "yes")  # libvirt's default: no
     if security is not SecurityType.SEV_SNP:
         return facts
     host_data = (launch.findtext("hostData") or "").strip()
@@ -147,7 +145,7 @@ def parse_launch_xml(launch: ET.Element, security: SecurityType) -> Launch:
         facts.why["host_data"] = "none given in its <launchSecurity>"
     facts.id_block = bool((launch.findtext("idBlock") or "").strip())
     facts.id_auth = bool((launch.findtext("idAuth") or "").strip())
-    facts.author_key = _yes_no(launch.get("authorKey")) or False
+    facts.author_key = launch.get("authorKey") == "yes"
     return facts
 
 
@@ -168,7 +166,3 @@ def add_launch_info(facts: Launch, params: Mapping[str, Any] | None, why: str = 
     else:
         facts.why["api_version"] = "libvirt's launch security info gives no firmware API version for this CVM"
     return facts
-
-
-def _yes_no(text: str | None) -> bool | None:
-    return None if text is None else text == "yes"
