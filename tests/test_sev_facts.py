@@ -19,6 +19,7 @@ from hostctl.host.platform import read_platform
 from hostctl.wire.model import CVM, DomainState, Host, HostSEV, Launch, Snapshot
 from hostctl.wire.security import SecurityType, decode_policy, risky_flags, smt_allowed
 from tests.support.nodes import make_node
+from tests.test_cli import hostctl
 
 DATA = Path(__file__).parent / "data" / "sev"
 
@@ -198,3 +199,16 @@ async def test_a_remote_or_test_uri_is_not_read_from_this_machine(tmp_path: Path
         facts = backend.host.confidential
         assert facts is not None and facts.sev_enabled is None and facts.smt is None
         assert "not a hypervisor on this machine" in facts.why["sev_enabled"]
+
+
+def test_status_json_and_text_say_what_is_unknown_and_why(tmp_path: Path) -> None:
+    uri = f"test://{make_node(tmp_path)}"
+    data = json.loads(hostctl("--uri", uri, "status", "--json", check=True).stdout)
+    facts = data["host"]["confidential"]
+    assert (facts["es_guests"], facts["sev_guests"], facts["max_es_guests"]) == (2, 1, None)
+    assert "virConnectGetDomainCapabilities" in facts["why"]["max_es_guests"]
+    launch = next(c["launch"] for c in data["cvms"] if c["name"] == "es")
+    assert launch["measurement"] is None and "launch security info" in launch["why"]["measurement"]
+    text = hostctl("--uri", uri, "status", check=True).stdout
+    assert "slots: SEV 1/?  ES/SNP 2/?  firmware ?  SMT ?" in text
+    assert "unknown sev, sev_es, sev_snp, max_guests, max_es_guests: libvirt gives no domain capabilities" in text

@@ -481,8 +481,8 @@ class LibvirtHost:
     @staticmethod
     def _launch(dom: libvirt.virDomain, launch: Launch | None) -> Launch:
         """A running CVM's launch facts: its XML's, and what libvirt's launch security info adds."""
-        if launch is None:  # sev-snp carried in our metadata: this libvirt has no <launchSecurity> for it
-            launch = Launch(why={"launch": "this libvirt cannot express sev-snp (before 10.5): launch facts unknown"})
+        if launch is None:  # sev-snp carried in our metadata: libvirt launched it with no <launchSecurity>
+            return Launch(why={"launch": "sev-snp in hostctl's metadata only (libvirt before 10.5): libvirt has none"})
         try:
             return sev.add_launch_info(launch, dom.launchSecurityInfo())
         except libvirt.libvirtError as e:
