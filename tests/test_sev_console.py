@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dittotui.screens.detail import DetailScreen
-from dittotui.tables.hosts import HostsTable
+from dittotui.tables.hosts import HostsTable, slots_cell
 from hostctl.wire import rpc
 from hostctl.wire.model import Snapshot
 from tests.support.agents import CONFIG, AgentProcess
@@ -65,3 +65,12 @@ async def test_a_full_host_and_risky_bits_are_shown(agent: AgentProcess) -> None
         assert "SMT allowed: no, host SMT on: the firmware refuses to launch it with SMT on" in facts
         assert "ES/SNP slots full: no other SEV-ES or SNP CVM can launch on mec-full" in facts
         assert "host emulated (demo): SEV supported yes enabled yes" in facts
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "style"),
+    [((2, 15), "2/15", ""), ((15, 15), "15/15 full", "bold red"), ((2, None), "2/?", "dim"), ((0, 0), "none", "dim")],
+)
+def test_slot_cells(value: tuple[int, int | None], text: str, style: str) -> None:
+    cell = slots_cell(value)
+    assert (str(cell), getattr(cell, "style", "")) == (text, style)

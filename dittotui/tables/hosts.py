@@ -31,12 +31,14 @@ def snp_cell(value: tuple[bool | None, bool | None] | None) -> Cell:
 
 def slots_cell(value: tuple[int, int | None] | None) -> Cell:
     """`2/15` SEV-ES/SNP CVMs running of the most the firmware allows; `15/15 full` in red (no other can launch);
-    `2/?` when the maximum is unknown."""
+    `2/?` when the maximum is unknown; `none` on a host with no ES/SNP slot at all."""
     if value is None:
         return "-"
     used, maximum = value
     if maximum is None:
         return Text(f"{used}/?", style="dim")
+    if maximum == 0:
+        return Text("none", style="dim")  # no SEV, or no ASID set aside for SEV-ES
     if used >= maximum:
         return Text(f"{used}/{maximum} full", style="bold red")
     return f"{used}/{maximum}"

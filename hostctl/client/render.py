@@ -62,7 +62,7 @@ def sev_lines(host: Host) -> list[str]:
         f"firmware {f.firmware or '?'}{f' (from {f.firmware_from})' if f.firmware_from else ''}  "
         f"SMT {'?' if f.smt is None else 'on' if f.smt else 'off'}",
     ]
-    if f.es_free == 0:
+    if f.es_free == 0 and f.max_es_guests:
         lines.append(f"ES/SNP slots full: no other SEV-ES or SNP CVM can launch on {host.name}")
     lines += [f"unknown {', '.join(names)}: {why}" for why, names in _by_reason(f.why).items()]
     return lines

@@ -69,10 +69,12 @@ def parse_domain_capabilities(xml: str) -> Support:
         support.sev_es = support.max_es_guests > 0
     launch = features.find("launchSecurity")
     types = {v.text for v in features.findall("launchSecurity/enum[@name='sectype']/value")}
-    if launch is None:
+    if support.sev_es is False:
+        support.sev_snp = False  # no ES ASID: no SNP guest either
+    elif launch is None:
         support.why["sev_snp"] = "libvirt's domain capabilities list no launch security types"
     else:
-        support.sev_snp = "sev-snp" in types and support.sev_es is not False
+        support.sev_snp = "sev-snp" in types
     return support
 
 
