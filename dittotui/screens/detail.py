@@ -18,8 +18,9 @@ from dittotui.messages import ScaleRequested
 from dittotui.trends import Trends
 from hostctl.client.link import HostLink
 from hostctl.client.ref import CVMRef
-from hostctl.client.render import online_text
+from hostctl.client.render import launch_facts, online_text, sev_lines
 from hostctl.load.runs import RunRecord
+from hostctl.wire.model import CVM
 
 
 class DetailScreen(Screen[None]):
@@ -84,6 +85,7 @@ class DetailScreen(Screen[None]):
         facts.update(
             f"[b]{cvm.name}[/b]  on {self.ref.host} ({self.link.state.value})   {cvm.state.value}   uuid {cvm.uuid}\n"
             f"security [b]{cvm.security.value}[/b]  policy {cvm.policy:#x} ({flags})\n"
+            f"{self.launch_text(cvm)}"
             f"vCPUs: boot {cvm.boot_vcpus}, online {escape(online_text(cvm))}, max {cvm.max_vcpus}   "
             f"workers [b]{'?' if cvm.workers_active is None else cvm.workers_active}/{cvm.workers_max}[/b] "
             f"via driver '{cvm.driver}'   "
@@ -98,6 +100,24 @@ class DetailScreen(Screen[None]):
             plot.data = list(self.trends.p99.get(key, ()))
             marks = self.query_one(f"#runs-{service}", Static)
             marks.update(run_marks(list(self.trends.p99_at.get(key, ())), self.runs.get(key, []), plot.size.width))
+
+    def launch_text(self, cvm: CVM) -> str:
+        """Its launch facts (risky ones in red) and its host's SEV facts, as markup lines; empty when not a CVM."""
+        if not cvm.security.confidential:
+            return ""
+        snap = self.link.snapshot
+        host = None if snap is None else snap.host
+        smt = None if host is None or host.confidential is None else host.confidential.smt
+        lines = [
+            f"[bold red]{escape(label)} {escape(value)}[/]" if risky else f"{escape(label)} {escape(value)}"
+            for label, value, risky in launch_facts(cvm, smt)
+        ]
+        if host is not None:
+            lines += [
+                f"[bold red]{escape(line)}[/]" if line.startswith("ES/SNP slots full") else f"host {escape(line)}"
+                for line in sev_lines(host)
+            ]
+        return "".join(f"{line}\n" for line in lines)
 
     def action_scale(self, step: int) -> None:
         self.app.post_message(ScaleRequested([self.ref], step))

@@ -24,10 +24,6 @@ def gib(value: int | None) -> str:
     return "-" if value is None else f"{value}G"
 
 
-def yes_no(value: bool | None) -> str:
-    return "-" if value is None else "yes" if value else "no"
-
-
 def link_state(value: tuple[str, int | None]) -> Text:
     """`live`, `stale 12s` (the age of the last data) or `connecting`."""
     name, age = value

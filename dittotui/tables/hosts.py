@@ -18,15 +18,43 @@ def host_cell(value: tuple[str, bool]) -> Cell:
     return Text.assemble(name, (f" {AGENTLESS_MARK}", "cyan")) if agentless else name
 
 
+def snp_cell(value: tuple[bool | None, bool | None] | None) -> Cell:
+    """`yes` (libvirt supports SNP and kvm_amd enables it), `off` (supported, not enabled), `no`, `yes?` (supported,
+    enablement unknown) or `-`."""
+    if value is None or value[0] is None:
+        return "-"
+    supported, enabled = value
+    if not supported:
+        return "no"
+    return "yes" if enabled else Text("off", style="yellow") if enabled is False else "yes?"
+
+
+def slots_cell(value: tuple[int, int | None] | None) -> Cell:
+    """`2/15` SEV-ES/SNP CVMs running of the most the firmware allows; `15/15 full` in red (no other can launch);
+    `2/?` when the maximum is unknown; `none` on a host with no ES/SNP slot at all."""
+    if value is None:
+        return "-"
+    used, maximum = value
+    if maximum is None:
+        return Text(f"{used}/?", style="dim")
+    if maximum == 0:
+        return Text("none", style="dim")  # no SEV, or no ASID set aside for SEV-ES
+    if used >= maximum:
+        return Text(f"{used}/{maximum} full", style="bold red")
+    return f"{used}/{maximum}"
+
+
 class HostsTable(LiveTable):
-    """Host, link state, CPU, memory, SNP and vCPUs used of capacity; rows from `host_row`."""
+    """Host, link state, CPU, memory, SNP (supported and enabled), SEV-ES/SNP slots used of max and vCPUs used of
+    capacity; rows from `host_row`."""
 
     COLUMNS = (
         Column("host", "Host", 12, host_cell),
         Column("state", "State", 14, cells.link_state),
         Column("cpu", "CPU%", 5, cells.number),
         Column("mem", "Mem", 5, cells.gib),
-        Column("snp", "SNP", 3, cells.yes_no),
+        Column("snp", "SNP", 4, snp_cell),
+        Column("slots", "ES/SNP", 10, slots_cell),
         Column("capacity", "vCPUs used/cap", 20, cells.capacity),
     )
 
@@ -38,8 +66,9 @@ def host_row(link: HostLink) -> Row:
     host = (link.name, link.agentless)
     snap = link.snapshot
     if snap is None:
-        return (host, state, None, None, None, (None, None, link.error, 0))
+        return (host, state, None, None, None, None, (None, None, link.error, 0))
     h = snap.host
+    facts = h.confidential
     running = [c for c in snap.cvms if c.state is DomainState.RUNNING]
     used = sum(c.online_vcpus for c in running if c.online_vcpus is not None)
     unknown = sum(1 for c in running if c.online_vcpus is None)
@@ -48,6 +77,7 @@ def host_row(link: HostLink) -> Row:
         state,  # state: (link state, whole seconds of data age)
         h.cpu_percent,  # cpu
         h.memory_mib // 1024,  # mem (GiB)
-        h.sev_snp,  # snp
+        (h.sev_snp, None if facts is None else facts.sev_snp_enabled),  # snp: (libvirt supports, kvm_amd enables)
+        None if facts is None else (facts.es_guests, facts.max_es_guests),  # slots: (ES/SNP CVMs running, max)
         (used, h.cpus, link.error, unknown),  # capacity: (online vCPUs counted, CPUs, error, CVMs not counted)
     )

@@ -61,6 +61,8 @@ class HostSpec:
     cpus: int = check(positive, default=16)
     memory_gib: int = check(positive, default=64)
     sev_snp: bool = True
+    sev_slots: int = check(non_negative, default=494)  # emulated SEV ASIDs
+    es_slots: int = check(non_negative, default=15)  # emulated SEV-ES/SNP ASIDs
     cvms: list[CVMSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:

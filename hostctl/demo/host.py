@@ -10,7 +10,22 @@ from hostctl.demo.nodexml import node_xml
 from hostctl.demo.services import CVMService
 from hostctl.demo.traffic import BackgroundTraffic
 from hostctl.host.libvirt_host import LibvirtHost
-from hostctl.wire.model import Service
+from hostctl.wire.model import HostSEV, Service
+
+
+def emulated_sev(spec: HostSpec) -> HostSEV:
+    """The demo host's SEV facts, marked emulated: no kernel or firmware stands behind them."""
+    return HostSEV(
+        sev_enabled=True,
+        sev_es_enabled=True,
+        sev_snp_enabled=spec.sev_snp,
+        dev_sev=True,
+        max_guests=spec.sev_slots,
+        max_es_guests=spec.es_slots,
+        smt=True,
+        emulated=True,
+        why={"firmware": "emulated host: no SEV firmware to ask"},
+    )
 
 
 class DemoHost:
@@ -24,7 +39,8 @@ class DemoHost:
             f"test://{self.node_file}",
             name=spec.name,
             driver_options={"emulated": {"wake_ms": config.driver.wake_ms, "park_ms": config.driver.park_ms}},
-            capabilities={"sev": True, "sev_es": True, "sev_snp": spec.sev_snp},
+            capabilities={"sev": True, "sev_es": spec.es_slots > 0, "sev_snp": spec.sev_snp and spec.es_slots > 0},
+            sev_facts=emulated_sev(spec),
             cpu_source=self._cpu_percent,
             concurrency_source=self._concurrency,
         )

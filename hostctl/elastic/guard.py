@@ -10,6 +10,10 @@ limits the step (`max_step_up`, `max_step_down`), waits out the cooldown since t
 
 Boot vCPUs always run, so they are paid first; the active workers of all running CVMs on the host together
 never exceed what is left. A host already over capacity (by hand) gets no more workers, only fewer.
+
+SEV ASIDs are no limit here: a CVM holds one ASID however many of its vCPUs run, so waking a worker never needs a
+free SEV-ES/SNP slot. A host with none left is shown where it matters, before another CVM launches: `hostctl status`,
+the console's Hosts table (`15/15 full`) and CVM detail.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TypeVar
 
+from hostctl.host.sev import parse_launch_xml
+from hostctl.wire.model import Launch
 from hostctl.wire.security import SecurityType
 
 # Our metadata lives in two namespaces: one written when a CVM is defined (security where libvirt cannot
@@ -31,6 +33,7 @@ class DomainFacts:
     guest_agent: bool = False
     scaled_by: str = ""
     scaled_at: float | None = None
+    launch: Launch | None = None  # what its <launchSecurity> says beyond type and policy
 
 
 def parse_domain(xml: str) -> DomainFacts:
@@ -51,6 +54,8 @@ def parse_domain(xml: str) -> DomainFacts:
             facts.policy = _int(launch.findtext("policy"), 0x30000)
         elif kind == "sev":
             facts.security = SecurityType.SEV_ES if facts.policy & ES_REQUIRED else SecurityType.SEV
+        if facts.security.confidential:
+            facts.launch = parse_launch_xml(launch, facts.security)
     meta = root.find(f"metadata/{{{CVM_NS}}}cvm")
     if meta is not None:
         security = meta.find(f"{{{CVM_NS}}}security")

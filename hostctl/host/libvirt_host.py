@@ -15,7 +15,6 @@ import gc
 import os
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,10 +25,11 @@ import libvirt
 import psutil
 
 from hostctl.errors import HostctlError, ScaleRefused
-from hostctl.host import drivers, events
+from hostctl.host import drivers, events, sev
 from hostctl.host.domxml import WORKERS_KEY, WORKERS_NS, parse_domain, workers_metadata
 from hostctl.host.drivers import CountUnknown
-from hostctl.wire.model import CVM, DomainState, Event, Host, Service, Snapshot
+from hostctl.host.platform import Platform, read_platform
+from hostctl.wire.model import CVM, DomainState, Event, Host, HostSEV, Launch, Service, Snapshot
 
 T = TypeVar("T")
 
@@ -67,7 +67,9 @@ class LibvirtHost:
         *,
         name: str | None = None,
         driver_options: dict[str, dict[str, Any]] | None = None,
-        capabilities: dict[str, bool] | None = None,
+        capabilities: dict[str, bool | None] | None = None,
+        sev_facts: HostSEV | None = None,
+        platform_root: Path | None = None,
         cpu_source: Callable[[str], float] | None = None,
         concurrency_source: Callable[[str], float | None] | None = None,
     ) -> None:
@@ -75,6 +77,11 @@ class LibvirtHost:
         self.name = name
         self._driver_options = driver_options or {}
         self._capabilities = capabilities
+        self._sev_facts = sev_facts  # given (the demo's, emulated): neither libvirt nor the kernel is asked
+        # The kernel's SEV parameters and SMT are read under this root: `/` for a hypervisor on this machine.
+        self.platform_root = (
+            platform_root if platform_root is not None else Path("/") if is_local_hypervisor(uri) else None
+        )
         self._cpu_source = cpu_source
         self._concurrency_source = concurrency_source
         self._drivers: dict[str, drivers.WorkerDriver] = {}
@@ -377,32 +384,51 @@ class LibvirtHost:
     def _read_all(self, conn: libvirt.virConnect) -> tuple[Host, list[CVM]]:
         _model, memory_mib, cpus, *_ = conn.getInfo()
         version = conn.getLibVersion()
-        host = Host(
-            name=self.name or conn.getHostname(),
-            uri=self.uri,
-            cpus=cpus,
-            memory_mib=memory_mib,
-            libvirt_version=f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}",
-            **(self._capabilities or self._host_capabilities(conn)),
-        )
+        support = self._sev_support(conn)
+        capabilities: dict[str, bool | None] = self._capabilities or {
+            "sev": support.sev,
+            "sev_es": support.sev_es,
+            "sev_snp": support.sev_snp,
+        }
+        facts = self._sev_facts or sev.host_facts(support, *self._platform())
         cvms = []
         for dom in conn.listAllDomains():
             try:
                 cvms.append(self._read(dom))
             except libvirt.libvirtError:  # undefined since it was listed: its event says so
                 continue
+        host = Host(
+            name=self.name or conn.getHostname(),
+            uri=self.uri,
+            cpus=cpus,
+            memory_mib=memory_mib,
+            libvirt_version=f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}",
+            confidential=sev.count_guests(facts, cvms),
+            sev=capabilities.get("sev"),
+            sev_es=capabilities.get("sev_es"),
+            sev_snp=capabilities.get("sev_snp"),
+        )
         return host, cvms
 
-    @staticmethod
-    def _host_capabilities(conn: libvirt.virConnect) -> dict[str, bool | None]:
+    def _sev_support(self, conn: libvirt.virConnect) -> sev.Support:
+        """libvirt's SEV support and guest limits: domain capabilities, then node SEV info for what they lack."""
+        if self._capabilities is not None or self._sev_facts is not None:
+            return sev.Support()
         try:
-            root = ET.fromstring(conn.getDomainCapabilities())
-        except libvirt.libvirtError:
-            return {"sev": None, "sev_es": None, "sev_snp": None}
-        sev = root.find("features/sev")
-        types = {v.text for v in root.findall("features/launchSecurity/enum[@name='sectype']/value")}
-        has_sev = sev is not None and sev.get("supported") == "yes"
-        return {"sev": has_sev, "sev_es": has_sev, "sev_snp": "sev-snp" in types}
+            support = sev.parse_domain_capabilities(conn.getDomainCapabilities())
+        except libvirt.libvirtError as e:
+            why = f"libvirt gives no domain capabilities: {e.get_error_message()}"
+            return sev.Support(why=dict.fromkeys(("sev", "sev_es", "sev_snp", "max_guests", "max_es_guests"), why))
+        if support.sev and (support.max_guests is None or support.max_es_guests is None):
+            with contextlib.suppress(libvirt.libvirtError):  # the reasons the capabilities gave stand
+                sev.node_limits(conn.getSEVInfo(), support)
+        return support
+
+    def _platform(self) -> tuple[Platform | None, str]:
+        """The kernel's side of SEV under `platform_root`, or None with why it is not read."""
+        if self.platform_root is None:
+            return None, f"{self.uri} is not a hypervisor on this machine: its kernel is not read from here"
+        return read_platform(self.platform_root), ""
 
     def _read_named(self, name: str) -> CVM | None:
         """`name` read now, or None when libvirt has no such domain (any other libvirt error is raised)."""
@@ -447,7 +473,20 @@ class LibvirtHost:
             vcpus_error=error,
             scaled_by=facts.scaled_by,
             scaled_at=facts.scaled_at,
+            launch=self._launch(dom, facts.launch)
+            if state is DomainState.RUNNING and facts.security.confidential
+            else None,
         )
+
+    @staticmethod
+    def _launch(dom: libvirt.virDomain, launch: Launch | None) -> Launch:
+        """A running CVM's launch facts: its XML's, and what libvirt's launch security info adds."""
+        if launch is None:  # sev-snp carried in our metadata: libvirt launched it with no <launchSecurity>
+            return Launch(why={"launch": "sev-snp in hostctl's metadata only (libvirt before 10.5): libvirt has none"})
+        try:
+            return sev.add_launch_info(launch, dom.launchSecurityInfo())
+        except libvirt.libvirtError as e:
+            return sev.add_launch_info(launch, None, f"libvirt's launch security info: {e.get_error_message()}")
 
     def _sample_blocking(self) -> tuple[dict[str, float], dict[str, int]]:
         """Per running domain, CPU cores used since the last sample; and the online counts libvirt keeps (drivers
@@ -691,6 +730,10 @@ class LibvirtHost:
         self._scale_locks.pop(name, None)  # a scale holding it keeps its own reference
 
     def _changed(self, name: str) -> None:
+        if self._host is not None and self._host.confidential is not None:
+            self._host = dataclasses.replace(
+                self._host, confidential=sev.count_guests(self._host.confidential, list(self._cvms.values()))
+            )
         for callback in self._change_listeners:
             callback(name)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Self
 
-from hostctl.wire.security import SecurityType, decode_policy
+from hostctl.wire.security import SecurityType, decode_policy, risky_flags, smt_allowed
 
 
 class DomainState(StrEnum):
@@ -102,6 +102,53 @@ class Host(Model):
     sev_es: bool | None = None
     sev_snp: bool | None = None
     libvirt_version: str = ""
+    confidential: HostSEV | None = None  # None from an agent that predates it
+
+
+@dataclass(slots=True)
+class HostSEV(Model):
+    """What a host offers confidential guests. `sev`, `sev_es` and `sev_snp` on `Host` say what libvirt supports;
+    here is what the kernel has enabled, the ASIDs (one per running guest) used of the most the firmware allows, the
+    firmware's API version and SMT. None is unknown, and `why` names the field with the reason."""
+
+    sev_enabled: bool | None = None  # kvm_amd's sev, sev_es, sev_snp parameters
+    sev_es_enabled: bool | None = None
+    sev_snp_enabled: bool | None = None
+    dev_sev: bool | None = None  # /dev/sev, the firmware device QEMU opens
+    max_guests: int | None = None  # SEV ASIDs (libvirt's maxGuests)
+    max_es_guests: int | None = None  # SEV-ES and SEV-SNP ASIDs, one pool (libvirt's maxESGuests)
+    sev_guests: int = 0  # running SEV CVMs
+    es_guests: int = 0  # running SEV-ES and SEV-SNP CVMs
+    firmware: str | None = None  # the firmware's API version and build, e.g. "1.55 build 21"
+    firmware_from: str = ""  # where it was read
+    smt: bool | None = None  # SMT active on the host
+    emulated: bool = False  # the demo's facts, not read from any hardware
+    why: dict[str, str] = field(default_factory=dict)  # field -> why it is unknown
+
+    @property
+    def es_free(self) -> int | None:
+        """SEV-ES/SNP ASIDs left for another CVM; None when the maximum is unknown."""
+        return None if self.max_es_guests is None else max(0, self.max_es_guests - self.es_guests)
+
+    @property
+    def sev_free(self) -> int | None:
+        return None if self.max_guests is None else max(0, self.max_guests - self.sev_guests)
+
+
+@dataclass(slots=True)
+class Launch(Model):
+    """What a running CVM launched with beyond its type and policy, from its domain XML and libvirt's launch
+    security info. None is unknown (or not given for this type), and `why` names the field with the reason."""
+
+    measurement: str | None = None  # base64 launch digest (SEV, SEV-ES); an SNP guest's is in its attestation report
+    api_version: str | None = None  # the firmware API version it launched under, e.g. "1.55"
+    build_id: int | None = None
+    kernel_hashes: bool | None = None  # kernel, initrd and command line hashes in the measurement
+    host_data: str | None = None  # SNP: 32 bytes base64, carried into the attestation report
+    id_block: bool | None = None  # SNP: an ID block given
+    id_auth: bool | None = None  # SNP: an ID authentication structure given
+    author_key: bool | None = None  # SNP: the ID authentication carries an author key
+    why: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -137,10 +184,21 @@ class CVM(Model):
     scaled_at: float | None = None
     concurrency: float | None = None  # mean requests in flight or queued over the last sample; None: unknown
     elastic: Elastic | None = None
+    launch: Launch | None = None  # while running and confidential
 
     @property
     def policy_flags(self) -> list[str]:
         return decode_policy(self.security, self.policy)
+
+    @property
+    def risky(self) -> dict[str, str]:
+        """The policy's risky permissions and why each is one."""
+        return risky_flags(self.security, self.policy)
+
+    @property
+    def smt_allowed(self) -> bool | None:
+        """Whether its policy lets it run on a host with SMT on; None where the policy has no say."""
+        return smt_allowed(self.security, self.policy)
 
     @property
     def workers_active(self) -> int | None:
