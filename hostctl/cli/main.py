@@ -352,7 +352,7 @@ async def _agent(args: argparse.Namespace) -> int:
     policies = _policies(args.policies)
     writers = Writers.parse(args.writers) if args.writers is not None else None
     root = _sys_root(args)
-    # The kernel's SEV facts: under --sys-root when given, else / for a hypervisor on this machine (none for a remote one).
+    # The kernel's SEV facts: under --sys-root when given, else / for a hypervisor on this machine, none if remote.
     host = LibvirtHost(args.uri, platform_root=root if args.sys_root else None)
     await host.open()
     agent = Agent(
