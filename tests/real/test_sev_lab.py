@@ -4,12 +4,14 @@ side matches what this machine shows, and the slots in use are the lab's running
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.host.platform import read_platform
+from hostctl.wire.doctor import Report, Status
 from hostctl.wire.model import DomainState
-from tests.support.lab import LabSite
+from tests.support.lab import URI, LabSite, hostctl
 
 
 def test_real_libvirt_and_kernel_facts(lab: LabSite) -> None:
@@ -32,3 +34,18 @@ def test_real_libvirt_and_kernel_facts(lab: LabSite) -> None:
                     assert cvm.launch is not None and cvm.launch.why, cvm
 
     asyncio.run(read())
+
+
+def test_doctor_on_the_lab(lab: LabSite) -> None:
+    """`hostctl doctor` against the real libvirtd: real versions, the lab's guest-driver CVMs' guest agents answer
+    a real guest-ping, the SEV hardware checks say emulated (the lab has none), and the host passes."""
+    done = hostctl("--uri", URI, "doctor", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = Report.from_dict(json.loads(done.stdout))
+    checks = {c.name: c for c in report.checks}
+    assert report.emulated and checks["libvirt"].status == Status.OK
+    assert checks["QEMU"].status == Status.OK and checks["QEMU"].detail[0].isdigit(), checks["QEMU"]
+    ours = [name for name in checks if name.startswith(lab.prefix) and name.endswith(" guest agent")]
+    assert len(ours) == 2, sorted(checks)  # the two SNP guests run the guest driver; the plain one hotplug
+    for name in ours:
+        assert checks[name].status == Status.OK and checks[name].detail == "answers (guest-ping)"
