@@ -108,6 +108,7 @@ async def test_subscribe_sends_changes_not_snapshots(served: Served) -> None:
             "scaled_at",
             "concurrency",
             "elastic",
+            "launch",
         }
         for c in quiet["cvms"].values()
     )
