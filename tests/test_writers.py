@@ -23,9 +23,9 @@ from dittotui.app import DittoApp
 from hostctl.client.ref import CVMRef
 from hostctl.client.site import Defaults
 from hostctl.client.site import load as load_site
-from hostctl.errors import HostctlError
 from hostctl.wire import rpc
 from tests.support import ROOT
+from tests.support.agents import answers_hello
 from tests.support.nodes import make_node
 
 NOBODY = 65534
@@ -92,13 +92,8 @@ class Served:
 
     async def start(self) -> None:
         self.proc = await asyncio.to_thread(subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL)
-        for _ in range(300):
-            if self.socket.exists():
-                with contextlib.suppress(HostctlError, OSError, TimeoutError):
-                    await rpc.call_unix(str(self.socket), "hello", timeout=1)
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError("hostctl serve did not start")
+        if not await answers_hello(self.socket, tries=300):
+            raise AssertionError("hostctl serve did not start")
 
     def stop(self) -> None:
         assert self.proc is not None

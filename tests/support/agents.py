@@ -43,6 +43,17 @@ name = "{name}"
 """
 
 
+async def answers_hello(socket: Path, *, tries: int) -> bool:
+    """Whether an agent answers `hello` on `socket` within `tries` attempts 50 ms apart (it may still be starting)."""
+    for _ in range(tries):
+        if socket.exists():
+            with contextlib.suppress(HostctlError, OSError, TimeoutError):
+                await rpc.call_unix(str(socket), "hello", timeout=1)
+                return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 class AgentProcess:
     """`hostctl demo serve-host NAME` as its own process, restartable, with its socket and audit log."""
 
@@ -86,13 +97,8 @@ class AgentProcess:
                 self.proc = await asyncio.to_thread(
                     subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out
                 )
-        for _ in range(200):
-            if self.socket.exists():
-                with contextlib.suppress(HostctlError, OSError, TimeoutError):
-                    await rpc.call_unix(str(self.socket), "hello", timeout=1)
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"agent {self.name} did not start")
+        if not await answers_hello(self.socket, tries=200):
+            raise RuntimeError(f"agent {self.name} did not start")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hostctl.errors import HostctlError
 from hostctl.wire import rpc
 from tests.support import ROOT
-from tests.support.agents import AgentProcess
+from tests.support.agents import AgentProcess, answers_hello
 
 RESULT = 0  # "a result", among the error codes a message may get
 VALID_WHO = "fuzz-valid"
@@ -419,13 +418,8 @@ class LoggedAgent(AgentProcess):
         self.proc = await asyncio.to_thread(
             subprocess.Popen, self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stderr=self._log
         )
-        for _ in range(300):
-            if self.socket.exists():
-                with contextlib.suppress(HostctlError, OSError, TimeoutError):
-                    await rpc.call_unix(str(self.socket), "hello", timeout=1)
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"agent {self.name} did not start: {self.stderr.read_text()[-500:]}")
+        if not await answers_hello(self.socket, tries=300):
+            raise RuntimeError(f"agent {self.name} did not start: {self.stderr.read_text()[-500:]}")
 
     def stop(self) -> None:
         super().stop()
