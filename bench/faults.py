@@ -28,22 +28,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import textual
 
@@ -56,9 +56,6 @@ from hostctl.client.site import Defaults, HostEntry, Site
 from hostctl.stats import percentile
 from hostctl.wire import rpc
 from hostctl.wire.model import Event
-from tests.support.agents import AgentProcess
-from tests.support.proxy import CuttableProxy
-from tests.support.sshd import RestartableSSHD
 
 OUT = Path(__file__).parent / "results" / "faults.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
@@ -71,7 +68,6 @@ FRESH_S = 5.0
 RECOVERY_CAP_S = 30.0  # a fault whose link is not fresh again this long after it ended counts as not fresh
 HOLD = (1.5, 4.0)  # stop and blackhole last this many link timeouts (uniform)
 TRACEBACK = "Traceback (most recent call last)"
-T = TypeVar("T")
 
 
 # -- what is recorded ---------------------------------------------------------------------------------------------
@@ -124,96 +120,99 @@ class Campaign:
     lines: list[tuple[float, str, str]] = field(default_factory=list)  # the console's log: (monotonic, text, style)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     control: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms) of the control's late wakes
-    # (monotonic, the console thread's stack, where the faults' thread was) at each stall
+    # (monotonic, the console thread's stack, where the links' thread was) at each stall
     stall_stacks: list[tuple[float, str, str]] = field(default_factory=list)
+    collections: list[tuple[float, float, int]] = field(default_factory=list)  # (monotonic, ms, generation)
     bench_errors: list[str] = field(default_factory=list)  # the injecting side's own failures (not the console's)
     app_exception: str = ""
     wall_s: float = 0.0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-# -- the hosts, on a loop of their own ----------------------------------------------------------------------------
+# -- the hosts, in a process of their own -------------------------------------------------------------------------
 
 
 class Lab:
-    """Agents, sshds and proxies on an event loop in a thread of their own, so that nothing the faults do (a blocking
-    wait for a killed process, a proxy's forwarding) runs on the console's loop."""
+    """The hosts and the injector, run by `bench.fault_lab` in a process of its own (so that neither the proxies'
+    forwarding nor the injector shares the console's GIL), ordered over its stdin and answering on its stdout."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fault-lab", daemon=True)
-        self.thread.start()
+    def __init__(self, runtime: Path) -> None:
+        self.runtime = runtime
+        self.proc: asyncio.subprocess.Process | None = None
+        self.hosts: list[dict[str, Any]] = []
+        self._next = 0
+        self._waiting: dict[int, tuple[Callable[[float], None], asyncio.Future[tuple[float, str | None]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the lab's loop and wait for it from the caller's loop."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+    async def start(self, names: list[str], wake_ms: float) -> None:
+        """Start the process and its hosts; return once every host is up (or raise with the lab's last words)."""
+        argv = [sys.executable, "-m", "bench.fault_lab", str(self.runtime), str(wake_ms), *names]
+        with (self.runtime / "lab.log").open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=Path(__file__).parent.parent
+            )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60 + 10 * len(names))
+        if not line:
+            raise RuntimeError(f"the fault lab ended before its hosts were up (see {self.runtime / 'lab.log'})")
+        self.hosts = json.loads(line)["hosts"]
+        self._reader = asyncio.create_task(self._read())
 
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        if not self.loop.is_running():
-            self.loop.close()
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            said = json.loads(line)
+            started, done = self._waiting[said["id"]]
+            if "started" in said:
+                started(said["started"])
+            else:
+                self._waiting.pop(said["id"])
+                done.set_result((said["ended"], said["error"]))
+        for _started, done in self._waiting.values():  # the lab ended: nothing more will be said
+            if not done.done():
+                done.set_exception(RuntimeError("the fault lab ended"))
+
+    async def inject(self, host: str, kind: str, hold: float, started: Callable[[float], None]) -> float:
+        """Have the lab inflict `kind` on `host`; `started` gets its start time; returns its end time."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self._next += 1
+        done: asyncio.Future[tuple[float, str | None]] = asyncio.get_running_loop().create_future()
+        self._waiting[self._next] = (started, done)
+        order = {"id": self._next, "host": host, "kind": kind, "hold": hold}
+        self.proc.stdin.write((json.dumps(order) + "\n").encode())
+        await self.proc.stdin.drain()
+        ended, error = await done
+        if error is not None:
+            raise RuntimeError(error)
+        return ended
+
+    async def close(self) -> None:
+        """End of input: the lab stops every host and exits (killed if it has not within a bound)."""
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
 
 
-@dataclass
-class Host:
-    name: str
-    agent: AgentProcess
-    sshd: RestartableSSHD
-    proxy: CuttableProxy
-
-    @classmethod
-    async def start(cls, runtime: Path, name: str, wake_ms: float) -> Host:
-        agent = AgentProcess(runtime, name, wake_ms=wake_ms, log=runtime / f"{name}.agent.log")
-        sshd = RestartableSSHD(runtime / f"{name}-sshd")
-        await agent.start()
-        await sshd.start()
-        proxy = await CuttableProxy(sshd.endpoint.host, sshd.endpoint.port).start()
-        return cls(name, agent, sshd, proxy)
-
-    async def stop(self) -> None:
-        await self.proxy.close()
-        await self.sshd.stop()
-        await asyncio.to_thread(self.agent.stop)
-
-    async def inject(self, kind: str, hold: float, started: Callable[[], None]) -> None:
-        """Inflict `kind` on this host (calling `started` as it begins) and return when it is over."""
-        started()
-        if kind == "kill":
-            await asyncio.to_thread(self.agent.kill)
-            await self.agent.start()
-        elif kind == "stop":
-            self.agent.signal(signal.SIGSTOP)
-            try:
-                await asyncio.sleep(hold)
-            finally:
-                self.agent.signal(signal.SIGCONT)
-        elif kind == "cut":
-            self.proxy.cut()
-        elif kind == "sshd":
-            await self.sshd.restart()
-        elif kind == "blackhole":
-            self.proxy.pause()
-            try:
-                await asyncio.sleep(hold)
-            finally:
-                self.proxy.resume()
-        else:
-            raise ValueError(f"unknown fault kind {kind!r}")
-
-
-def site_for(hosts: list[Host], runtime: Path, args: argparse.Namespace) -> Path:
+def site_for(lab: Lab, runtime: Path, args: argparse.Namespace) -> Path:
     """A site file naming every host by an ssh alias (through its proxy) and its agent's socket."""
     config = runtime / "ssh_config"
     known_hosts = runtime / "known_hosts"
     config.write_text(
         "".join(
-            f"Host {h.name}\n  HostName {h.proxy.listen_host}\n  Port {h.proxy.listen_port}\n"
-            f"  User {h.sshd.endpoint.user}\n  IdentityFile {h.sshd.endpoint.client_key}\n  IdentitiesOnly yes\n"
-            for h in hosts
+            f"Host {h['name']}\n  HostName {h['host']}\n  Port {h['port']}\n"
+            f"  User {h['user']}\n  IdentityFile {h['key']}\n  IdentitiesOnly yes\n"
+            for h in lab.hosts
         )
     )
-    known_hosts.write_text("".join(h.sshd.endpoint.known_hosts_line(h.proxy.listen_port) for h in hosts))
+    known_hosts.write_text("".join(h["known_hosts"] for h in lab.hosts))
     site = Site(
         defaults=Defaults(
             interval=args.interval,
@@ -224,7 +223,7 @@ def site_for(hosts: list[Host], runtime: Path, args: argparse.Namespace) -> Path
             known_hosts=str(known_hosts),
             ssh_config=str(config),
         ),
-        hosts=[HostEntry(name=h.name, ssh=h.name, socket=str(h.agent.socket)) for h in hosts],
+        hosts=[HostEntry(name=h["name"], ssh=h["name"], socket=h["socket"]) for h in lab.hosts],
     )
     path = runtime / "site.toml"
     site_file.write(site, path)
@@ -243,33 +242,31 @@ def plan(args: argparse.Namespace, names: list[str]) -> dict[str, list[tuple[str
     return out
 
 
-async def run_faults(host: Host, faults: list[tuple[str, float]], c: Campaign, seed: int) -> None:
-    """One host's faults, one at a time, each once the link is fresh again (on the lab's loop)."""
+async def run_faults(lab: Lab, host: str, faults: list[tuple[str, float]], c: Campaign, seed: int) -> None:
+    """One host's faults, one at a time, each once the link is fresh again."""
     rng = random.Random(seed)
-    states = c.states[host.name]
+    states = c.states[host]
     for kind, hold in faults:
         await until(lambda: bool(states) and states[-1][1] is LinkState.FRESH, RECOVERY_CAP_S)
         await asyncio.sleep(rng.uniform(0.3, 1.2))  # so that faults fall at every phase of the requests
-        fault = Fault(host.name, kind, 0.0, 0.0, hold)
+        fault = Fault(host, kind, 0.0, 0.0, hold)
 
-        def began(fault: Fault = fault) -> None:
-            fault.start = time.monotonic()
-            fault.in_flight = sum(
-                1 for r in list(c.requests) if r.host == host.name and r.sent is not None and r.done is None
-            )
+        def began(when: float, fault: Fault = fault) -> None:
+            fault.start = when
+            fault.in_flight = sum(1 for r in c.requests if r.host == host and r.sent is not None and r.done is None)
 
         try:
-            await host.inject(kind, hold, began)
+            fault.end = await lab.inject(host, kind, hold, began)
         except Exception as e:  # the bench's own failure: written down, and the campaign goes on
-            c.bench_errors.append(f"{host.name} {kind}: {type(e).__name__}: {e}")
-        fault.end = time.monotonic()
+            c.bench_errors.append(f"{host} {kind}: {e}")
+            fault.end = time.monotonic()
         c.faults.append(fault)
         # Wait for the link to notice the fault and recover from it (the figures are taken later, from `states`).
         await until(lambda f=fault: went_stale(states, f.start) is not None, hold + RECOVERY_CAP_S)
         await until(lambda f=fault: fresh_again(states, f) is not None, RECOVERY_CAP_S)
 
 
-async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+async def until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -405,13 +402,14 @@ async def ticker(c: Campaign, stop: asyncio.Event, watch: StallWatch, period: fl
 
 class StallWatch(threading.Thread):
     """Says what the console's thread was running when its loop is late: its stack, sampled from another thread
-    once per stall (an idle loop's `select` there means the thread was kept from running, not busy)."""
+    once per stall (an idle loop's `select` there means the thread was kept from running, not busy), and where the
+    links' thread was then."""
 
-    def __init__(self, c: Campaign, lab: Lab) -> None:
+    def __init__(self, c: Campaign) -> None:
         super().__init__(name="stall-watch", daemon=True)
         self.c = c
         self.target = threading.get_ident()
-        self.lab = lab.thread.ident
+        self.links = next((t.ident for t in threading.enumerate() if t.name == "links"), None)
         self.due = time.perf_counter()
         self.caught = False
         self.halt = threading.Event()
@@ -426,9 +424,32 @@ class StallWatch(threading.Thread):
                 continue
             self.caught = True
             frames = sys._current_frames()
-            lab = frames.get(self.lab) if self.lab is not None else None
-            lab_at = f"{Path(lab.f_code.co_filename).name}:{lab.f_lineno} {lab.f_code.co_name}" if lab else "-"
-            self.c.stall_stacks.append((time.monotonic(), stack(frames.get(self.target)), lab_at))
+            links = frames.get(self.links) if self.links is not None else None
+            links_at = (
+                f"{Path(links.f_code.co_filename).name}:{links.f_lineno} {links.f_code.co_name}" if links else "-"
+            )
+            self.c.stall_stacks.append((time.monotonic(), stack(frames.get(self.target)), links_at))
+
+
+class GCWatch:
+    """Every garbage collection of the console's process: (monotonic start, ms, generation)."""
+
+    def __init__(self, c: Campaign) -> None:
+        self.c = c
+        self.began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.began = time.monotonic()
+        else:
+            self.c.collections.append((self.began, (time.monotonic() - self.began) * 1000, info["generation"]))
+
+    def __enter__(self) -> GCWatch:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 def stack(frame: FrameType | None, depth: int = 6) -> str:
@@ -492,33 +513,26 @@ async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[
     """Run the whole campaign; the agents, sshds and proxies are stopped whatever happens."""
     c = Campaign(args, runtime)
     names = [f"mec-{i}" for i in range(1, args.hosts + 1)]
-    lab = Lab()
-    lab.loop.set_exception_handler(lambda _loop, ctx: c.bench_errors.append(str(ctx.get("message"))))
-    hosts: list[Host] = []
+    lab = Lab(runtime)
     t0 = time.monotonic()
     try:
-        for name in names:
-            hosts.append(await lab.run(Host.start(runtime, name, args.wake_ms)))
-        app = DittoApp(site=site_file.load(site_for(hosts, runtime, args)))
-        with stderr_to(runtime / "console.log"):
-            await console_run(app, c, hosts, lab, progress=progress)
+        await lab.start(names, args.wake_ms)
+        app = DittoApp(site=site_file.load(site_for(lab, runtime, args)))
+        with stderr_to(runtime / "console.log"), GCWatch(c):
+            await console_run(app, c, lab, progress=progress)
     finally:
-        for host in hosts:
-            with contextlib.suppress(Exception):
-                await lab.run(host.stop())
-        lab.close()
+        await lab.close()
     c.wall_s = time.monotonic() - t0
+    c.bench_errors += [f"the fault lab: {n} tracebacks (see lab.log)" for n in [tracebacks(runtime / "lab.log")] if n]
     for name in names:
         path = runtime / f"{name}.audit.jsonl"
         c.audit[name] = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return c
 
 
-async def console_run(
-    app: DittoApp, c: Campaign, hosts: list[Host], lab: Lab, *, progress: Callable[[str], None]
-) -> None:
+async def console_run(app: DittoApp, c: Campaign, lab: Lab, *, progress: Callable[[str], None]) -> None:
     args = c.args
-    names = [h.name for h in hosts]
+    names = [h["name"] for h in lab.hosts]
     async with app.run_test(size=(160, 50)):
         await wait_until(lambda: app.fleet is not None, 10, "the console's fleet")
         console = Console(app, c)
@@ -526,13 +540,13 @@ async def console_run(
         await wait_until(lambda: all(link.state is LinkState.FRESH for link in app.links), 60, "every link fresh")
         progress(f"  {len(names)} hosts fresh; faults begin")
         stop = asyncio.Event()
-        watch = StallWatch(c, lab)
+        watch = StallWatch(c)
         watch.start()
         control = Control(24 * 3600)
         tasks = [asyncio.create_task(ticker(c, stop, watch))]
         tasks += [asyncio.create_task(console.drive(name, stop, args.seed + i)) for i, name in enumerate(names)]
         planned = plan(args, names)
-        runs = [lab.run(run_faults(host, planned[host.name], c, args.seed * 1000 + i)) for i, host in enumerate(hosts)]
+        runs = [run_faults(lab, name, planned[name], c, args.seed * 1000 + i) for i, name in enumerate(names)]
         report_task = asyncio.create_task(report_progress(c, args.per_kind * len(KINDS), progress))
         try:
             await asyncio.gather(*runs)
@@ -673,6 +687,20 @@ def tracebacks(path: Path) -> int:
 def machine_busy(c: Campaign, when: float, ms: float) -> bool:
     """The control ticker was late at the same time as the console's (the lateness is logged when it ends)."""
     return any(t - late / 1000 - 0.05 <= when and when - ms / 1000 - 0.05 <= t for t, late in c.control)
+
+
+def in_gc(c: Campaign, when: float, ms: float) -> bool:
+    """A garbage collection of the console's process overlapped the late wake that ended at `when`."""
+    return any(start <= when and when - ms / 1000 <= start + took / 1000 for start, took, _gen in c.collections)
+
+
+def during_gc(c: Campaign) -> str:
+    """One sentence on the console process's garbage collections and the stalls they overlapped."""
+    stalls = [(t, ms) for t, ms in c.lateness if ms > STALL_MS]
+    overlapped = sum(1 for t, ms in stalls if in_gc(c, t, ms))
+    by_gen = {g: [ms for _s, ms, gen in c.collections if gen == g] for g in (0, 1, 2)}
+    pauses = ", ".join(f"gen {g}: {len(v)} (max {max(v, default=0):.0f} ms)" for g, v in by_gen.items())
+    return f"Garbage collections of the console's process: {pauses}; {overlapped} of the stalls overlapped one."
 
 
 def fmt(values: list[float], unit: str = "", digits: int = 1) -> str:
@@ -831,18 +859,18 @@ def report(c: Campaign, t: Tally, command: str) -> str:
             active = [f"{f.host} {f.kind}" for f in c.faults if f.start - 0.5 <= when <= f.end + 2]
             busy = "; the control was late too" if machine_busy(c, when, ms) else ""
             lines.append(f"- {when - t0:.1f} s: {ms:.0f} ms ({', '.join(active) or 'no fault'}{busy})")
-        idle = sum(1 for _t, at, _lab in c.stall_stacks if at.startswith("selectors.py"))
-        lab_busy = sum(1 for _t, _at, lab in c.stall_stacks if not lab.startswith(("selectors.py", "threading.py")))
+        idle = sum(1 for _t, at, _links in c.stall_stacks if at.startswith("selectors.py"))
+        links_busy = sum(1 for _t, _at, at in c.stall_stacks if not at.startswith(("selectors.py", "threading.py")))
         places: dict[str, int] = {}
-        for _t, at, _lab in c.stall_stacks:
+        for _t, at, _links in c.stall_stacks:
             places[at] = places.get(at, 0) + 1
         lines += [
             "",
             f"The console thread's stack, sampled from another thread {STALL_MS:.0f}-{STALL_MS + 20:.0f} ms into "
             f"each stall ({len(c.stall_stacks)} samples; {idle} in the loop's `select`, i.e. the loop had nothing "
             "to run and its thread was kept from running: the machine's other work or another thread holding the "
-            "GIL). The thread injecting the faults (the bench's own, in this process) was running Python code, not "
-            f"waiting, at {lab_busy} of them. Most frequent, innermost frame first:",
+            f"GIL). The links' thread was running Python code, not waiting, at {links_busy} of them. "
+            f"{during_gc(c)} Most frequent, innermost frame first:",
             "",
             *(f"- {n} x `{stack}`" for stack, n in sorted(places.items(), key=lambda kv: -kv[1])[:8]),
         ]

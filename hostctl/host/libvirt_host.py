@@ -285,6 +285,9 @@ class LibvirtHost:
             cvm = self.cvm(name)
         except HostctlError as e:  # e.g. undefined between the peer's snapshot and its request
             raise self._refused(name, target, who, why, e) from None
+        if cvm.state is not DomainState.RUNNING:  # before the guest is asked: a paused guest never answers
+            refused = ScaleRefused(f"{name}: refused: it is {cvm.state.value}, not running")
+            raise self._refused(name, target, who, why, refused) from None
         lock = self._scale_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._quiet(name)
