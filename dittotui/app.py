@@ -20,8 +20,9 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, RichLog
+from textual.widgets import Footer, Header, Input
 
+from dittotui.event_log import EventLog
 from dittotui.messages import ExperimentSaved, ScaleRequested, WrkRunRecorded
 from dittotui.refusals import Refusals
 from dittotui.screens.confirm import ConfirmScreen
@@ -112,7 +113,7 @@ class DittoApp(App[None]):
             yield CVMTable(id="cvms")
             with Horizontal(id="bottom"):
                 yield ServicesTable(id="services")
-                yield RichLog(id="events", markup=False, wrap=True, max_lines=2000)
+                yield EventLog(id="events", markup=False, wrap=True, max_lines=2000)
         yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
         yield Footer()
 
@@ -124,7 +125,7 @@ class DittoApp(App[None]):
         self.hosts_table = self.query_one(HostsTable)
         self.cvm_table = self.query_one(CVMTable)
         self.services_table = self.query_one(ServicesTable)
-        self.events = self.query_one("#events", RichLog)
+        self.events = self.query_one("#events", EventLog)
         self.hosts_table.border_title = "Hosts"
         self.cvm_table.border_title = "CVMs (workers = active/max worker vCPUs)"
         self.services_table.border_title = "Services (probed latency, last 10 s, ms)"
