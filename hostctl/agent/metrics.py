@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from hostctl.agent.server import Agent
 
 LOOPBACK = "127.0.0.1"
+METRICS_AT = "hostctl: metrics at "  # how a served agent says where (on stderr), for a launcher to read back
 COLLECT_TIMEOUT_S = 2.0  # how long a scrape waits for the event loop to hand over a reading
 STOP_TIMEOUT_S = 2.0
 # The guard's cause codes (`hostctl.elastic.guard`, `hostctl.elastic.runner`); any other is counted as "other".
@@ -82,7 +83,7 @@ def parse_address(text: str, option: str = "--metrics") -> tuple[str, int]:
     return host, port
 
 
-def target(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
     """`host:port` as Prometheus names a target (`[addr]:port` for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -408,8 +409,8 @@ class MetricsServer:
         try:
             self._server, self._thread = start_http_server(port, host, registry)
         except OSError as e:
-            raise HostctlError(f"--metrics {target(host, port)}: cannot listen: {e.strerror or e}") from None
-        self.address = target(host, self._server.server_port)
+            raise HostctlError(f"--metrics {host_port(host, port)}: cannot listen: {e.strerror or e}") from None
+        self.address = host_port(host, self._server.server_port)
 
     @property
     def url(self) -> str:
