@@ -361,9 +361,9 @@ async def _agent(args: argparse.Namespace) -> int:
     """Run the agent for the host at --uri until its peer leaves (stdio) or SIGTERM (socket)."""
     if not args.uri:
         raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+    metrics = parse_address(args.metrics) if args.metrics is not None else None
     if args.command == "agent":
         _check_stdio()
-    metrics = parse_address(args.metrics) if args.metrics is not None else None
     policies = _policies(args.policies)
     writers = Writers.parse(args.writers) if args.writers is not None else None
     root = _sys_root(args)
