@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.console_fleet
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
+	$(BIN)/python -m bench.metrics_scrape
 	$(BIN)/python -m bench.worker_latency  # the lab site: libvirtd + QEMU guests (root, or a running libvirtd)
 	$(BIN)/python -m bench.faults          # 500 faults over real OpenSSH against a running console (~6 min)
 	$(BIN)/python -m bench.fuzz_rpc        # 100,000 generated messages against a live agent (~2 min)
