@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,17 @@ from tests.test_bad_input import refused, run
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
-async def read(agent: Agent) -> Samples:
+@dataclass
+class Served:
+    """An agent and the address its metrics are served at."""
+
+    agent: Agent
+    address: str
+
+
+async def read(served: Served) -> Samples:
     """The agent's /metrics: per sample name, {its labels but host, sorted: value}."""
-    assert agent._metrics is not None
-    text = await scrape(agent._metrics.address)
+    text = await scrape(served.address)
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -51,7 +59,7 @@ def of(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, str]
     return {k: v for k, v in samples.get(name, {}).items() if set(labels.items()) <= set(k)}
 
 
-async def _agent(tmp_path: Path, driver: str) -> AsyncIterator[Agent]:
+async def _agent(tmp_path: Path, driver: str) -> AsyncIterator[Served]:
     host = LibvirtHost(
         f"test://{make_node(tmp_path, driver)}",
         name="edge-1",
@@ -62,33 +70,34 @@ async def _agent(tmp_path: Path, driver: str) -> AsyncIterator[Agent]:
         host, audit=AuditLog(tmp_path / "audit.jsonl"), interval=0.1, policies=load_policies(DEFAULT_POLICIES)
     )
     agent.start()
-    agent.serve_metrics(("127.0.0.1", 0))
+    server = agent.serve_metrics(("127.0.0.1", 0))
     try:
-        yield agent
+        yield Served(agent, server.address)
     finally:
         await agent.stop()
         await host.close()
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
-    async for served in _agent(tmp_path, "emulated"):
-        yield served
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async for one in _agent(tmp_path, "emulated"):
+        yield one
 
 
 @pytest.fixture
-async def guest_agent(tmp_path: Path) -> AsyncIterator[Agent]:
+async def guest_served(tmp_path: Path) -> AsyncIterator[Served]:
     """CVMs of the guest driver on the test driver, which has no guest agent: every count is unknown."""
-    async for served in _agent(tmp_path, "guest"):
-        yield served
+    async for one in _agent(tmp_path, "guest"):
+        yield one
 
 
-async def test_gauges_follow_the_snapshot_and_counters_count_scales(agent: Agent) -> None:
+async def test_gauges_follow_the_snapshot_and_counters_count_scales(served: Served) -> None:
+    agent = served.agent
     await agent.host.scale("snp", 3, expect=2, who="alice")
     with pytest.raises(ScaleRefused):
         await agent.host.scale("es", 9, who="alice")
     snapshot = agent.snapshot()
-    samples = await read(agent)
+    samples = await read(served)
     for cvm in snapshot.cvms:
         labels = (("cvm", cvm.name), ("security", cvm.security.value))
         assert samples["hostctl_cvm_online_vcpus"][labels] == cvm.online_vcpus
@@ -114,11 +123,12 @@ async def test_gauges_follow_the_snapshot_and_counters_count_scales(agent: Agent
     assert samples["process_resident_memory_bytes"][()] > 0
 
 
-async def test_policy_decisions_are_counted_by_direction_and_a_fixed_reason(agent: Agent) -> None:
+async def test_policy_decisions_are_counted_by_direction_and_a_fixed_reason(served: Served) -> None:
+    agent = served.agent
     # The concurrency policy has no concurrency signal on a bare test-driver host: it holds, and alerts.
     agent.elastic.choose("plain", name="concurrency", enabled=True, who="alice")
     await until(lambda: agent.tallies.decisions, timeout=10)
-    samples = await read(agent)
+    samples = await read(served)
     decisions = samples["hostctl_policy_decisions_total"]
     assert decisions
     for labels, count in decisions.items():
@@ -131,11 +141,12 @@ async def test_policy_decisions_are_counted_by_direction_and_a_fixed_reason(agen
     assert samples["hostctl_cvm_policy_enabled"][(("cvm", "snp"), ("policy", "concurrency"))] == 0
 
 
-async def test_counts_that_cannot_be_read_are_absent_not_zero(guest_agent: Agent) -> None:
+async def test_counts_that_cannot_be_read_are_absent_not_zero(guest_served: Served) -> None:
+    guest_agent = guest_served.agent
     await until(lambda: all(n >= 2 for n in guest_agent.host.guest_errors.values()) and guest_agent.host.guest_errors)
     snapshot = guest_agent.snapshot()
     assert all(c.online_vcpus is None for c in snapshot.cvms)
-    samples = await read(guest_agent)
+    samples = await read(guest_served)
     for name in ("hostctl_cvm_online_vcpus", "hostctl_cvm_workers_active", "hostctl_cvm_cpu_usage_ratio"):
         assert name not in samples, name
     assert set(samples["hostctl_cvm_online_vcpus_known"].values()) == {0}
@@ -146,10 +157,11 @@ async def test_counts_that_cannot_be_read_are_absent_not_zero(guest_agent: Agent
     assert samples["hostctl_cvm_max_vcpus"]  # what is known is still there
 
 
-async def test_a_loop_that_does_not_answer_is_said_not_waited_on(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_loop_that_does_not_answer_is_said_not_waited_on(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(metrics, "COLLECT_TIMEOUT_S", 0.2)
-    assert agent._metrics is not None
-    url = agent._metrics.url
+    url = f"http://{served.address}/metrics"
     asyncio.get_running_loop().call_soon(time.sleep, 0.6)  # the loop is busy before the scrape asks it anything
     scraped: list[str] = []
     scraper = threading.Thread(target=lambda: scraped.append(_scrape_blocking(url)))
