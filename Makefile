@@ -7,6 +7,8 @@ APT_PACKAGES := libvirt-dev pkg-config wrk openssh-server openssh-client
 # libvirt-daemon-system creates QEMU's user and qemu.conf, without which libvirtd's QEMU driver will not start.
 APT_PACKAGES += qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients
 APT_PACKAGES += linux-image-amd64 busybox-static qemu-guest-agent cpio
+# The metrics tests: a real Prometheus scraping a demo agent, and promtool checking the shipped rules.
+APT_PACKAGES += prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench screenshots system-packages clean
@@ -33,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.console_fleet
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
+	$(BIN)/python -m bench.metrics_scrape
 	$(BIN)/python -m bench.worker_latency  # the lab site: libvirtd + QEMU guests (root, or a running libvirtd)
 	$(BIN)/python -m bench.faults          # 500 faults over real OpenSSH against a running console (~6 min)
 	$(BIN)/python -m bench.fuzz_rpc        # 100,000 generated messages against a live agent (~2 min)

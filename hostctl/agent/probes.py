@@ -81,8 +81,10 @@ class Prober:
         timeout: float = 2.0,
         max_in_flight: int = 8,
         windows: tuple[float, ...] = WINDOWS,
+        on_sample: Callable[[str, str, ProbeSample], None] = lambda cvm, service, sample: None,
     ) -> None:
         self.services = services
+        self.on_sample = on_sample  # told of every probe (CVM, service, sample): the agent's metrics
         self.rate = rate
         self.window_seconds = windows
         self.timeout = timeout
@@ -127,21 +129,21 @@ class Prober:
                 if key not in self.windows:
                     self.windows[key] = tuple(Window(s) for s in self.window_seconds)
                 if self._in_flight.get(key, 0) >= self.max_in_flight:
-                    self._record(key, ProbeSample(time.monotonic(), self.timeout * 1000, ok=False))
+                    self._record(service, ProbeSample(time.monotonic(), self.timeout * 1000, ok=False))
                     continue
-                request = asyncio.get_running_loop().create_task(self._probe(key, service.url))
+                request = asyncio.get_running_loop().create_task(self._probe(key, service))
                 self._requests.add(request)
                 request.add_done_callback(self._requests.discard)
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    async def _probe(self, key: str, url: str) -> None:
+    async def _probe(self, key: str, service: Service) -> None:
         assert self._session is not None
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         started = time.monotonic()
         ok = False
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(service.url) as response:
                 await response.read()
                 ok = response.status < 400
         except (aiohttp.ClientError, TimeoutError):
@@ -149,11 +151,12 @@ class Prober:
         finally:
             if key in self._in_flight:  # not when the service went away meanwhile
                 self._in_flight[key] -= 1
-        self._record(key, ProbeSample(started, (time.monotonic() - started) * 1000, ok))
+        self._record(service, ProbeSample(started, (time.monotonic() - started) * 1000, ok))
 
-    def _record(self, key: str, sample: ProbeSample) -> None:
-        for window in self.windows.get(key, ()):
+    def _record(self, service: Service, sample: ProbeSample) -> None:
+        for window in self.windows.get(_key(service), ()):
             window.add(sample)
+        self.on_sample(service.cvm, service.name, sample)
 
 
 def _key(service: Service) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from hostctl import __version__
 from hostctl.agent.access import PeerIdentity, Writers, socket_peer, stdio_peer
 from hostctl.agent.audit import AuditLog
+from hostctl.agent.metrics import MetricsServer, Tallies
 from hostctl.agent.probes import Prober
 from hostctl.agent.updates import Subscription
 from hostctl.elastic.policies import Probe
@@ -86,10 +87,18 @@ class Agent:
         self.writers = writers or Writers.default()
         self.interval = interval
         self.services = services
-        self.prober = Prober(services, rate=probe_rate)
+        self.tallies = Tallies()  # counted for Prometheus whether or not metrics are served
+        self.sampled_at: float | None = None  # the last sample that worked (Unix time)
+        self.prober = Prober(services, rate=probe_rate, on_sample=self.tallies.probed)
         self.elastic = ElasticRunner(
-            host, policies or {}, state_file=state_path(audit.path), record=self.record, probes=self._probes
+            host,
+            policies or {},
+            state_file=state_path(audit.path),
+            record=self.record,
+            probes=self._probes,
+            decided=self.tallies.decided,
         )
+        self._metrics: MetricsServer | None = None
         self._sessions: set[Session] = set()
         self._socket: tuple[Path, str | None] | None = None  # the socket served, and the group let reach it
         self._sampler: asyncio.Task[None] | None = None
@@ -101,7 +110,18 @@ class Agent:
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
         self.prober.start()
 
+    def serve_metrics(self, address: tuple[str, int]) -> MetricsServer:
+        """Serve Prometheus metrics at `address` (`hostctl.agent.metrics`) until `stop`."""
+        self._metrics = MetricsServer(self, address)
+        return self._metrics
+
+    @property
+    def peers(self) -> int:
+        return len(self._sessions)
+
     async def stop(self) -> None:
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.stop)
         if self._sampler is not None:
             self._sampler.cancel()
         await self.elastic.stop()
@@ -172,6 +192,7 @@ class Agent:
     def record(self, event: Event) -> None:
         """Append `event` to the audit log and push it to every subscribed peer."""
         self.audit.append(event)
+        self.tallies.event(event)
         for session in self._sessions:
             session.push(event)
 
@@ -184,6 +205,7 @@ class Agent:
                 await self.host.sample()
             except Exception:  # libvirt gone or a CVM vanished mid-sample: the next tick tries again
                 continue
+            self.sampled_at = time.time()
             self.elastic.observe()
 
     def _probes(self, cvm: str, now: float, seconds: float) -> list[Probe]:

@@ -19,6 +19,7 @@ from hostctl import __version__
 from hostctl.agent.access import Writers
 from hostctl.agent.audit import AuditLog
 from hostctl.agent.audit import default_path as audit_default_path
+from hostctl.agent.metrics import METRICS_AT, parse_address
 from hostctl.agent.server import Agent
 from hostctl.cli import site as sitecli
 from hostctl.client.link import Fleet
@@ -145,7 +146,14 @@ def parser() -> argparse.ArgumentParser:
     )
     elastic.add_argument("--out", type=Path, default=Path("."), help="folder for the table and plot (default: here)")
 
-    agent_opts = argparse.ArgumentParser(add_help=False, parents=[sys_root])
+    metrics = argparse.ArgumentParser(add_help=False)
+    metrics.add_argument(
+        "--metrics",
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR an IP address, default 127.0.0.1; "
+        "PORT 0: any free port)",
+    )
+    agent_opts = argparse.ArgumentParser(add_help=False, parents=[sys_root, metrics])
     agent_opts.add_argument("--readonly", action="store_true", help="refuse every change, from anyone")
     agent_opts.add_argument(
         "--writers",
@@ -181,12 +189,16 @@ def parser() -> argparse.ArgumentParser:
     )
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument("--runtime", type=Path, default=launcher.default_runtime(), help="runtime directory")
-    demo_up = demo.add_parser("up", parents=[runtime], help="start the demo hosts in the background")
+    demo_up = demo.add_parser(
+        "up",
+        parents=[runtime, metrics],
+        help="start the demo hosts in the background (--metrics: the first host at PORT, the next at PORT+1, ...)",
+    )
     demo_up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo site file")
     demo.add_parser("down", parents=[runtime], help="stop the demo hosts")
     demo_status = demo.add_parser("status", parents=[runtime], help="show the demo hosts and their CVMs")
     demo_status.add_argument("--json", action="store_true")
-    serve_host = demo.add_parser("serve-host", parents=[runtime])
+    serve_host = demo.add_parser("serve-host", parents=[runtime, metrics])
     serve_host.add_argument("name")
     serve_host.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     serve_host.add_argument("--policies", type=Path, default=None, metavar="DIR")
@@ -196,7 +208,9 @@ def parser() -> argparse.ArgumentParser:
     )
     lab_runtime = argparse.ArgumentParser(add_help=False)
     lab_runtime.add_argument("--runtime", type=Path, default=default_runtime(), help="runtime directory")
-    lab_up = lab.add_parser("up", parents=[lab_runtime], help="start libvirtd if needed, the guests and an agent")
+    lab_up = lab.add_parser(
+        "up", parents=[lab_runtime, metrics], help="start libvirtd if needed, the guests and an agent"
+    )
     lab_up.add_argument("--prefix", default=LAB_PREFIX, help="domain name prefix (ends in '-')")
     lab_up.add_argument("--cache", type=Path, default=None, help="guest image cache (default: XDG cache dir)")
     lab.add_parser("down", parents=[lab_runtime], help="stop and remove everything lab up started")
@@ -347,6 +361,7 @@ async def _agent(args: argparse.Namespace) -> int:
     """Run the agent for the host at --uri until its peer leaves (stdio) or SIGTERM (socket)."""
     if not args.uri:
         raise HostctlError("the agent needs the host's libvirt URI: pass --uri URI (or set LIBVIRT_DEFAULT_URI)")
+    metrics = parse_address(args.metrics) if args.metrics is not None else None
     if args.command == "agent":
         _check_stdio()
     policies = _policies(args.policies)
@@ -367,6 +382,8 @@ async def _agent(args: argparse.Namespace) -> int:
     )
     agent.start()
     try:
+        if metrics is not None:
+            print(f"{METRICS_AT}{agent.serve_metrics(metrics).url}", file=sys.stderr, flush=True)
         if args.command == "agent":
             await agent.serve_stdio()
         else:
@@ -412,11 +429,16 @@ def _policies(directory: Path | None) -> dict[str, PolicySpec]:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    metrics = parse_address(args.metrics) if getattr(args, "metrics", None) is not None else None
     if args.demo == "serve-host":
-        await launcher.serve_host(args.config, args.name, args.runtime, policies=_policies(args.policies))
+        await launcher.serve_host(
+            args.config, args.name, args.runtime, policies=_policies(args.policies), metrics=metrics
+        )
     elif args.demo == "up":
-        print("\n".join(await launcher.up(args.config, args.runtime)))
+        print("\n".join(await launcher.up(args.config, args.runtime, metrics=metrics)))
         print(f"site file: {launcher.site_file(args.runtime)}")
+        if metrics is not None:
+            print(f"prometheus config: {launcher.prometheus_config(args.runtime)}")
     elif args.demo == "down":
         print("\n".join(await launcher.down(args.runtime)))
     else:
@@ -439,7 +461,8 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _lab(args: argparse.Namespace) -> int:
     """`lab up|status|down`: the lab site's real guests, as `demo` is for the emulated one."""
     if args.lab == "up":
-        print("\n".join(await lab_launcher.up(args.runtime, prefix=args.prefix, cache=args.cache)))
+        metrics = parse_address(args.metrics) if args.metrics is not None else None
+        print("\n".join(await lab_launcher.up(args.runtime, prefix=args.prefix, cache=args.cache, metrics=metrics)))
         print(f"site file: {Lab(args.runtime.absolute()).site}")
         return 0
     if args.lab == "down":

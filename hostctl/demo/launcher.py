@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hostctl.agent.audit import AuditLog
+from hostctl.agent.metrics import host_port, scrape_config
 from hostctl.agent.server import Agent
 from hostctl.client import site as sites
 from hostctl.demo import config as demo_config
@@ -58,6 +59,11 @@ class HostProcess:
     def log(self) -> Path:
         return self.runtime / f"{self.name}.log"
 
+    @property
+    def metrics(self) -> Path:
+        """Where the host serves its Prometheus metrics (`host:port`), while it does."""
+        return self.runtime / f"{self.name}.metrics"
+
     def pid(self) -> int | None:
         """The process id, if the process is alive (a child of ours that exited is reaped, not counted)."""
         try:
@@ -75,9 +81,15 @@ class HostProcess:
 
 
 async def serve_host(
-    config_path: Path, name: str, runtime: Path, *, policies: dict[str, PolicySpec] | None = None
+    config_path: Path,
+    name: str,
+    runtime: Path,
+    *,
+    policies: dict[str, PolicySpec] | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
-    """The body of one demo host process: run the host and its agent (with `policies`) until SIGTERM or SIGINT."""
+    """The body of one demo host process: run the host and its agent (with `policies`, serving Prometheus metrics
+    at `metrics` when given) until SIGTERM or SIGINT."""
     config = demo_config.load(config_path)
     try:
         spec = config.host(name)
@@ -95,6 +107,17 @@ async def serve_host(
         policies=policies,
     )
     agent.start()
+    proc.metrics.unlink(missing_ok=True)
+    if metrics is not None:
+        try:
+            address = agent.serve_metrics(metrics).address
+        except HostctlError:
+            await agent.stop()
+            await host.stop()
+            raise
+        tmp = proc.metrics.with_name(proc.metrics.name + ".tmp")
+        tmp.write_text(address + "\n")
+        tmp.replace(proc.metrics)
     server = await agent.serve_unix(proc.socket)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,21 +128,27 @@ async def serve_host(
     finally:
         server.close()
         proc.socket.unlink(missing_ok=True)
+        proc.metrics.unlink(missing_ok=True)
         await agent.stop()
         await host.stop()
 
 
-async def up(config_path: Path, runtime: Path) -> list[str]:
-    """Start every host of the demo site that is not running yet; return a line per host."""
+async def up(config_path: Path, runtime: Path, *, metrics: tuple[str, int] | None = None) -> list[str]:
+    """Start every host of the demo site that is not running yet; return a line per host. With `metrics` (address,
+    port), the hosts serve Prometheus metrics at port, port + 1, ... (each at a free port for 0), and a Prometheus
+    configuration scraping them is written to `prometheus_config(runtime)`."""
     config = demo_config.load(config_path)
+    if metrics is not None and metrics[1] and metrics[1] + len(config.hosts) - 1 > 65535:
+        raise HostctlError(f"--metrics {metrics[1]}: {len(config.hosts)} hosts need ports up to 65535")
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
     lines, started = [], []
-    for spec in config.hosts:
+    for i, spec in enumerate(config.hosts):
         proc = HostProcess(spec.name, runtime)
         if proc.pid() is not None:
             lines.append(f"{spec.name}: already running (pid {proc.pid()})")
             continue
-        child = await asyncio.to_thread(_spawn, proc, config_path, runtime)  # fork and exec off the event loop
+        served = None if metrics is None else (metrics[0], metrics[1] + i if metrics[1] else 0)
+        child = await asyncio.to_thread(_spawn, proc, config_path, runtime, served)  # fork and exec off the loop
         proc.pidfile.write_text(str(child.pid))
         started.append((proc, child))
     for proc, child in started:
@@ -128,13 +157,24 @@ async def up(config_path: Path, runtime: Path) -> list[str]:
         except HostctlError:
             await down(runtime)
             raise
-        lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket})")
+        where = f", metrics http://{proc.metrics.read_text().strip()}/metrics" if proc.metrics.exists() else ""
+        lines.append(f"{proc.name}: started (pid {child.pid}, socket {proc.socket}{where})")
     sites.write(demo_site({h.name: HostProcess(h.name, runtime).socket for h in config.hosts}), site_file(runtime))
+    targets = {
+        h.name: proc.metrics.read_text().strip()
+        for h in config.hosts
+        if (proc := HostProcess(h.name, runtime)).metrics.exists()
+    }
+    if targets:
+        prometheus_config(runtime).write_text(scrape_config(targets))
     return lines
 
 
-def _spawn(proc: HostProcess, config_path: Path, runtime: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    proc: HostProcess, config_path: Path, runtime: Path, metrics: tuple[str, int] | None
+) -> subprocess.Popen[bytes]:
     """`hostctl demo serve-host NAME` in a session of its own (it outlives this process), logging to its log file."""
+    served = [] if metrics is None else ["--metrics", host_port(*metrics)]
     with proc.log.open("ab") as log:
         return subprocess.Popen(
             [
@@ -148,6 +188,7 @@ def _spawn(proc: HostProcess, config_path: Path, runtime: Path) -> subprocess.Po
                 str(config_path),
                 "--runtime",
                 str(runtime),
+                *served,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -159,6 +200,11 @@ def _spawn(proc: HostProcess, config_path: Path, runtime: Path) -> subprocess.Po
 def site_file(runtime: Path) -> Path:
     """The site inventory of the running demo: its hosts reached through their local sockets."""
     return runtime / "site.toml"
+
+
+def prometheus_config(runtime: Path) -> Path:
+    """A Prometheus configuration scraping the running demo's hosts (written by `up --metrics`)."""
+    return runtime / "prometheus.yml"
 
 
 async def _wait_ready(proc: HostProcess, child: subprocess.Popen[bytes]) -> None:
@@ -186,9 +232,10 @@ async def down(runtime: Path) -> list[str]:
     for proc in procs:
         if (pid := proc.pid()) is not None:
             os.kill(pid, signal.SIGKILL)
-        for path in (proc.pidfile, proc.socket, runtime / f"{proc.name}.xml"):
+        for path in (proc.pidfile, proc.socket, proc.metrics, runtime / f"{proc.name}.xml"):
             path.unlink(missing_ok=True)
     site_file(runtime).unlink(missing_ok=True)
+    prometheus_config(runtime).unlink(missing_ok=True)
     return [f"{name}: stopped (pid {pid})" for name, pid in running.items()] or ["demo site is not running"]
 
 

@@ -123,12 +123,14 @@ class ElasticRunner:
         state_file: Path,
         record: Callable[[Event], None],
         probes: Callable[[str, float, float], list[Probe]] = lambda cvm, now, seconds: [],
+        decided: Callable[[str, str, Decision], None] = lambda cvm, policy, decision: None,
     ) -> None:
         self.host = host
         self.policies = policies
         self.state_file = state_file
         self.record = record
         self.probes = probes
+        self.decided = decided  # told of every decision (CVM, policy, decision), holds included: the agent's metrics
         self._tracks: dict[str, _Track] = {}
         self._samples: dict[str, deque[CVMSample]] = {}
         self._lock = asyncio.Lock()
@@ -304,6 +306,7 @@ class ElasticRunner:
                 )
                 track.logged = decision.code
             track.decision, track.decided_at = decision, now
+            self.decided(cvm, track.policy, decision)
             return decision
 
     def _decide(self, name: str, track: _Track, now: float) -> Decision:
@@ -373,6 +376,7 @@ class ElasticRunner:
                 hold(current, "error", f"{type(e).__name__}: {e}", alert=True),
                 time.time(),
             )
+            self.decided(name, track.policy, track.decision)
             if track.logged != "error":
                 self.record(
                     Event(

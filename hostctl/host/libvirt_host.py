@@ -15,6 +15,7 @@ import gc
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,6 +93,7 @@ class LibvirtHost:
             str, tuple[float, asyncio.Future[Any]]
         ] = {}  # CVM -> its guest call in flight: since, outcome
         self._counting: set[asyncio.Task[None]] = set()
+        self.guest_errors: Counter[str] = Counter()  # CVM -> guest-agent calls that failed or overstayed, since start
         self._reconnecting: asyncio.Task[None] | None = None
         self.agent_timeout = float(self._driver_options.get("guest", {}).get("timeout_s", drivers.AGENT_TIMEOUT_S))
         self._conn: libvirt.virConnect | None = None
@@ -209,6 +211,11 @@ class LibvirtHost:
         if self._host is None:
             raise HostctlError(f"{self.uri}: not open")
         return self._host
+
+    @property
+    def connected(self) -> bool:
+        """Whether the libvirt connection is open (False while it is reconnecting)."""
+        return self._conn is not None
 
     @property
     def cvms(self) -> list[CVM]:
@@ -574,13 +581,16 @@ class LibvirtHost:
             await asyncio.wait(tasks, timeout=budget)
 
     async def _count_guest(self, name: str) -> None:
+        self.guest_errors[name] += 0  # counted from its first ask, so a rate over it starts at zero
         try:
             count = await self._ask(name, self._guest_count_blocking, name)
         except _Waiting as e:
             if e.seconds > self.agent_timeout:
+                self.guest_errors[name] += 1
                 self._reconcile(name, None, f"guest agent not answering (no answer in {e.seconds:.0f} s)")
             return
         except CountUnknown as e:
+            self.guest_errors[name] += 1
             self._reconcile(name, None, str(e))
             return
         except HostctlError:  # the domain went away: its lifecycle event removes it
@@ -730,6 +740,7 @@ class LibvirtHost:
         """Drop what is kept per CVM beside its record (the CPU-time history goes at the next sample, the guest-call
         bookkeeping when its call ends)."""
         self._confirmed.pop(name, None)
+        self.guest_errors.pop(name, None)
         self._scale_locks.pop(name, None)  # a scale holding it keeps its own reference
 
     def _changed(self, name: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import libvirt
 
+from hostctl.agent.metrics import METRICS_AT, host_port
 from hostctl.client import site as sites
 from hostctl.errors import HostctlError
 from hostctl.lab import domains, guest, libvirtd, procs, qga
@@ -45,8 +46,10 @@ async def up(
     cache: Path | None = None,
     guests: tuple[GuestSpec, ...] = GUESTS,
     boot_timeout: float = BOOT_TIMEOUT,
+    metrics: tuple[str, int] | None = None,
 ) -> list[str]:
-    """Start the lab: libvirtd, the guests (booted in parallel), the host agent and the site file."""
+    """Start the lab: libvirtd, the guests (booted in parallel), the host agent (serving Prometheus metrics at
+    `metrics` when given) and the site file."""
     try:
         domains.check_prefix(prefix)
     except ValueError as e:
@@ -69,7 +72,7 @@ async def up(
     lines: list[str] = []
     try:
         lines += await asyncio.to_thread(_up_blocking, lab, prefix, cache, guests, boot_timeout)
-        lines += await _start_agent(lab)
+        lines += await _start_agent(lab, metrics)
         site = sites.Site(hosts=[sites.HostEntry(name=HOST, socket=str(lab.socket), uri=libvirtd.URI)])
         sites.write(site, lab.site)
     except OSError as e:
@@ -176,7 +179,7 @@ def _wait_agents(doms: list[libvirt.virDomain], timeout: float) -> list[str]:
     return [f"{name}: guest agent answered after {seconds:.1f} s" for name, seconds in sorted(took.items()) if seconds]
 
 
-async def _start_agent(lab: Lab) -> list[str]:
+async def _start_agent(lab: Lab, metrics: tuple[str, int] | None = None) -> list[str]:
     """Start one host agent serving qemu:///system on the lab's socket (after the guests answer, so its first
     read sees their real counts); wait until it answers."""
     if (pid := lab.agent_pid()) is not None:
@@ -194,6 +197,7 @@ async def _start_agent(lab: Lab) -> list[str]:
         str(lab.audit),
         "--probe-rate",
         "0",
+        *([] if metrics is None else ["--metrics", host_port(*metrics)]),
     ]
     child = await asyncio.to_thread(_spawn, argv, lab)
     deadline = time.monotonic() + AGENT_TIMEOUT
@@ -203,9 +207,18 @@ async def _start_agent(lab: Lab) -> list[str]:
         if lab.socket.exists():
             with contextlib.suppress(HostctlError, OSError, TimeoutError):
                 await asyncio.wait_for(rpc.call_unix(str(lab.socket), "hello", timeout=2), 5)
-                return [f"host agent: started (pid {child.pid}, socket {lab.socket})"]
+                served = [f", {line.removeprefix('hostctl: ')}" for line in _log_lines(lab) if METRICS_AT in line]
+                return [f"host agent: started (pid {child.pid}, socket {lab.socket}{''.join(served[-1:])})"]
         await asyncio.sleep(0.1)
     raise HostctlError(f"host agent did not answer within {AGENT_TIMEOUT:.0f} s: {procs.log_tail(lab.log)}")
+
+
+def _log_lines(lab: Lab) -> list[str]:
+    """The host agent's log, line by line (none when it cannot be read)."""
+    try:
+        return lab.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _spawn(argv: list[str], lab: Lab) -> subprocess.Popen[bytes]:
