@@ -64,7 +64,8 @@ LINK = Notifications({"update": Update})
 
 def notification(line: bytes, typed: Notifications) -> tuple[str, Any] | None:
     """(method, params record) of a notification `typed` decodes; None for any other message (a reply, another
-    method), left to the plain decoder. ValueError when the line is not a JSON object or the params are malformed."""
+    method), left to the plain decoder. ValueError when the line is not a JSON object in strict JSON (as the agent's
+    replies are: no NaN), or the params are malformed."""
     try:
         envelope = _ENVELOPE.decode(line)
     except msgspec.DecodeError as e:
