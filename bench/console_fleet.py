@@ -305,7 +305,9 @@ def fleet_site(args: argparse.Namespace, hosts: int, runtime: Path) -> Site:
     port = int((keys / "ssh_port").read_text())
     host_key = asyncssh.read_private_key(str(keys / "host_key"))
     (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
-    defaults = Defaults(known_hosts=str(keys / "known_hosts"), ssh_config=str(keys / "ssh_config"))
+    defaults = Defaults(
+        known_hosts=str(keys / "known_hosts"), ssh_config=str(keys / "ssh_config"), timeout=args.connect_timeout
+    )
     entries = [
         HostEntry(name=name, ssh=f"127.0.0.1:{port}", socket=str((runtime / f"{name}.sock").absolute()))
         for name in names
@@ -350,12 +352,12 @@ async def fleet_part(
             table = app.query_one(CVMTable)
             res["fresh_s"] = await wait_for(
                 lambda: app.fleet is not None and all(link.state is LinkState.FRESH for link in app.links),
-                300,
+                900,
                 "every link fresh",
                 app=app,
             )
             rows = hosts * args.cvms
-            await wait_for(lambda: table.row_count >= rows, 300, f"{rows} CVM rows", app=app)
+            await wait_for(lambda: table.row_count >= rows, 900, f"{rows} CVM rows", app=app)
             res["rows_s"] = time.monotonic() - t_start
             print(f"  links fresh after {res['fresh_s']:.1f} s, {rows} rows after {res['rows_s']:.1f} s", flush=True)
             await asyncio.sleep(3)  # settle: the first full sync and its repaint are behind us
@@ -856,6 +858,9 @@ if __name__ == "__main__":
     parser.add_argument("--changing", type=float, default=1.0, help="share of CVMs whose CPU %% changes each second")
     parser.add_argument("--churn", type=float, default=0.1, help="share of CVMs changing online vCPUs each second")
     parser.add_argument("--ssh", action="store_true", help="one SSH connection per host (default: unix sockets)")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="the site's request (and SSH connect) timeout, seconds"
+    )
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--profile", type=float, default=5.0, help="seconds under cProfile after the window (0: none)")
     parser.add_argument("--presses", type=int, default=20, help="key presses on the demo site (0: skip)")

@@ -120,6 +120,21 @@ class FleetHost:
             self.changed[cvm.name] = self.version
         self._host_cpu()
 
+    def update(self, seq: int, since: int, events: list[Event]) -> dict[str, Any]:
+        """The params of an `update` carrying what changed after version `since` (everything for -1)."""
+        update: dict[str, Any] = {
+            "seq": seq,
+            "ts": time.time(),
+            "cvms": {name: self.cvms[name].to_dict() for name, at in self.changed.items() if at > since},
+            "removed": [],
+            "events": [e.to_dict() for e in events],
+        }
+        if self.host_changed > since:
+            update["host"] = self.host.to_dict()
+        if since < 0:
+            update["services"] = []
+        return update
+
     def snapshot(self) -> Snapshot:
         return Snapshot(host=self.host, cvms=sorted(self.cvms.values(), key=lambda c: c.name), services=[])
 
@@ -225,22 +240,12 @@ class Session:
 
     async def _send(self, interval: float) -> None:
         """Every interval (at once after an event), what changed since the last update: the first has everything."""
-        fh, seq, sent = self.fh, 0, -1
+        seq, sent = 0, -1
         while True:
             events, self._events = self._events, []
             seq += 1
-            update: dict[str, Any] = {
-                "seq": seq,
-                "ts": time.time(),
-                "cvms": {name: fh.cvms[name].to_dict() for name, at in fh.changed.items() if at > sent},
-                "removed": [],
-                "events": [e.to_dict() for e in events],
-            }
-            if fh.host_changed > sent:
-                update["host"] = fh.host.to_dict()
-            if sent < 0:
-                update["services"] = []
-            sent = fh.version
+            update = self.fh.update(seq, sent, events)
+            sent = self.fh.version
             await self.peer.notify("update", update)
             self._nudge.clear()
             with contextlib.suppress(TimeoutError):
