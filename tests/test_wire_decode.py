@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostctl.wire import rpc
@@ -129,6 +129,7 @@ def wire(generated: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@settings(max_examples=60)
 @given(params)
 def test_generated_updates_decode_as_from_dict_does(generated: dict[str, Any]) -> None:
     line = update_line(wire(generated))
