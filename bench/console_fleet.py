@@ -1,16 +1,20 @@
 """The console at fleet scale, and key press -> change on screen on the demo site.
 
-    python -m bench.console_fleet [--hosts 100] [--cvms 100] [--window 60] [--profile 5] [--presses 20]
+    python -m bench.console_fleet [--hosts 100[,1000]] [--cvms 100] [--changing 1.0] [--churn 0.1] [--ssh]
+                                  [--connect-timeout 5] [--window 60] [--profile 5] [--presses 20]
                                   [--out FILE.md] [--pstats FILE]
 
-Part 1: `bench/fleet_agents.py` (one process, one unix socket per host, the real JSON-RPC protocol, every
-CVM's CPU % changing at 1 Hz and ~10% of the CVMs changing online vCPUs) behind `demo_site(...)`;
+Part 1, once per host count: `bench/fleet_agents.py` (one process, one unix socket per host, or with `--ssh` one SSH
+connection per host whose host key, generated for the run, the console verifies; the real JSON-RPC protocol;
+`--changing` of the CVMs' CPU % changing at 1 Hz, every one by default, and `--churn` of the CVMs changing online
+vCPUs) behind a site file;
 `DittoApp(site=...)` headless (`run_test(size=(200, 60))`). Once every link is fresh and every CVM row is shown, for
 `--window` seconds: each `app.tick()` (the instance's tick, timed around the original), each screen update
 (`Screen._on_timer_update`: layout + compositor render of the dirty widgets; headless, so without writing to a
 terminal), each `HostLink._on_notification` (applying one host's update) and the age of the update it applied
 (now - the agent's `ts`), the event loop's lag (a 10 ms sleep's overshoot), the process's CPU % and RSS (sampled by a
-thread, so a busy event loop does not blur the window). Then `--profile` seconds under cProfile.
+thread, so a busy event loop does not blur the window), and on the links' thread each update's decoding
+(`rpc.notification`). Then `--profile` seconds under cProfile.
 
 Part 2: the embedded demo site (`DemoSession`, `DittoApp(demo=...)`): `--presses` times, put the cursor on a CVM
 row, press `plus` or `minus` (alternating) and time until the row's workers cell shows the new count, and until the
