@@ -30,9 +30,9 @@ from hostctl.client.link_thread import LinkThread, on_loop
 from hostctl.client.local_agent import START_GRACE, LocalAgent
 from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
-from hostctl.wire import rpc
+from hostctl.wire import decode, rpc
 from hostctl.wire.doctor import BOUND_S, Report
-from hostctl.wire.model import CVM, Elastic, Event, Host, Service, Snapshot
+from hostctl.wire.model import CVM, Elastic, Event, Snapshot
 
 
 class LinkState(StrEnum):
@@ -281,7 +281,7 @@ class HostLink:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation, and stop() would hang.
         async with asyncio.timeout(self.defaults.timeout + 1):
             reader, writer = await self._open()
-        client = rpc.Client(reader, writer)
+        client = rpc.Client(reader, writer, typed=decode.LINK)
         client.on_notification(self._on_notification)
         self._client = client
         self.hello = await self.call("hello", timeout=self.first_answer, client=self.who)
@@ -304,7 +304,7 @@ class HostLink:
             # update, and staleness seen within milliseconds of its deadline.
             deadline = self.stale_after if age <= self.stale_after else drop_after
             await client.wait_closed(timeout=deadline - age + 0.005)
-        self.error = await self._local_reason() or self._at("the agent closed the link")
+        self.error = await self._local_reason() or self._at(client.broken or "the agent closed the link")
         return True
 
     async def _open(self) -> tuple[Any, Any]:
@@ -378,23 +378,24 @@ class HostLink:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+    def _on_notification(self, method: str, update: decode.Update) -> None:
         if method != "update" or self.snapshot is None:
             return
         snapshot = self.snapshot
-        if "host" in params:
-            snapshot.host = Host.from_dict(params["host"])
-        if params.get("cvms") or params.get("removed"):
+        if update.host is not None:
+            snapshot.host = update.host
+        if update.cvms or update.removed:
             cvms = {c.name: c for c in snapshot.cvms}
-            cvms.update({name: CVM.from_dict(data) for name, data in params.get("cvms", {}).items()})
-            for name in params.get("removed", []):
+            cvms.update(update.cvms)
+            for name in update.removed:
                 cvms.pop(name, None)
             snapshot.cvms = sorted(cvms.values(), key=lambda c: c.name)
-        if "services" in params:
-            snapshot.services = [Service.from_dict(s) for s in params["services"]]
-        snapshot.ts = params.get("ts", time.time())
-        for data in params.get("events", []):
-            self._notify(self._event(data))
+        if update.services is not None:
+            snapshot.services = update.services
+        snapshot.ts = time.time() if update.ts is None else update.ts
+        for event in update.events:
+            event.host = self.name  # the site's name for it (agents of several hosts may share one hostname)
+            self._notify(event)
         self._fresh()
 
     def _event(self, data: dict[str, Any]) -> Event:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hostctl.errors import HostctlError
+from hostctl.wire.decode import Notifications, notification
 
 MAX_LINE = 1 << 20
 
@@ -156,17 +157,22 @@ def _error(rid: Any, code: int, message: str, data: Any = None) -> dict[str, Any
 
 
 class Client:
-    """Calls methods on the peer at the other end of a stream."""
+    """Calls methods on the peer at the other end of a stream. The params of the notifications `typed` names are
+    handed to the callbacks as their records (`hostctl.wire.decode`), any other as plain JSON."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, typed: Notifications | None = None
+    ) -> None:
         self._reader = reader
+        self._typed = typed
         self._peer = Peer(writer)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._notifications: list[Callable[[str, dict[str, Any]], None]] = []
+        self._notifications: list[Callable[[str, Any], None]] = []
+        self.broken = ""  # why the stream stopped being read, when the peer sent something that is not a message
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
-    def on_notification(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+    def on_notification(self, callback: Callable[[str, Any], None]) -> None:
         self._notifications.append(callback)
 
     async def call(self, method: str, timeout: float = 10.0, **params: Any) -> Any:
@@ -199,6 +205,10 @@ class Client:
         try:
             while line := await self._reader.readline():
                 await asyncio.sleep(0)  # a backlog of buffered lines must not starve the other links
+                if self._typed is not None and (typed := notification(line, self._typed)) is not None:
+                    for callback in self._notifications:
+                        callback(*typed)
+                    continue
                 message = _message(line)
                 if "id" not in message:
                     for callback in self._notifications:
@@ -214,6 +224,7 @@ class Client:
                     future.set_result(message.get("result"))
         except (ConnectionError, ValueError, RecursionError) as e:  # ValueError: the line is not a message
             reason = ConnectionError(f"link broken: {e}"[:300])
+            self.broken = str(reason)
         finally:
             for future in self._pending.values():
                 if not future.done():
