@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar
@@ -94,7 +95,11 @@ class DittoApp(App[None]):
         self.wrk_results: dict[str, WrkResult] = {}  # per service: the last wrk result
         self.runs = runs or RunLog()
         self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
-        self._dirty = True
+        self._dirty = True  # every host's rows may be out of date (the filter, marks or wrk results changed)
+        self._changed: deque[str] = deque()  # hosts whose link changed, appended on the links' thread
+        self._due: set[str] = set()  # hosts whose CVM and service rows wait for a tick
+        self._unfresh: set[str] = set()  # hosts whose row shows an age that grows by itself
+        self._site_order: dict[str, int] = {}  # per host: its place in the site file (rows and lines follow it)
         self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
         self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
@@ -163,6 +168,8 @@ class DittoApp(App[None]):
             with contextlib.suppress(RuntimeError):  # the screen's loop has closed: nobody is left to show it to
                 loop.call_soon_threadsafe(self._on_audit, event)
 
+        self._unfresh = set(self.fleet.links)
+        self._site_order = {name: i for i, name in enumerate(self.fleet.links)}
         for link in self.fleet.links.values():
             link.on_update(self._mark_dirty)
             link.on_event(on_audit)
@@ -185,9 +192,9 @@ class DittoApp(App[None]):
         self.run_history.setdefault(record.key, []).append(record)
         self.wrk_results[record.key] = record.result
 
-    def _mark_dirty(self, _link: HostLink) -> None:
-        """A link's data or state changed (called on the links' thread: it only raises a flag the tick reads)."""
-        self._dirty = True
+    def _mark_dirty(self, link: HostLink) -> None:
+        """A link's data or state changed (called on the links' thread: it only queues its name for the tick)."""
+        self._changed.append(link.name)
 
     def _on_audit(self, event: Event) -> None:
         if (
@@ -199,7 +206,6 @@ class DittoApp(App[None]):
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
-        self._dirty = True
         self.call_later(self.tick)  # an action's result shows now, not at the next tick
 
     def _asked_here(self, event: Event) -> bool:
@@ -217,19 +223,35 @@ class DittoApp(App[None]):
         return list(self.fleet.links.values()) if self.fleet else []
 
     def tick(self) -> None:
-        """Apply whatever arrived since the last tick, in one batch that stays within a frame's budget."""
+        """Apply whatever arrived since the last tick, in one batch that stays within a frame's budget.
+
+        A tick's work follows what changed, not the size of the fleet: only the hosts whose link said something
+        since (and those whose row shows a growing age) are looked at.
+        """
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
         started = time.perf_counter()
-        links = self.links
+        links = self.fleet.links
+        changed: set[str] = set()
+        while self._changed:
+            changed.add(self._changed.popleft())
+        shown = sorted(changed | self._unfresh, key=self._site_order.__getitem__)
         with self.batch_update():
-            self.hosts_table.sync({link.name: self._host_row(link) for link in links})
-            for link in links:
+            for name in shown:
+                link = links[name]
+                if link.state is LinkState.FRESH:
+                    self._unfresh.discard(name)
+                else:
+                    self._unfresh.add(name)
                 self._log_link(link)
+            self.hosts_table.sync_groups({name: {name: self._host_row(links[name])} for name in shown})
+            self._due |= changed
             if self._dirty:
                 self._dirty = False
-                self._sync_hosts(links, self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
-        if not self._frozen and all(link.snapshot for link in links):
+                self._due = set(links)
+            if self._due:
+                self._sync_hosts(self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
+        if not self._frozen and all(link.snapshot for link in links.values()):
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
 
@@ -256,15 +278,17 @@ class DittoApp(App[None]):
             return " (read-only agent: scales and policy changes are refused)"
         return f" (read-only for {who}: not one of the agent's writers; scales and policy changes are refused)"
 
-    def _sync_hosts(self, links: list[HostLink], slo_ms: float, *, deadline: float) -> None:
-        """Bring the CVM and service rows up to date, the longest-waiting hosts first, until `deadline`.
+    def _sync_hosts(self, slo_ms: float, *, deadline: float) -> None:
+        """Bring the CVM and service rows of the hosts due up to date, the longest-waiting first, until `deadline`.
 
         Hosts left over when the budget is spent are synced by another tick a moment later, so one tick never
         holds the screen for a whole fleet's worth of changes.
         """
+        assert self.fleet is not None
         cvms: dict[str, dict[str, Row]] = {}
         services: dict[str, dict[str, Row]] = {}
-        for link in sorted(links, key=lambda link: self._synced_at.get(link.name, 0.0)):
+        for name in sorted(self._due, key=lambda name: (self._synced_at.get(name, 0.0), self._site_order[name])):
+            link = self.fleet.links[name]
             version = (
                 link.snapshot.ts if link.snapshot else None,
                 link.state,
@@ -272,12 +296,13 @@ class DittoApp(App[None]):
                 self._mark_versions.get(link.name, 0),
                 self._results_version,
             )
-            if self._row_versions.get(link.name) == version:
+            if self._row_versions.get(name) == version:
+                self._due.discard(name)
                 continue
             if cvms and time.perf_counter() > deadline:
-                self._dirty = True
                 self.set_timer(FRAME_BUDGET_S, self.tick)
                 break
+            self._due.discard(name)
             self._row_versions[link.name] = version
             self._synced_at[link.name] = time.perf_counter()
             self._record_trends(link)

@@ -12,6 +12,7 @@ never applies twice).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import random
 import shlex
@@ -96,7 +97,14 @@ async def connect_ssh(
 class HostLink:
     """The console's (or CLI's) link to one host agent."""
 
-    def __init__(self, entry: HostEntry, defaults: Defaults, *, who: str | None = None) -> None:
+    def __init__(
+        self,
+        entry: HostEntry,
+        defaults: Defaults,
+        *,
+        who: str | None = None,
+        handshakes: asyncio.Semaphore | None = None,
+    ) -> None:
         self.entry = entry
         self.defaults = defaults
         self.who = who or console_user()
@@ -116,6 +124,7 @@ class HostLink:
         self._listeners: list[Callable[[HostLink], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
         self._tried = asyncio.Event()
+        self._handshakes = handshakes or contextlib.nullcontext()  # shared by a fleet's links: see `Fleet`
 
     @property
     def name(self) -> str:
@@ -279,7 +288,7 @@ class HostLink:
         """Connect, say hello, take a snapshot, subscribe, then watch for staleness until the link ends."""
         self.attempts += 1
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation, and stop() would hang.
-        async with asyncio.timeout(self.defaults.timeout + 1):
+        async with self._handshakes, asyncio.timeout(self.defaults.timeout + 1):
             reader, writer = await self._open()
         client = rpc.Client(reader, writer, typed=decode.LINK)
         client.on_notification(self._on_notification)
@@ -420,11 +429,18 @@ class HostLink:
 
 
 class Fleet:
-    """Links to every host of a site, each independent of the others."""
+    """Links to every host of a site, each independent of the others.
+
+    They connect at most `HANDSHAKES` at a time, each timed from its turn: a thousand SSH handshakes begun at once
+    share one loop and its executor, outlast the connect timeout and retry, over and over.
+    """
+
+    HANDSHAKES = 32
 
     def __init__(self, site: Site, *, who: str | None = None, thread: LinkThread | None = None) -> None:
         self.site = site
-        self.links = {h.name: HostLink(h, site.defaults, who=who) for h in site.hosts}
+        gate = asyncio.Semaphore(self.HANDSHAKES)
+        self.links = {h.name: HostLink(h, site.defaults, who=who, handshakes=gate) for h in site.hosts}
         self.thread = thread  # the links run there when given (a console), else on the loop that starts them
 
     def link(self, name: str) -> HostLink:
