@@ -35,7 +35,7 @@ async def test_services_are_listed_per_cvm_and_endpoint(demo_host: DemoHost) -> 
     services = demo_host.service_list()
     assert {(s.cvm, s.name) for s in services} >= {("social-snp", "home-timeline"), ("social-plain", "compose-post")}
     snapshot = demo_host.backend.snapshot(services)
-    assert snapshot.host.sev_snp is True and len(snapshot.cvms) == 3
+    assert snapshot.host.sev_snp is True and len(snapshot.cvms) == 4
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

@@ -1,4 +1,5 @@
-"""The security-overhead experiment from the console: the same wrk load against one CVM of each security type."""
+"""The security-overhead experiment from the console: rounds of the same wrk load against one CVM of each security
+type, interleaved; the tables with their intervals when it is done."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from dittotui.messages import ExperimentSaved
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
 from hostctl.experiments import security_overhead as experiment
-from hostctl.load import wrk
+from hostctl.experiments.overhead_runs import Plan
 from hostctl.load.generators import check_bounds
 from hostctl.load.runs import RunLog
 from hostctl.wire.model import Snapshot
 
-PARAMS = wrk.Params(threads=2, connections=8, duration_s=10, script="home-timeline")  # as `hostctl experiment`
-
 
 class ExperimentScreen(ModalScreen[None]):
-    """Run, show progress, then the table the study reports; saved as Markdown and CSV next to the run history."""
+    """Run, show progress, then the tables with their intervals; saved as Markdown, CSV and SVG next to the run
+    history. The plan is `hostctl experiment security-overhead`'s default one."""
 
     BINDINGS: ClassVar[list[BindingType]] = [("escape", "close", "Close")]
 
@@ -36,14 +36,14 @@ class ExperimentScreen(ModalScreen[None]):
         self.snapshots = snapshots
         self.runs = runs
         self.folder = runs.path.parent / "experiments"
-        self.params = PARAMS
+        self.plan = Plan()
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
             yield Label(
-                f"Security overhead: {self.params.describe()} from this machine against one CVM of each "
-                f"security type with the same online vCPUs, one after the other "
-                f"(about {4 * self.params.duration_s} s).",
+                f"Security overhead: {self.plan.rounds} rounds of {self.plan.describe()} from this machine against "
+                f"one CVM of each security type with the same online vCPUs, every type once per round in a shuffled "
+                f"order (about {experiment.estimate_s(self.plan) / 60:.0f} min).",
                 id="question",
             )
             yield ProgressBar(total=1.0, show_eta=False, id="progress")
@@ -52,6 +52,9 @@ class ExperimentScreen(ModalScreen[None]):
             with Horizontal(id="buttons"):
                 yield Button("Run", variant="warning", id="run")
                 yield Button("Close", variant="primary", id="close")
+
+    def on_mount(self) -> None:
+        self.query_one("#dialog").styles.width = "96%"  # the tables with their intervals need the room
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "close":
@@ -73,15 +76,16 @@ class ExperimentScreen(ModalScreen[None]):
             step.update(what)
 
         try:
-            check_bounds(self.params, self.site.load)
+            for script, connections in self.plan.blocks():
+                check_bounds(self.plan.params(script, connections), self.site.load)
             report = await experiment.security_overhead(
-                self.site, self.snapshots, self.params, progress=progress, history=self.runs
+                self.site, self.snapshots, self.plan, progress=progress, history=self.runs
             )
-            markdown, table = await asyncio.to_thread(report.save, self.folder)
+            markdown, *others = await asyncio.to_thread(report.save, self.folder)
         except HostctlError as e:
             step.update(f"[red]{e}[/red]")
             self.query_one("#run", Button).disabled = False
             return
         await self.query_one("#report", Markdown).update(report.markdown())
-        step.update(f"saved: {markdown} and {table.name}")
+        step.update(f"saved: {markdown} and {', '.join(p.name for p in others)}")
         self.app.post_message(ExperimentSaved("security-overhead experiment", markdown))

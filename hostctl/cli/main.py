@@ -33,6 +33,7 @@ from hostctl.errors import HostctlError
 from hostctl.experiments import elastic_report
 from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
+from hostctl.experiments.overhead_runs import Plan, new_seed, parse_connections, parse_scripts
 from hostctl.host.doctor import examine
 from hostctl.host.libvirt_host import LibvirtHost
 from hostctl.lab import launcher as lab_launcher
@@ -107,20 +108,28 @@ def parser() -> argparse.ArgumentParser:
     experiments = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     overhead = experiments.add_parser(
         "security-overhead",
-        help="the same wrk load against comparable CVMs of each security type, one after the "
-        "other: p50/p90/p99 and the increase over plain, saved as Markdown and CSV",
+        help="rounds of the same wrk load against comparable CVMs of each security type, interleaved in a "
+        "shuffled order: median p50/p90/p99 with 95%% bootstrap intervals and the increase over plain, saved as "
+        "Markdown, CSV and SVG",
     )
     overhead.add_argument("--out", type=Path, default=Path("."), help="folder for the tables (default: here)")
-    overhead.add_argument("--duration", type=int, default=10, metavar="S", help="seconds per run (default 10)")
-    overhead.add_argument("--connections", type=int, default=8, metavar="N", help="wrk connections (default 8)")
+    overhead.add_argument("--rounds", type=int, default=5, metavar="N", help="rounds, 2 or more (default 5)")
+    overhead.add_argument("--duration", type=int, default=5, metavar="S", help="seconds per run (default 5)")
+    overhead.add_argument(
+        "--connections",
+        default="8",
+        metavar="N[,N...]",
+        help="wrk connections; several (e.g. 1,4,16,64) sweep the offered concurrency (default 8)",
+    )
     overhead.add_argument("--threads", type=int, default=2, metavar="N", help="wrk threads (default 2)")
     overhead.add_argument("--timeout", type=int, default=2, metavar="S", help="wrk request timeout (default 2)")
     overhead.add_argument(
         "--script",
-        default="home-timeline",
-        metavar="NAME",
-        help=f"shipped wrk script: {', '.join(wrk.SCRIPTS)} (default home-timeline)",
+        default="all",
+        metavar="NAME[,NAME...]",
+        help=f"shipped wrk scripts: {', '.join(wrk.SCRIPTS)} or all (default all)",
     )
+    overhead.add_argument("--seed", type=int, metavar="N", help="seed of the shuffled order (default: random)")
     overhead.add_argument("--load-host", metavar="NAME", help="a load generator of the site (default: this machine)")
     overhead.add_argument("--history", type=Path, help="run history file (default: XDG state dir)")
     elastic = experiments.add_parser(
@@ -301,14 +310,17 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
     """`experiment security-overhead`: run it over the site's links, print the table and save it."""
     if args.experiment == "elastic-vs-fixed":
         return await _elastic_vs_fixed(args, site)
-    params = wrk.Params(
+    plan = Plan(
+        scripts=parse_scripts(args.script),
+        connections=parse_connections(args.connections),
+        rounds=args.rounds,
         threads=args.threads,
-        connections=args.connections,
         duration_s=args.duration,
         timeout_s=args.timeout,
-        script=args.script,
+        seed=new_seed() if args.seed is None else args.seed,
     )
-    check_bounds(params, site.load)
+    for script, connections in plan.blocks():
+        check_bounds(plan.params(script, connections), site.load)
     host = load_host(site, args.load_host)
     shown = ""
 
@@ -325,16 +337,16 @@ async def _experiment(args: argparse.Namespace, site: Site) -> int:
         report = await experiment.security_overhead(
             site,
             lambda: {n: link.snapshot for n, link in fleet.links.items() if link.snapshot is not None},
-            params,
+            plan,
             host=host,
             progress=progress,
             history=RunLog(args.history),
         )
     finally:
         await fleet.stop()
-    markdown, table = report.save(args.out)
+    paths = report.save(args.out)
     print(report.markdown())
-    print(f"saved: {markdown} and {table}")
+    print(f"saved: {', '.join(map(str, paths))}")
     return 0
 
 

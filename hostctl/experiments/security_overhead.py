@@ -1,148 +1,47 @@
-"""The security-overhead experiment: the same wrk load against comparable CVMs of each security type, one run
-after the other, and the table the MEC study reports (p50, p90, p99 per type and the increase over plain).
+"""The security-overhead experiment: rounds of interleaved wrk runs against comparable CVMs of each security
+type. In every round each type runs once per script and connection count, in a shuffled order, so a change of
+background load over time falls on every type alike instead of on whichever ran last; the report gives medians
+over rounds with bootstrap intervals (`overhead_stats`).
 
-Comparable means running, serving the same service, with the same number of online vCPUs: the count shared by the
-most security types is used, and a type with no CVM of that count is left out and said so.
+Comparable means running, serving the script's service, with the same number of online vCPUs: the count shared by
+the most security types is used, and a type with no CVM of that count is left out and said so. A CVM found with
+another count is not run that time, and a run during which its count changed is left out of the statistics: both
+are said in the report's notes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
+from hostctl.experiments.overhead_report import Report
+from hostctl.experiments.overhead_runs import LABEL, ORDER, Choice, Measurement, Plan
 from hostctl.load import wrk
 from hostctl.load.generators import LoadHost, LocalLoadHost, Target, Targets, run_load
 from hostctl.load.runs import RunLog
-from hostctl.load.wrk import Params, WrkResult
 from hostctl.wire.model import DomainState, Snapshot
 from hostctl.wire.security import SecurityType
 
-ORDER = (SecurityType.NONE, SecurityType.SEV, SecurityType.SEV_ES, SecurityType.SEV_SNP)
-LABEL = {
-    SecurityType.NONE: "plain",
-    SecurityType.SEV: "SEV",
-    SecurityType.SEV_ES: "SEV-ES",
-    SecurityType.SEV_SNP: "SEV-SNP",
-}
-PERCENTILES = (50, 90, 99)
 WHY = "experiment security-overhead"
+SETTLE_S = 1.0  # pause between runs, so one run's queued requests drain before the next starts
 
 Progress = Callable[[str, float], Awaitable[None]]
 """An async callback given (what runs now, fraction of the whole experiment done 0..1)."""
 
 
 @dataclass(frozen=True)
-class Choice:
-    """The CVM measured for one security type."""
+class Step:
+    """One run of the schedule."""
 
-    security: SecurityType
-    vcpus: int
-    target: Target
-
-
-@dataclass
-class Row:
+    round: int
+    script: str
+    connections: int
     choice: Choice
-    result: WrkResult
-
-
-@dataclass
-class Report:
-    """The experiment's outcome: one row per security type measured, and notes on what was left out."""
-
-    params: Params
-    load_host: str
-    service: str
-    started: float
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def increase(self, row: Row, percentile: int) -> float | None:
-        """Percent increase of `row`'s latency at `percentile` over plain's; None without a plain row."""
-        plain = next((r for r in self.rows if r.choice.security is SecurityType.NONE), None)
-        if plain is None or plain.result.p(percentile) <= 0:
-            return None
-        return (row.result.p(percentile) / plain.result.p(percentile) - 1) * 100
-
-    def table(self) -> list[list[str]]:
-        """Header and one line per row, as text cells."""
-        header = [
-            "security",
-            "CVM",
-            "vCPUs",
-            "requests",
-            "req/s",
-            "errors",
-            *(f"p{q} ms" for q in PERCENTILES),
-            *(f"p{q} vs plain" for q in PERCENTILES),
-        ]
-        lines = [header]
-        for row in self.rows:
-            increases = [self.increase(row, q) for q in PERCENTILES]
-            target = row.choice.target
-            lines.append(
-                [
-                    LABEL[row.choice.security],
-                    f"{target.host}/{target.cvm}",
-                    str(row.choice.vcpus),
-                    str(row.result.requests),
-                    f"{row.result.rps:.1f}",
-                    str(row.result.errors),
-                    *(f"{row.result.p(q):.2f}" for q in PERCENTILES),
-                    *("n/a" if i is None else f"{i:+.1f}%" for i in increases),
-                ]
-            )
-        return lines
-
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
-        return (
-            f"`{self.params.describe()}` against service {self.service}, from {self.load_host}, "
-            f"runs one after the other, started {when}."
-        )
-
-    def markdown(self) -> str:
-        header, *rows = self.table()
-        lines = [
-            "# Security overhead: HTTP latency per security type",
-            "",
-            self.describe(),
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---" for _ in header) + "|",
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        if self.notes:
-            lines += ["", "Notes:", *(f"- {n}" for n in self.notes)]
-        return "\n".join(lines) + "\n"
-
-    def csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        header, *rows = self.table()
-        writer.writerow([*header, "wrk", "load host", "started"])
-        for r in rows:
-            writer.writerow([*r, self.params.describe(), self.load_host, f"{self.started:.0f}"])
-        return out.getvalue()
-
-    def save(self, folder: Path) -> tuple[Path, Path]:
-        """Write the Markdown and CSV tables into `folder`, named with the start time; their paths."""
-        stem = "security-overhead-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(self.started))
-        paths = folder / f"{stem}.md", folder / f"{stem}.csv"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            paths[0].write_text(self.markdown(), encoding="utf-8")
-            paths[1].write_text(self.csv(), encoding="utf-8")
-        except OSError as e:
-            raise HostctlError(f"cannot save the experiment in {folder}: {e.strerror}") from None
-        return paths
 
 
 def service_for(script: str | None) -> str:
@@ -181,50 +80,99 @@ def choose(snapshots: Mapping[str, Snapshot], targets: Targets, service: str) ->
     return chosen, notes
 
 
+def choose_all(
+    snapshots: Mapping[str, Snapshot], targets: Targets, scripts: tuple[str, ...]
+) -> tuple[dict[str, list[Choice]], list[str]]:
+    """The comparable CVMs per script, and notes on what was left out; HostctlError when no script has any."""
+    chosen: dict[str, list[Choice]] = {}
+    notes: list[str] = []
+    failures: list[HostctlError] = []
+    for script in scripts:
+        try:
+            chosen[script], left_out = choose(snapshots, targets, service_for(script))
+        except HostctlError as e:
+            failures.append(e)
+            notes.append(f"script {script} left out: {e}")
+            continue
+        notes += left_out
+    if not chosen:
+        raise failures[0]
+    return chosen, list(dict.fromkeys(notes))
+
+
+def schedule(plan: Plan, chosen: Mapping[str, list[Choice]]) -> list[Step]:
+    """Every round runs each (script, connections) block once and, within it, each chosen type once; blocks and
+    types in an order shuffled anew each round by the plan's seeded generator."""
+    rng = random.Random(plan.seed)
+    blocks = [(s, c) for s, c in plan.blocks() if s in chosen]
+    steps = []
+    for r in range(1, plan.rounds + 1):
+        for script, connections in rng.sample(blocks, len(blocks)):
+            steps += [Step(r, script, connections, c) for c in rng.sample(chosen[script], len(chosen[script]))]
+    return steps
+
+
+def estimate_s(plan: Plan, types: int = len(ORDER)) -> float:
+    """About how long the plan runs with `types` security types."""
+    return plan.rounds * len(plan.blocks()) * types * (plan.duration_s + SETTLE_S)
+
+
 async def security_overhead(
     site: Site,
     snapshots: Callable[[], Mapping[str, Snapshot]],
-    params: Params,
+    plan: Plan,
     *,
     host: LoadHost | None = None,
     progress: Progress | None = None,
     history: RunLog | None = None,
-    settle_s: float = 1.0,
+    settle_s: float = SETTLE_S,
 ) -> Report:
     """Run the experiment: `snapshots()` gives each host's current snapshot (read before and after each run)."""
-    service = service_for(params.script)
     current = snapshots()
     targets = Targets(site, {name: s.services for name, s in current.items()})
-    chosen, notes = choose(current, targets, service)
+    chosen, notes = choose_all(current, targets, plan.scripts)
     host = host or LocalLoadHost()
     missing = [f"host {h.name} not reached; its CVMs were not considered" for h in site.hosts if h.name not in current]
-    report = Report(params, host.name, service, time.time(), notes=missing + notes)
-    for i, choice in enumerate(chosen):
-        label = f"{LABEL[choice.security]}: {choice.target.key} ({i + 1}/{len(chosen)})"
+    report = Report(plan, host.name, time.time(), notes=missing + notes)
+    steps = schedule(plan, chosen)
+    for i, step in enumerate(steps):
+        choice = step.choice
+        where = f"{step.script} at {step.connections} connections"
+        label = (
+            f"round {step.round}/{plan.rounds}, {where}: {LABEL[choice.security]} on {choice.cvm} "
+            f"(run {i + 1}/{len(steps)})"
+        )
 
-        async def step(elapsed: float, total: float, i: int = i, label: str = label) -> None:
+        async def tick(elapsed: float, total: float, i: int = i, label: str = label) -> None:
             if progress is not None:
-                await progress(label, (i + elapsed / total) / len(chosen))
+                await progress(label, (i + elapsed / total) / len(steps))
 
         if i:
-            await asyncio.sleep(settle_s)  # let the previous run's queues drain
+            await asyncio.sleep(settle_s)
+        if (before := _online(snapshots(), choice.target)) != choice.vcpus:
+            report.notes.append(
+                f"round {step.round}, {where}, {choice.cvm}: not run, {before} online vCPUs instead of {choice.vcpus}"
+            )
+            continue
+        started = time.time()
         record = await run_load(
             site,
             targets,
             choice.target.url,
-            params,
+            plan.params(step.script, step.connections),
             host=host,
-            progress=step,
+            progress=tick,
             history=history,
             why=WHY,
-            labels={"security": choice.security.value},
+            labels={"security": choice.security.value, "round": str(step.round)},
         )
-        report.rows.append(Row(choice, record.result))
-        if (now := _online(snapshots(), choice.target)) not in (None, choice.vcpus):
-            report.notes.append(
-                f"{choice.target.host}/{choice.target.cvm}: online vCPUs changed from "
-                f"{choice.vcpus} to {now} during its run; its row is not comparable"
-            )
+        excluded = ""
+        if (after := _online(snapshots(), choice.target)) != choice.vcpus:
+            excluded = f"online vCPUs changed from {choice.vcpus} to {after} during the run"
+            report.notes.append(f"round {step.round}, {where}, {choice.cvm}: left out of the statistics: {excluded}")
+        report.measurements.append(
+            Measurement(step.round, i + 1, step.script, step.connections, choice, started, record.result, excluded)
+        )
     if progress is not None:
         await progress("done", 1.0)
     return report
