@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import OptionList
+from textual.widgets import Markdown, OptionList
 
 from dittotui.app import DittoApp
 from dittotui.screens.confirm import ConfirmScreen
@@ -302,7 +302,7 @@ async def test_load_dialog_runs_wrk_and_keeps_the_result(agents: dict[str, Agent
 
 async def test_the_security_overhead_experiment_runs_from_the_console(agents: dict[str, AgentProcess]) -> None:
     from dittotui.screens.experiment import ExperimentScreen
-    from hostctl.load.wrk import Params
+    from hostctl.experiments.overhead_runs import Plan
 
     app = make_app(agents)
     async with app.run_test(size=(140, 44)) as pilot:
@@ -310,13 +310,22 @@ async def test_the_security_overhead_experiment_runs_from_the_console(agents: di
         app.action_experiment()
         await until(pilot, lambda: isinstance(app.screen, ExperimentScreen))
         screen = app.screen
-        screen.params = Params(threads=1, connections=4, duration_s=1, script="home-timeline")
+        assert "5 rounds of wrk -t2 -d5s" in str(screen.query_one("#question").render())  # the command's defaults
+        screen.plan = Plan(scripts=("home-timeline",), connections=(4,), rounds=2, threads=1, duration_s=1, seed=1)
         await pilot.pause()
         await pilot.click("#run")
         await until(pilot, lambda: "saved:" in str(screen.query_one("#step").render()), within=30)
-        saved = sorted((app.runs.path.parent / "experiments").glob("security-overhead-*"))
-        assert [p.suffix for p in saved] == [".csv", ".md"]
-        table = saved[1].read_text()  # these agents serve HTTP on their SNP CVM only: the others are left out, and why
-        assert "| SEV-SNP |" in table and "plain left out: no running CVM of this type serves" in table
-        [record] = [r for r in app.runs.read().records if r.why.startswith("experiment")]
-        assert record.labels == {"security": "sev-snp"} and record.result.requests > 0
+        [md] = (app.runs.path.parent / "experiments").glob("*.md")
+        saved = sorted(p.name.removeprefix(md.stem) for p in md.parent.iterdir())
+        assert saved == ["-runs.csv", ".csv", ".md", ".svg"]  # runs, summary, report, bars
+        table = md.read_text()
+        # these agents serve HTTP on their SNP CVM only: the others are left out, and why
+        assert "| SEV-SNP | mec-a/snp |" in table and "plain left out: no running CVM of this type serves" in table
+        shown = screen.query_one("#report", Markdown).source
+        assert shown == table and "ms [" in shown  # the console shows the medians with their intervals
+        records = [r for r in app.runs.read().records if r.why.startswith("experiment")]
+        assert [r.labels for r in records] == [
+            {"security": "sev-snp", "round": "1"},
+            {"security": "sev-snp", "round": "2"},
+        ]
+        assert all(r.result.requests > 0 for r in records)

@@ -1,4 +1,5 @@
-"""The security-overhead experiment: which CVMs are comparable, the table, and the real CLI over demo hosts."""
+"""The security-overhead experiment: which CVMs are comparable, and the real CLI over demo hosts (its statistics and
+report on generated data: tests/test_overhead_stats.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import json
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from hostctl.client.site import HostEntry, Site
 from hostctl.errors import HostctlError
-from hostctl.experiments.security_overhead import Choice, Report, Row, choose, service_for
-from hostctl.load.generators import Target, Targets
-from hostctl.load.wrk import Params, WrkResult
+from hostctl.experiments.security_overhead import choose, choose_all, service_for
+from hostctl.load.generators import Targets
 from hostctl.wire.model import CVM, DomainState, Host, Service, Snapshot
 from hostctl.wire.security import SecurityType
 from tests.support import ROOT
@@ -70,6 +71,20 @@ def test_choose_says_which_types_are_missing_and_refuses_an_empty_site() -> None
         choose(snaps, targets, "compose-post")
 
 
+def test_a_script_no_cvm_serves_is_left_out_unless_none_is_served() -> None:
+    snaps = {"h": snapshot("h", ("snp", S.SEV_SNP, 1, RUN), ("plain", S.NONE, 1, RUN))}
+    targets = Targets(Site(hosts=[HostEntry(name="h", socket="/h")]), {"h": snaps["h"].services})
+    chosen, notes = choose_all(snaps, targets, ("compose-post", "mixed", "home-timeline"))
+    assert list(chosen) == ["mixed", "home-timeline"] and [c.target.cvm for c in chosen["mixed"]] == ["plain", "snp"]
+    assert (
+        notes[0]
+        == "script compose-post left out: no running CVM serves 'compose-post' in the site inventory; nothing ran"
+    )
+    assert len(notes) == 3  # SEV and SEV-ES left out, said once though two scripts use home-timeline
+    with pytest.raises(HostctlError, match="no running CVM serves 'user-timeline'"):
+        choose_all(snaps, targets, ("user-timeline", "compose-post"))
+
+
 def test_service_follows_the_script() -> None:
     assert [service_for(s) for s in ("compose-post", "user-timeline", "mixed", None)] == [
         "compose-post",
@@ -77,47 +92,6 @@ def test_service_follows_the_script() -> None:
         "home-timeline",
         "home-timeline",
     ]
-
-
-def result(p50: float, p90: float, p99: float) -> WrkResult:
-    return WrkResult(requests=1000, duration_s=10.0, rps=100.0, percentiles={"50": p50, "90": p90, "99": p99})
-
-
-def row(security: SecurityType, cvm: str, p50: float, p90: float, p99: float) -> Row:
-    return Row(Choice(security, 2, Target("mec-1", cvm, "home-timeline", f"http://x/{cvm}")), result(p50, p90, p99))
-
-
-def test_report_table_markdown_csv_and_files(tmp_path: Path) -> None:
-    report = Report(
-        Params(threads=2, connections=8, duration_s=10, script="home-timeline"),
-        "this machine",
-        "home-timeline",
-        1_700_000_000.0,
-        rows=[
-            row(S.NONE, "plain", 10.0, 20.0, 40.0),
-            row(S.SEV, "sev", 12.0, 24.0, 44.0),
-            row(S.SEV_SNP, "snp", 14.5, 29.0, 58.0),
-        ],
-        notes=["SEV-ES left out: none"],
-    )
-    markdown = report.markdown()
-    assert "`wrk -t2 -c8 -d10s --timeout 2s -s home-timeline` against service home-timeline" in markdown
-    assert (
-        "| SEV-SNP | mec-1/snp | 2 | 1000 | 100.0 | 0 | 14.50 | 29.00 | 58.00 | +45.0% | +45.0% | +45.0% |" in markdown
-    )
-    assert "| SEV | mec-1/sev | 2 | 1000 | 100.0 | 0 | 12.00 | 24.00 | 44.00 | +20.0% | +20.0% | +10.0% |" in markdown
-    assert "- SEV-ES left out: none" in markdown
-    table = list(csv.DictReader(io.StringIO(report.csv())))
-    assert [(r["security"], r["p99 vs plain"], r["wrk"]) for r in table] == [
-        ("plain", "+0.0%", "wrk -t2 -c8 -d10s --timeout 2s -s home-timeline"),
-        ("SEV", "+10.0%", "wrk -t2 -c8 -d10s --timeout 2s -s home-timeline"),
-        ("SEV-SNP", "+45.0%", "wrk -t2 -c8 -d10s --timeout 2s -s home-timeline"),
-    ]
-    md, table_path = report.save(tmp_path / "out")
-    assert md.name.startswith("security-overhead-") and md.suffix == ".md" and table_path.stem == md.stem
-    assert md.read_text() == markdown and table_path.read_text() == report.csv()
-    without_plain = Report(report.params, "x", "home-timeline", 0.0, rows=report.rows[1:])
-    assert without_plain.table()[1][-3:] == ["n/a", "n/a", "n/a"]
 
 
 # --- the real CLI over demo hosts ----------------------------------------------------------------------
@@ -189,40 +163,43 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-def test_experiment_on_demo_hosts_orders_snp_sev_plain(demo_site: Path, tmp_path: Path) -> None:
+def test_experiment_on_demo_hosts_interleaves_rounds_and_orders_snp_sev_plain(demo_site: Path, tmp_path: Path) -> None:
     history = tmp_path / "runs.jsonl"
     proc = hostctl(
-        "--site",
-        str(demo_site),
-        "experiment",
-        "security-overhead",
-        "--duration",
-        "2",
-        "--out",
-        str(tmp_path / "out"),
-        "--history",
-        str(history),
-    )
+        "--site", str(demo_site), "experiment", "security-overhead",
+        "--rounds", "2", "--duration", "1", "--script", "home-timeline", "--connections", "2,6", "--seed", "3",
+        "--out", str(tmp_path / "out"), "--history", str(history),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "SEV-ES left out: no running CVM with 2 online vCPUs (mec-1/es has 1)" in proc.stdout
-    assert [line.split("] ", 1)[1] for line in proc.stderr.splitlines()] == [
-        "plain: mec-1/plain/home-timeline (1/3)",
-        "SEV: mec-1/sev/home-timeline (2/3)",
-        "SEV-SNP: mec-1/snp/home-timeline (3/3)",
-        "done",
-    ]
+    steps = [line.split("] ", 1)[1] for line in proc.stderr.splitlines()]
+    assert len(steps) == 2 * 2 * 3 + 1 and steps[-1] == "done"
+    assert steps[0].startswith("round 1/2, home-timeline at ") and steps[0].endswith("(run 1/12)")
     [md] = (tmp_path / "out").glob("security-overhead-*.md")
-    rows = list(csv.DictReader(io.StringIO(md.with_suffix(".csv").read_text())))
-    assert [r["security"] for r in rows] == ["plain", "SEV", "SEV-SNP"] and md.read_text() in proc.stdout
-    p50 = [float(r["p50 ms"]) for r in rows]
-    assert p50[0] < p50[1] < p50[2], rows  # the configured overheads: 1.0 < 1.3 < 1.7
-    assert all(int(r["requests"]) > 0 and r["errors"] == "0" for r in rows)
+    assert md.read_text() in proc.stdout and "2 rounds; in each, every security type runs once" in proc.stdout
+    stem = md.stem
+    runs = list(csv.DictReader(io.StringIO((md.parent / f"{stem}-runs.csv").read_text())))
+    for r in ("1", "2"):  # every round holds every type once per connection count
+        for c in ("2", "6"):
+            assert sorted(x["security"] for x in runs if x["round"] == r and x["connections"] == c) == [
+                "SEV", "SEV-SNP", "plain"
+            ]  # fmt: skip
+    assert all(int(x["requests"]) > 0 and x["errors"] == "0" and x["excluded"] == "" for x in runs)
+    summary = list(csv.DictReader(io.StringIO(md.with_suffix(".csv").read_text())))
+    p50 = {(r["security"], r["connections"]): float(r["median_ms"]) for r in summary if r["percentile"] == "50"}
+    for c in ("2", "6"):
+        assert p50["plain", c] < p50["SEV", c] < p50["SEV-SNP", c], p50  # the configured 1.0 < 1.3 < 1.7
+    snp = [r for r in summary if r["security"] == "SEV-SNP"]
+    assert all(float(r["low_ms"]) <= float(r["median_ms"]) <= float(r["high_ms"]) for r in snp)
+    assert all(r["increase_pct"] and r["distinguishable"] in ("yes", "no") for r in snp)
+    for figure in (f"{stem}.svg", f"{stem}-sweep.svg"):
+        assert ET.parse(md.parent / figure).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     records = [json.loads(line) for line in history.read_text().splitlines()]
-    assert [(r["cvm"], r["labels"]["security"], r["why"]) for r in records] == [
-        ("plain", "none", "experiment security-overhead"),
-        ("sev", "sev", "experiment security-overhead"),
-        ("snp", "sev-snp", "experiment security-overhead"),
-    ]
+    assert len(records) == 12 and {r["why"] for r in records} == {"experiment security-overhead"}
+    assert {(r["cvm"], r["labels"]["security"]) for r in records} == {
+        ("plain", "none"), ("sev", "sev"), ("snp", "sev-snp")
+    }  # fmt: skip
+    assert sorted({r["labels"]["round"] for r in records}) == ["1", "2"]
 
 
 @pytest.mark.parametrize(
@@ -233,6 +210,9 @@ def test_experiment_on_demo_hosts_orders_snp_sev_plain(demo_site: Path, tmp_path
         (("--script", "../evil"), "script '../evil' is not a shipped script"),
         (("--load-host", "edge-9"), "unknown load generator 'edge-9' (known: none)"),
         (("--script", "compose-post"), "no running CVM serves 'compose-post' in the site inventory; nothing ran"),
+        (("--rounds", "1"), "rounds = 1 must be a whole number from 2 to 1000"),
+        (("--connections", "4,x"), "--connections 4,x: 'x' is not a whole number"),
+        (("--connections", "1,0"), "wrk connections = 0 must be a whole number >= 1"),
     ],
 )
 def test_bad_experiment_requests(demo_site: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:

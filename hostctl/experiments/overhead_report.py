@@ -30,10 +30,11 @@ class Report:
     started: float
     measurements: list[Measurement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    resamples: int = bootstrap.RESAMPLES
 
     @cached_property
     def analysis(self) -> Analysis:
-        return analyse(self.measurements, self.plan.blocks())
+        return analyse(self.measurements, self.plan.blocks(), resamples=self.resamples)
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
@@ -44,8 +45,8 @@ class Report:
             f"in a shuffled order (seed {self.plan.seed}). {self.plan.describe()}; from {self.load_host}; "
             f"{', '.join(map(str, vcpus)) or 'no'} online vCPUs per CVM. Started {when}; "
             f"{counted} of {len(self.measurements)} runs counted.\n\n"
-            f"Each cell is the median over rounds with its 95% bootstrap interval ({bootstrap.RESAMPLES} "
-            f"resamples of the rounds, percentile interval); the increase over plain resamples the rounds in pairs "
+            f"Each cell is the median over rounds with its 95% bootstrap interval ({self.resamples} "
+            f"resamples of the rounds, seeded: the same runs give the same intervals; percentile interval); the increase over plain resamples the rounds in pairs "
             f'(a round holds every type). "{NOT_DISTINGUISHABLE}": the increase\'s interval includes 0.'
         )
 
@@ -137,9 +138,10 @@ class Report:
             figures["-sweep.svg"] = sweep_svg(self.analysis, "Latency against offered concurrency")
         return figures
 
-    def save(self, folder: Path) -> list[Path]:
-        """Write the Markdown, the CSVs and the figures into `folder`, named with the start time; their paths."""
-        stem = "security-overhead-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(self.started))
+    def save(self, folder: Path, stem: str | None = None) -> list[Path]:
+        """Write the Markdown, the CSVs and the figures into `folder`, their names starting with `stem` (default:
+        security-overhead- and the start time); their paths, the Markdown first."""
+        stem = stem or "security-overhead-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(self.started))
         files = {".md": self.markdown(), ".csv": self.csv(), "-runs.csv": self.runs_csv(), **self.figures()}
         paths = []
         try:

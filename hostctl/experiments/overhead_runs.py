@@ -55,7 +55,7 @@ class Plan:
 
     def params(self, script: str, connections: int) -> Params:
         """One run's wrk parameters (threads never above the connections: wrk needs one connection per thread)."""
-        return Params(min(self.threads, connections), connections, self.duration_s, self.timeout_s, script)
+        return Params(min(self.threads, max(connections, 1)), connections, self.duration_s, self.timeout_s, script)
 
     def blocks(self) -> list[tuple[str, int]]:
         """Every (script, connections) pair, in the order reports list them."""

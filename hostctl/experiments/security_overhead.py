@@ -92,7 +92,7 @@ def choose_all(
             chosen[script], left_out = choose(snapshots, targets, service_for(script))
         except HostctlError as e:
             failures.append(e)
-            notes.append(f"script {script} left out: {e}")
+            notes.append(f"script {script} left out: no running CVM serves {service_for(script)!r}")
             continue
         notes += left_out
     if not chosen:
