@@ -45,9 +45,10 @@ class Report:
             f"in a shuffled order (seed {self.plan.seed}). {self.plan.describe()}; from {self.load_host}; "
             f"{', '.join(map(str, vcpus)) or 'no'} online vCPUs per CVM. Started {when}; "
             f"{counted} of {len(self.measurements)} runs counted.\n\n"
-            f"Each cell is the median over rounds with its 95% bootstrap interval ({self.resamples} "
-            f"resamples of the rounds, seeded: the same runs give the same intervals; percentile interval); the increase over plain resamples the rounds in pairs "
-            f'(a round holds every type). "{NOT_DISTINGUISHABLE}": the increase\'s interval includes 0.'
+            f"Each cell is the median over rounds with its 95% percentile bootstrap interval ({self.resamples} "
+            f"resamples of the rounds, seeded: the same runs give the same intervals); the increase over plain "
+            f"resamples the rounds in pairs (a round holds every type). "
+            f'"{NOT_DISTINGUISHABLE}": the increase\'s interval includes 0.'
         )
 
     def markdown(self) -> str:

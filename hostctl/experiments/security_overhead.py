@@ -137,7 +137,7 @@ async def security_overhead(
     steps = schedule(plan, chosen)
     for i, step in enumerate(steps):
         choice = step.choice
-        where = f"{step.script} at {step.connections} connections"
+        where = f"{step.script} at {step.connections} connection{'s' * (step.connections != 1)}"
         label = (
             f"round {step.round}/{plan.rounds}, {where}: {LABEL[choice.security]} on {choice.cvm} "
             f"(run {i + 1}/{len(steps)})"
