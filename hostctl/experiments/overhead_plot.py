@@ -19,9 +19,9 @@ COLOUR = {
     SecurityType.SEV_ES: "#ff7f0e",
     SecurityType.SEV_SNP: "#d62728",
 }
-LEFT, TOP, PANEL_H, ROW_GAP, COL_GAP = 64, 92, 180, 62, 40
+LEFT, TOP, PANEL_H, ROW_GAP, COL_GAP = 64, 106, 180, 62, 40
 BAR, GROUP_GAP = 26, 22
-WHISKERS = "whiskers: 95% bootstrap interval of the median over rounds"
+WHISKERS = "whiskers: 95% bootstrap interval over rounds"
 
 
 def bars_svg(analysis: Analysis, title: str) -> str:
@@ -39,8 +39,8 @@ def bars_svg(analysis: Analysis, title: str) -> str:
         height,
         title,
         types,
-        f"{WHISKERS}; above a bar: its increase over plain (n.d.: the "
-        "increase's interval includes 0, not distinguishable)",
+        f"{WHISKERS} of the median; above a bar: its increase over plain; "
+        "n.d.: the increase's interval includes 0 (not distinguishable)",
     )
     for row, q in enumerate(PERCENTILES):
         for col, connections in enumerate(counts):
@@ -80,7 +80,7 @@ def sweep_svg(analysis: Analysis, title: str) -> str:
     width = LEFT + len(scripts) * (panel_w + COL_GAP) + 20
     height = TOP + len(rows) * (PANEL_H + ROW_GAP)
     svg = _Svg(
-        width, height, title, types, f"{WHISKERS} (of the paired increase for the increases); x: wrk connections"
+        width, height, title, types, f"{WHISKERS} of the median latency; or of the paired increase; x: wrk connections"
     )
     octaves = math.log2(counts[-1]) - math.log2(counts[0]) or 1.0
     for row, (kind, q) in enumerate(rows):
@@ -134,11 +134,12 @@ class _Svg:
             f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>',
         ]
         self.text(LEFT, 20, title, size=13, weight="bold")
-        self.text(LEFT, 38, caption, size=10, colour="#555")
+        for i, part in enumerate(caption.split("; ")):
+            self.text(LEFT, 36 + 13 * i, part, size=10, colour="#555")
         for i, security in enumerate(types):
             lx = LEFT + 90 * i
-            self.add(f'<rect x="{lx}" y="48" width="12" height="12" fill="{COLOUR[security]}"/>')
-            self.text(lx + 17, 58, LABEL[security])
+            self.add(f'<rect x="{lx}" y="62" width="12" height="12" fill="{COLOUR[security]}"/>')
+            self.text(lx + 17, 72, LABEL[security])
 
     def add(self, part: str) -> None:
         self.parts.append(part)
