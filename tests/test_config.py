@@ -38,7 +38,7 @@ def test_shipped_demo_site_loads() -> None:
         (("jitter = 0.2", "jiter = 0.2"), r"site\.toml: jiter: unknown key \(known: .*jitter"),
         (
             ('security = "sev-es"', 'security = "sgx"'),
-            r"hosts\[1\]\.cvms\[1\]\.security: 'sgx' is not one of none, sev, sev-es, sev-snp",
+            r"hosts\[0\]\.cvms\[2\]\.security: 'sgx' is not one of none, sev, sev-es, sev-snp",
         ),
         (("cpus = 16", 'cpus = "16"'), r"hosts\[0\]\.cpus: expected an integer, got '16'"),
         (("max_vcpus = 9", "max_vcpus = 0"), r"hosts\[0\]\.cvms\[0\]\.max_vcpus: 0 must be > 0"),
