@@ -245,7 +245,7 @@ async def test_quit_stops_the_demo_site_it_started() -> None:
     demo = DemoSession()
     app = DittoApp(demo=demo, refresh=0.1)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.query_one(CVMTable).row_count == 9, within=20)
+        await until(pilot, lambda: app.query_one(CVMTable).row_count == 10, within=20)
         pids = [launcher.HostProcess(h, demo.runtime).pid() for h in ("mec-1", "mec-2", "regional-1")]
         assert all(pids)
         await pilot.press("q")
