@@ -1,9 +1,11 @@
 """The fault campaign's hosts, in a process of their own: agents, sshds, cuttable proxies and the injector.
 
-    python -m bench.fault_lab RUNTIME WAKE_MS NAME...
+    python -m bench.fault_lab RUNTIME WAKE_MS NICE NAME...
 
 Started by `bench.faults`, so that the proxies' forwarding and the injector's work never share the console's
-process (its GIL) and what the campaign measures of the console is the console's own. It starts every host, then
+process (its GIL) and what the campaign measures of the console is the console's own. On a site the hosts are other
+machines; here they share the console's cores, so the process (and every agent and sshd it starts) runs at niceness
+NICE: a burst of restarted agents then takes the CPU the console leaves, not the console's. It starts every host, then
 prints one JSON line describing them (where the console's site file must point). Then it reads one JSON line per
 fault on stdin, `{"id": N, "host": NAME, "kind": KIND, "hold": S}`, and answers with two lines,
 `{"id": N, "started": T}` as the fault begins and `{"id": N, "ended": T, "error": TEXT|null}` when it is over, where T
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -128,4 +131,5 @@ async def serve(runtime: Path, wake_ms: float, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]))
+    os.nice(int(sys.argv[3]))
+    asyncio.run(serve(Path(sys.argv[1]), float(sys.argv[2]), sys.argv[4:]))

@@ -144,9 +144,9 @@ class Lab:
         self._waiting: dict[int, tuple[Callable[[float], None], asyncio.Future[tuple[float, str | None]]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def start(self, names: list[str], wake_ms: float) -> None:
+    async def start(self, names: list[str], wake_ms: float, nice: int) -> None:
         """Start the process and its hosts; return once every host is up (or raise with the lab's last words)."""
-        argv = [sys.executable, "-m", "bench.fault_lab", str(self.runtime), str(wake_ms), *names]
+        argv = [sys.executable, "-m", "bench.fault_lab", str(self.runtime), str(wake_ms), str(nice), *names]
         with (self.runtime / "lab.log").open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=Path(__file__).parent.parent
@@ -516,7 +516,7 @@ async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[
     lab = Lab(runtime)
     t0 = time.monotonic()
     try:
-        await lab.start(names, args.wake_ms)
+        await lab.start(names, args.wake_ms, args.hosts_nice)
         app = DittoApp(site=site_file.load(site_for(lab, runtime, args)))
         with stderr_to(runtime / "console.log"), GCWatch(c):
             await console_run(app, c, lab, progress=progress)
@@ -760,7 +760,9 @@ def report(c: Campaign, t: Tally, command: str) -> str:
         f"- **Hosts**: {args.hosts}, each a real agent (`hostctl demo serve-host`: libvirt's test driver, one SEV-SNP "
         f"CVM `{CVM}` of boot 1 / max 5 vCPUs, emulated workers taking {args.wake_ms:g} ms to wake) behind its own "
         "OpenSSH sshd (key auth, host key verified), reached through a cuttable TCP proxy; the console reaches "
-        "each agent's socket through its SSH connection.",
+        "each agent's socket through its SSH connection. The hosts, their proxies and the fault injector run in a "
+        f"process of their own (`bench/fault_lab.py`) at niceness {args.hosts_nice}, with every agent and sshd it "
+        "starts: on a site they are other machines; here they share the console's cores.",
         f"- **Console**: `DittoApp` headless (`run_test`) on a site file naming those hosts (interval "
         f"{args.interval:g} s, timeout {args.timeout:g} s, scale timeout {args.scale_timeout:g} s, SSH keepalive "
         f"{args.keepalive:g} s, reconnect backoff at most {args.backoff_max:g} s; a link is stale after 2 intervals "
@@ -893,6 +895,12 @@ def parser() -> argparse.ArgumentParser:
         help="longest wait between reconnects, s (default: a site's)",
     )
     p.add_argument("--wake-ms", type=float, default=300.0, help="how long one emulated worker takes to wake")
+    p.add_argument(
+        "--hosts-nice",
+        type=int,
+        default=10,
+        help="niceness of the hosts' processes (agents, sshds, proxies), which share the console's cores here",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     return p
