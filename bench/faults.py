@@ -122,7 +122,8 @@ class Campaign:
     control: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms) of the control's late wakes
     # (monotonic, the console thread's stack, where the links' thread was) at each stall
     stall_stacks: list[tuple[float, str, str]] = field(default_factory=list)
-    collections: list[tuple[float, float, int]] = field(default_factory=list)  # (monotonic, ms, generation)
+    # (monotonic, ms, CPU ms of the collecting thread, generation) of each garbage collection in the console's process
+    collections: list[tuple[float, float, float, int]] = field(default_factory=list)
     bench_errors: list[str] = field(default_factory=list)  # the injecting side's own failures (not the console's)
     app_exception: str = ""
     wall_s: float = 0.0
@@ -432,17 +433,19 @@ class StallWatch(threading.Thread):
 
 
 class GCWatch:
-    """Every garbage collection of the console's process: (monotonic start, ms, generation)."""
+    """Every garbage collection of the console's process: its start, wall time, the CPU time of the thread it ran
+    on (much less than the wall time: the thread was kept from running meanwhile) and generation."""
 
     def __init__(self, c: Campaign) -> None:
         self.c = c
-        self.began = 0.0
+        self.began = self.cpu = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self.began = time.monotonic()
+            self.began, self.cpu = time.monotonic(), time.thread_time()
         else:
-            self.c.collections.append((self.began, (time.monotonic() - self.began) * 1000, info["generation"]))
+            took, cpu = (time.monotonic() - self.began) * 1000, (time.thread_time() - self.cpu) * 1000
+            self.c.collections.append((self.began, took, cpu, info["generation"]))
 
     def __enter__(self) -> GCWatch:
         gc.callbacks.append(self)
@@ -691,16 +694,24 @@ def machine_busy(c: Campaign, when: float, ms: float) -> bool:
 
 def in_gc(c: Campaign, when: float, ms: float) -> bool:
     """A garbage collection of the console's process overlapped the late wake that ended at `when`."""
-    return any(start <= when and when - ms / 1000 <= start + took / 1000 for start, took, _gen in c.collections)
+    return any(start <= when and when - ms / 1000 <= start + took / 1000 for start, took, _cpu, _gen in c.collections)
 
 
 def during_gc(c: Campaign) -> str:
     """One sentence on the console process's garbage collections and the stalls they overlapped."""
     stalls = [(t, ms) for t, ms in c.lateness if ms > STALL_MS]
     overlapped = sum(1 for t, ms in stalls if in_gc(c, t, ms))
-    by_gen = {g: [ms for _s, ms, gen in c.collections if gen == g] for g in (0, 1, 2)}
-    pauses = ", ".join(f"gen {g}: {len(v)} (max {max(v, default=0):.0f} ms)" for g, v in by_gen.items())
+    by_gen = {g: [(ms, cpu) for _s, ms, cpu, gen in c.collections if gen == g] for g in (0, 1, 2)}
+    pauses = ", ".join(
+        f"gen {g}: {len(v)} (p50 {fmt_one([ms for ms, _ in v])} ms, max {fmt_one([ms for ms, _ in v], max)} ms; "
+        f"its thread's CPU p50 {fmt_one([cpu for _, cpu in v])} ms, max {fmt_one([cpu for _, cpu in v], max)} ms)"
+        for g, v in by_gen.items()
+    )
     return f"Garbage collections of the console's process: {pauses}; {overlapped} of the stalls overlapped one."
+
+
+def fmt_one(values: list[float], pick: Callable[[list[float]], float] = lambda v: percentile(v, 0.5)) -> str:
+    return f"{pick(values):.0f}" if values else "-"
 
 
 def fmt(values: list[float], unit: str = "", digits: int = 1) -> str:
