@@ -1,9 +1,10 @@
-"""Bursty load traces and their open-loop replay over real HTTP (aiohttp).
+"""Load traces and their open-loop replay over real HTTP (aiohttp).
 
 A trace is a request rate over time made of phases: steady levels, steps, short spikes and a compressed daily
-rhythm. Replay is open loop: requests leave at Poisson arrival times of the trace's rate whether or not earlier
-ones came back, so a slow service cannot slow its own load down; the time a request waits for a connection
-counts in its latency.
+rhythm. Two shapes ship: `bursty` (steps, a spike, a ramp, a day) and `diurnal` (one steady rise and fall).
+Replay is open loop: requests leave at Poisson arrival times of the trace's rate whether or not earlier ones came
+back, so a slow service cannot slow its own load down; the time a request waits for a connection counts in its
+latency.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,9 +39,10 @@ class Phase:
 
 @dataclass(frozen=True)
 class Trace:
-    """Phases one after the other."""
+    """Phases one after the other, under a name."""
 
     phases: tuple[Phase, ...]
+    name: str = "trace"
 
     @property
     def seconds(self) -> float:
@@ -74,8 +77,21 @@ class Trace:
                     None if p.peak_rps is None else p.peak_rps * factor,
                 )
                 for p in self.phases
-            )
+            ),
+            self.name,
         )
+
+    def lasting(self, seconds: float) -> Trace:
+        """The same shape and rates in `seconds` (every phase stretched or squeezed alike)."""
+        factor = seconds / self.seconds
+        return Trace(
+            tuple(Phase(p.name, p.seconds * factor, p.rps, p.until_rps, p.peak_rps) for p in self.phases), self.name
+        )
+
+    def peak(self, start: float, end: float, step: float = 0.01) -> float:
+        """The highest rate from `start` to `end` (sampled every `step` seconds, both ends included)."""
+        count = max(1, math.ceil((end - start) / step))
+        return max(self.rate(min(start + i * step, end - 1e-9)) for i in range(count + 1))
 
 
 def bursty(base: float = 60.0, step: float = 300.0, spike: float = 480.0, peak: float = 400.0) -> Trace:
@@ -91,8 +107,19 @@ def bursty(base: float = 60.0, step: float = 300.0, spike: float = 480.0, peak: 
             Phase("quiet", 5, base),
             Phase("day", 60, base, peak_rps=peak),
             Phase("night", 10, base),
-        )
+        ),
+        "bursty",
     )
+
+
+def diurnal(base: float = 60.0, peak: float = 420.0) -> Trace:
+    """The second benchmark trace (150 s): a steady daily rise from a quiet night to a peak and back, no steps."""
+    return Trace(
+        (Phase("night", 10, base), Phase("day", 130, base, peak_rps=peak), Phase("night", 10, base)), "diurnal"
+    )
+
+
+TRACES: dict[str, Callable[[], Trace]] = {"bursty": bursty, "diurnal": diurnal}
 
 
 @dataclass(frozen=True, slots=True)
