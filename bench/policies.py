@@ -1,7 +1,9 @@
-"""Elastic policies against fixed sizes on the demo site: one bursty trace, replayed open loop over real HTTP,
-for fixed-min, fixed-max and each policy. Writes bench/results/policies.md and bench/results/policies.svg.
+"""Elastic policies against an oracle and fixed sizes on the demo site: calibrate the CVM (p99 at fixed vCPU counts
+across steady rates), then replay two traces (bursty, diurnal) open loop over real HTTP, repeated, for fixed-max and
+each policy. Writes bench/results/policies.md with its plots and the calibration (.json, .csv).
 
-    python -m bench.policies [--runs fixed-min,fixed-max,concurrency] [--scale 1.0] [--stem policies]
+    python -m bench.policies [--repeats 3] [--seconds 50] [--traces bursty,diurnal] [--runs fixed-max,concurrency]
+                             [--calibration FILE] [--scale 1.0] [--stem policies]
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 
 from hostctl.client import site as sites
 from hostctl.demo import launcher
-from hostctl.experiments import elastic_report
+from hostctl.experiments import elastic_oracle, elastic_report
 from hostctl.experiments.elastic_vs_fixed import on_site
-from hostctl.load.trace import bursty
+from hostctl.load.trace import TRACES
 
 OUT = Path(__file__).parent / "results"
 
@@ -50,10 +52,16 @@ cpus = 16
 
 async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", help="comma-separated runs (default: fixed-min, fixed-max and every policy)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the trace's rates (default 1)")
+    p.add_argument("--runs", help="comma-separated runs (default: fixed-max and every policy)")
+    p.add_argument("--traces", default="bursty,diurnal", help="comma-separated traces (default bursty,diurnal)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of every run (default 3)")
+    p.add_argument("--seconds", type=float, default=50.0, help="each trace squeezed to this long (default 50)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the traces' rates (default 1)")
+    p.add_argument("--calibration", type=Path, help="reuse this calibration (.json) instead of measuring one")
     p.add_argument("--stem", default="policies", help="result file names in bench/results (default policies)")
     args = p.parse_args(argv)
+    traces = [TRACES[name]().scaled(args.scale).lasting(args.seconds) for name in args.traces.split(",")]
+    calibration = None if args.calibration is None else elastic_oracle.load(args.calibration)
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp:
         runtime = Path(tmp)
         config = runtime / "bench.toml"
@@ -67,9 +75,12 @@ async def main(argv: list[str]) -> None:
 
             comparison = await on_site(
                 site,
-                bursty().scaled(args.scale),
+                traces,
                 cvm="bench-1/svc",
                 runs=args.runs.split(",") if args.runs else None,
+                repeats=args.repeats,
+                calibration=calibration,
+                settle_s=3.0,
                 progress=progress,
             )
         finally:
@@ -79,15 +90,17 @@ async def main(argv: list[str]) -> None:
         "`hostctl/data/policies`; load from `hostctl.load.trace.replay` in this process; "
         "2-CPU machine shared with other work."
     )
-    md, svg = elastic_report.save(
+    if calibration is None:
+        comparison.calibration.save(OUT, f"{args.stem}-calibration")
+    md = elastic_report.save(
         comparison,
         OUT,
         args.stem,
-        header="# Elastic policies against fixed sizes (demo site)\n\n"
-        f"One run of `{' '.join(['python -m bench.policies', *argv])}`.",
+        header="# Elastic policies against an oracle and fixed sizes (demo site)\n\n"
+        f"`{' '.join(['python -m bench.policies', *argv])}`.",
     )
     print(elastic_report.markdown(comparison))
-    print(f"saved: {md} and {svg}")
+    print(f"saved: {md}")
 
 
 if __name__ == "__main__":

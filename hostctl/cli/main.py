@@ -30,7 +30,7 @@ from hostctl.demo import launcher
 from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.elastic.runner import DEFAULT_POLICIES, PolicySpec, load_policies
 from hostctl.errors import HostctlError
-from hostctl.experiments import elastic_report
+from hostctl.experiments import elastic_oracle, elastic_report
 from hostctl.experiments import elastic_vs_fixed as elastic_experiment
 from hostctl.experiments import security_overhead as experiment
 from hostctl.experiments.overhead_runs import Plan, new_seed, parse_connections, parse_scripts
@@ -43,7 +43,7 @@ from hostctl.lab.runtime import Lab, default_runtime
 from hostctl.load import wrk
 from hostctl.load.generators import check_bounds, load_host
 from hostctl.load.runs import RunLog
-from hostctl.load.trace import bursty
+from hostctl.load.trace import TRACES
 from hostctl.wire.model import Snapshot
 
 
@@ -134,9 +134,9 @@ def parser() -> argparse.ArgumentParser:
     overhead.add_argument("--history", type=Path, help="run history file (default: XDG state dir)")
     elastic = experiments.add_parser(
         "elastic-vs-fixed",
-        help="replay one bursty trace (open loop, ~150 s per run) against one CVM with fixed-min, "
-        "fixed-max and each elastic policy: latency, SLO windows, worker-vCPU-seconds, "
-        "scale actions, reaction; saved as Markdown and SVG",
+        help="calibrate one CVM (p99 at fixed vCPU counts across rates), then replay load traces (open loop, "
+        "~150 s per run) with fixed-max and each elastic policy, repeated: latency, SLO windows, worker-vCPU-seconds "
+        "against the calibration's oracle and fixed-max, scale actions, reaction; saved as Markdown, SVG, JSON, CSV",
     )
     elastic.add_argument(
         "--cvm",
@@ -144,7 +144,15 @@ def parser() -> argparse.ArgumentParser:
         help="the CVM to load (default: the first running CVM with worker vCPUs and a service)",
     )
     elastic.add_argument(
-        "--runs", metavar="A,B,...", help="runs by name (default: fixed-min, fixed-max and every policy of the agent)"
+        "--runs", metavar="A,B,...", help="runs by name (default: fixed-max and every policy of the agent; fixed-min)"
+    )
+    elastic.add_argument(
+        "--traces", default="bursty,diurnal", metavar="A,B", help="traces: bursty, diurnal (default both)"
+    )
+    elastic.add_argument("--repeats", type=int, default=3, metavar="N", help="repeats of every run (default 3)")
+    elastic.add_argument("--seconds", type=float, metavar="S", help="squeeze or stretch each trace to S seconds")
+    elastic.add_argument(
+        "--calibration", type=Path, metavar="FILE", help="reuse a saved calibration (.json) instead of measuring"
     )
     elastic.add_argument(
         "--scale",
@@ -251,7 +259,11 @@ _BOUNDS: dict[str, tuple[tuple[str, str, float, float], ...]] = {
     "status": (("--sample", "sample", 0, 60),),
     "scale": (("N", "target", 0, 4096), ("--expect", "expect", 0, 4096)),
     "audit": (("--limit", "limit", 1, 100_000),),
-    "experiment": (("--scale", "scale", 0.01, 100),),  # wrk's options: at least 1, at most the site's [load] bounds
+    "experiment": (
+        ("--scale", "scale", 0.01, 100),
+        ("--repeats", "repeats", 1, 100),
+        ("--seconds", "seconds", 10, 86_400),
+    ),  # wrk's options: at least 1, at most the site's [load] bounds
 }
 
 
@@ -356,16 +368,27 @@ async def _elastic_vs_fixed(args: argparse.Namespace, site: Site) -> int:
     async def progress(what: str) -> None:
         print(what, file=sys.stderr, flush=True)
 
+    traces = []
+    for name in args.traces.split(","):
+        if name not in TRACES:
+            raise HostctlError(f"--traces: unknown trace {name!r} (choose from {', '.join(TRACES)})")
+        trace = TRACES[name]().scaled(args.scale)
+        traces.append(trace if args.seconds is None else trace.lasting(args.seconds))
+    calibration = None if args.calibration is None else elastic_oracle.load(args.calibration)
     comparison = await elastic_experiment.on_site(
         site,
-        bursty().scaled(args.scale),
+        traces,
         cvm=args.cvm,
         runs=args.runs.split(",") if args.runs else None,
+        repeats=args.repeats,
+        calibration=calibration,
         progress=progress,
     )
-    markdown, plot = elastic_report.save(comparison, args.out)
+    saved = [elastic_report.save(comparison, args.out)]
+    if calibration is None:
+        saved += comparison.calibration.save(args.out, "elastic-vs-fixed-calibration")
     print(elastic_report.markdown(comparison))
-    print(f"saved: {markdown} and {plot}")
+    print(f"saved: {', '.join(map(str, saved))}")
     return 0
 
 

@@ -14,7 +14,9 @@ below means per online vCPU.
   worker, rounded up; a short panic window may only scale up, and only when it asks for `panic_ratio` times the
   current count. It parks a worker only when the need is `hysteresis` vCPUs below the smaller count, so load
   that hovers at a boundary does not wake and park a worker every few seconds. An idle CVM (under `IDLE`
-  requests in flight) keeps no spare: its workers all park.
+  requests in flight) keeps no spare: its workers all park. With `lead_s` it predicts from the slope: the stable
+  window's mean is moved along its least-squares slope to `lead_s` seconds after now (the mean lags now by half
+  the window), so a rising load is met before it arrives and a falling one lets workers park sooner.
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ class Concurrency:
     panic_ratio: float = check(lambda v: None if v >= 1 else "must be >= 1", default=1.5)
     burst: float = check(non_negative, default=0.0)
     hysteresis: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)", default=0.2)
+    lead_s: float = check(non_negative, default=0.0)
 
     def __post_init__(self) -> None:
         if not self.panic_s < self.stable_s:
@@ -225,10 +228,16 @@ class Concurrency:
         return 0.0
 
     def decide(self, signals: Signals) -> Want:
-        stable = _mean_concurrency(signals.recent(self.stable_s))
+        window = signals.recent(self.stable_s)
+        stable = _mean_concurrency(window)
         panic = _mean_concurrency(signals.recent(self.panic_s))
         if stable is None or panic is None:
             return Want(None, "no concurrency samples")
+        over = f"over {self.stable_s:g} s"
+        slope = _slope(window) if self.lead_s else None
+        if slope is not None:
+            stable = max(0.0, stable + slope * (self.stable_s / 2 + self.lead_s))
+            over = f"{over} at {slope:+.2f}/s, {self.lead_s:g} s ahead"
         want_stable, want_panic = self._size(stable), self._size(panic)
         current = signals.current
         spare = f" + {self.burst:g} spare" if self.burst and stable >= IDLE else ""
@@ -236,7 +245,7 @@ class Concurrency:
             return Want(
                 want_panic, f"panic: {panic:.2f} in flight over {self.panic_s:g} s{spare} / {self.target:g} per vCPU"
             )
-        reason = f"{stable:.2f} in flight over {self.stable_s:g} s{spare} / {self.target:g} per vCPU"
+        reason = f"{stable:.2f} in flight {over}{spare} / {self.target:g} per vCPU"
         if want_stable < current and self._need(stable) > current - 1 - self.hysteresis:
             return Want(current, f"{reason}; within {self.hysteresis:g} vCPU of {current - 1}: keep {current}")
         return Want(want_stable, reason)
@@ -250,8 +259,9 @@ class Concurrency:
 
     def describe(self) -> str:
         burst = f" (+{self.burst:g} spare while serving)" if self.burst else ""
+        lead = f" predicted {self.lead_s:g} s ahead along its slope," if self.lead_s else ""
         return (
-            f"{self.target:g} requests in flight per vCPU{burst} over {self.stable_s:g} s, "
+            f"{self.target:g} requests in flight per vCPU{burst} over {self.stable_s:g} s,{lead} "
             f"panic up over {self.panic_s:g} s"
         )
 
@@ -266,6 +276,17 @@ KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
 def _mean_concurrency(samples: Sequence[CVMSample]) -> float | None:
     values = [s.concurrency for s in samples if s.concurrency is not None]
     return sum(values) / len(values) if values else None
+
+
+def _slope(samples: Sequence[CVMSample]) -> float | None:
+    """The least-squares slope of concurrency over time (per second); None with fewer than 3 readings."""
+    points = [(s.ts, s.concurrency) for s in samples if s.concurrency is not None]
+    if len(points) < 3:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_c = sum(c for _, c in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (c - mean_c) for t, c in points) / spread if spread > 0 else None
 
 
 def _p99(probes: Sequence[Probe]) -> float:

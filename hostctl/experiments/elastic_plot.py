@@ -1,5 +1,5 @@
-"""The elastic-vs-fixed timeline, hand-written SVG: offered load, each run's online vCPUs and each run's p99 over
-the trace's time, one panel each."""
+"""The elastic-vs-fixed timeline, hand-written SVG: offered load, each run's online vCPUs (and the oracle's need)
+and each run's p99 over the trace's time, one panel each."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import itertools
 import math
 from collections.abc import Callable
 
+from hostctl.experiments.elastic_oracle import Oracle
 from hostctl.experiments.elastic_vs_fixed import Run
 from hostctl.stats import percentile
 
 COLOURS = ("#888888", "#222222", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e")
+ORACLE = "#e377c2"
 WIDTH, PANEL, LEFT, RIGHT, GAP = 900, 170, 70, 150, 40
 
 
-def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
-    """Three panels over the trace's time: offered load, online vCPUs per run, p99 per `bin_s` per run."""
+def timeline_svg(runs: list[Run], oracle: Oracle | None = None, bin_s: float = 2.0) -> str:
+    """Three panels over the trace's time: offered load, online vCPUs per run (the oracle's need dashed), p99 per
+    `bin_s` per run."""
     trace = runs[0].trace
     span = trace.seconds
     plot_w = WIDTH - LEFT - RIGHT
@@ -51,7 +54,7 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
                 f'stroke="#eee"/><text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">'
                 f"{label(tick)}</text>"
             )
-        for t in range(0, int(span) + 1, 30):
+        for t in range(0, int(span) + 1, 30 if span > 90 else 10):
             parts.append(f'<text x="{x(t):.1f}" y="{top + PANEL + 14}" text-anchor="middle">{t} s</text>')
         return y
 
@@ -77,6 +80,13 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
             for (at, n), (nxt, _) in itertools.pairwise(steps)
         )
         parts.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" stroke-width="1.5"/>')
+    if oracle is not None:
+        path = " ".join(
+            f"{x(t):.1f},{y(n):.1f} {x(min(t + 1.0, span)):.1f},{y(n):.1f}" for t, n in enumerate(oracle.need)
+        )
+        parts.append(
+            f'<polyline points="{path}" fill="none" stroke="{ORACLE}" stroke-width="2" stroke-dasharray="5 3"/>'
+        )
 
     slo = runs[0].slo_ms
     y = panel(
@@ -102,12 +112,12 @@ def timeline_svg(runs: list[Run], bin_s: float = 2.0) -> str:
             f'<polyline points="{" ".join(p99s)}" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" stroke-width="1.5"/>'
         )
 
-    for i, run in enumerate(runs):
+    legend = [(run.name, COLOURS[i % len(COLOURS)]) for i, run in enumerate(runs)]
+    for i, (name, colour) in enumerate([*legend, *([("oracle", ORACLE)] if oracle is not None else [])]):
         ly = GAP + PANEL + GAP + 14 + 18 * i
-        colour = COLOURS[i % len(COLOURS)]
         parts.append(
             f'<line x1="{WIDTH - RIGHT + 12}" x2="{WIDTH - RIGHT + 32}" y1="{ly - 4}" y2="{ly - 4}" '
-            f'stroke="{colour}" stroke-width="2"/><text x="{WIDTH - RIGHT + 38}" y="{ly}">{run.name}</text>'
+            f'stroke="{colour}" stroke-width="2"/><text x="{WIDTH - RIGHT + 38}" y="{ly}">{name}</text>'
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -1,8 +1,10 @@
-"""Elastic versus fixed: replay one bursty trace against one CVM's service with fixed-min, fixed-max and each
-elastic policy of its agent, and compare latency, SLO windows, worker-vCPU-seconds, scale actions and reaction.
+"""Elastic versus fixed: replay load traces against one CVM's service with fixed sizes and each elastic policy
+of its agent, repeated, and compare latency, SLO windows, worker-vCPU-seconds (against the oracle of a calibration
+and against fixed-max), scale actions and reaction.
 
 Shared by `bench/policies.py` (demo site) and `hostctl --site FILE experiment elastic-vs-fixed` (any site); the
-report is `hostctl.experiments.elastic_report`, its plot `hostctl.experiments.elastic_plot`.
+calibration and oracle are `elastic_calibration` and `elastic_oracle`, the report `elastic_report`, its plot
+`elastic_plot`.
 
 Definitions:
 - p50/p99 (nearest rank, `hostctl.stats`) are over every replayed request; a failed request counts with the time
@@ -11,10 +13,11 @@ Definitions:
 - Worker-vCPU-seconds integrate the active workers (online vCPUs beyond the boot set) over the run, from the
   agent's audit log of scale events; boot vCPUs are the same in every run and left out. A run's events are those
   after the scale that set its start count, on the agent's own clock (the console's may be far off), fetched a
-  bounded page at a time.
-- Reaction to a load step is the time from the step until the online vCPUs reach "enough" for the new rate:
-  ceil(rate x service time / 0.8), capped at max, with the service time the p50 of fixed-max's first quiet phase
-  (or, without a fixed-max run, the run's own). "never" when the count is not reached before the phase ends.
+  bounded page at a time. Fixed-max's are (max - boot) x the trace's length.
+- Reaction: at each rise of the oracle's need (`Oracle.rises`), the time until the online vCPUs reach it; "never"
+  when they do not before the need falls below it again.
+- The runs go round-robin: repeat 1 of every trace and run, then repeat 2, and so on; repeat k replays the same
+  trace with the arrival times of seed k.
 """
 
 from __future__ import annotations
@@ -23,30 +26,28 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hostctl.client.link import Fleet, HostLink
 from hostctl.client.ref import CVMRef
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
+from hostctl.experiments.elastic_calibration import RATES, WHY, Progress, calibrate, running
+from hostctl.experiments.elastic_oracle import Calibration, Oracle
 from hostctl.load.trace import Request, Trace, replay
 from hostctl.stats import percentile
-from hostctl.wire.model import CVM, DomainState, Event
+from hostctl.wire.model import DomainState, Event
 
 FIXED = ("fixed-min", "fixed-max")
 AUDIT_PAGE = 1000  # audit entries per request
 AUDIT_MOST = 20_000  # audit entries one run may fetch: a policy that scales more often than this is broken
 WINDOW_S = 10.0
-UTILISATION = 0.8
-WHY = "experiment elastic-vs-fixed"
-
-Progress = Callable[[str], Awaitable[None]]
 
 
 @dataclass
 class Run:
-    """One replay of the trace under one way of sizing the CVM."""
+    """One replay of a trace under one way of sizing the CVM."""
 
     name: str
     trace: Trace
@@ -56,6 +57,7 @@ class Run:
     requests: list[Request]
     online: list[tuple[float, int]]  # (seconds into the trace, online vCPUs), a step function
     actions: int
+    repeat: int = 1
 
     def percentile(self, q: float) -> float:
         """The `q`-th percentile (e.g. 99) of every request's latency; nan without requests."""
@@ -95,85 +97,99 @@ class Run:
             total += max(0.0, min(until, end) - max(at, 0.0)) * (n - self.boot)
         return total
 
-    def reactions(self, service_ms: float) -> list[tuple[float, float, float | None]]:
-        """(step time, new rate, seconds until enough vCPUs or None) per load step of the trace."""
-        out: list[tuple[float, float, float | None]] = []
-        steps = self.trace.steps()
-        ends = [*(start for start, _ in steps[1:]), self.trace.seconds]
-        for (start, rate), end in zip(steps, ends, strict=True):
-            enough = min(self.max, math.ceil(rate * service_ms / 1000 / UTILISATION))
-            if self.online_at(start) >= enough:
-                out.append((start, rate, 0.0))
+    def reactions(self, oracle: Oracle) -> list[tuple[float, int, float | None]]:
+        """(second, vCPUs needed, seconds until online or None: never) at each rise of the oracle's need."""
+        out: list[tuple[float, int, float | None]] = []
+        for start, until, need in oracle.rises():
+            if self.online_at(start) >= need:
+                out.append((start, need, 0.0))
                 continue
-            reached = next((at for at, n in self.online if start < at < end and n >= enough), None)
-            out.append((start, rate, None if reached is None else reached - start))
+            reached = next((at for at, n in self.online if start < at < until and n >= need), None)
+            out.append((start, need, None if reached is None else reached - start))
         return out
 
-    def service_ms(self) -> float:
-        """The p50 latency of the first phase (quiet load): the service time as the client sees it."""
-        first = self.trace.phases[0].seconds
-        ms = [r.ms for r in self.requests if r.at < first and r.ok]
-        return percentile(ms, 0.5) if ms else math.nan
+    def slowest_reaction(self, oracle: Oracle) -> float:
+        """The longest reaction in seconds (inf when one never came; 0 without rises)."""
+        return max((math.inf if s is None else s for *_, s in self.reactions(oracle)), default=0.0)
 
 
 @dataclass
 class Comparison:
-    """All runs of one experiment and where they ran."""
+    """All runs of one experiment, the calibration they are judged by, and where they ran."""
 
     target: str
     url: str
+    calibration: Calibration
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
-    def fixed_max(self) -> Run | None:
-        """The fixed-max run, the baseline of the worker-vCPU-seconds and of the service time; None without one."""
-        return next((r for r in self.runs if r.name == "fixed-max"), None)
+    def traces(self) -> list[Trace]:
+        """Every trace replayed, in order of first use."""
+        return list({run.trace.name: run.trace for run in self.runs}.values())
 
-    def service_ms(self) -> float:
-        """The service time the reactions are judged by: fixed-max's (else the first run's) quiet p50."""
-        return (self.fixed_max or self.runs[0]).service_ms()
+    @property
+    def names(self) -> list[str]:
+        """Every run's name, in order of first use."""
+        return list(dict.fromkeys(run.name for run in self.runs))
+
+    def of(self, trace: Trace, name: str) -> list[Run]:
+        """The repeats of run `name` over `trace`."""
+        return [r for r in self.runs if r.trace.name == trace.name and r.name == name]
+
+    def oracle(self, trace: Trace) -> Oracle:
+        return Oracle(trace, self.calibration)
+
+    def fixed_max_seconds(self, trace: Trace) -> float:
+        """Fixed-max's worker-vCPU-seconds over `trace`: every worker, all the time."""
+        return (self.calibration.max - self.calibration.boot) * trace.seconds
 
 
 async def on_site(
     site: Site,
-    trace: Trace,
+    traces: list[Trace],
     *,
     cvm: str | None = None,
     runs: list[str] | None = None,
+    repeats: int = 1,
+    calibration: Calibration | None = None,
+    rates: Sequence[float] = RATES,
+    cell_s: float = 5.0,
     settle_s: float = 8.0,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run the comparison on a site: `cvm` as HOST/CVM (default: the first running CVM with a service and worker
-    vCPUs), `runs` by name (default: fixed-min, fixed-max and every policy of its agent)."""
+    vCPUs), `runs` by name (default: fixed-max and every policy of its agent; fixed-min on request), judged by
+    `calibration` (default: calibrate the CVM first at `rates`, `cell_s` seconds a cell)."""
     fleet = Fleet(site, who="experiment")
     fleet.start()
     try:
         await fleet.ready()
         link, name, urls = _target(site, fleet, cvm)
-        known = await _runs(link)
+        known = [*FIXED, *await link.policies()]
         for run in runs or []:
             if run not in known:
                 raise HostctlError(f"{link.name}: unknown run {run!r} (choose from {', '.join(known)})")
         if not urls:
             raise HostctlError(f"{link.name}/{name}: no service to send load to (list it in the site file)")
+        slo_ms = site.defaults.slo_p99_ms
+        if calibration is None:
+            calibration = await calibrate(
+                link, name, urls[0], slo_ms=slo_ms, rates=rates, cell_s=cell_s, progress=progress
+            )
         return await compare(
             link,
             name,
             urls[0],
-            trace,
-            runs or known,
-            slo_ms=site.defaults.slo_p99_ms,
+            traces,
+            runs or known[1:],
+            calibration=calibration,
+            repeats=repeats,
             settle_s=settle_s,
             progress=progress,
         )
     finally:
         await fleet.stop()
-
-
-async def _runs(link: HostLink) -> list[str]:
-    """The runs this host's agent can do: the fixed sizes and its policies."""
-    return [*FIXED, *await link.policies()]
 
 
 def _target(site: Site, fleet: Fleet, wanted: str | None) -> tuple[HostLink, str, list[str]]:
@@ -203,41 +219,70 @@ async def compare(
     link: HostLink,
     cvm: str,
     url: str,
-    trace: Trace,
+    traces: list[Trace],
     runs: list[str],
     *,
-    slo_ms: float,
+    calibration: Calibration,
+    repeats: int = 1,
     settle_s: float = 8.0,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Replay `trace` once per run name: `fixed-min`, `fixed-max` or one of the agent's policies."""
-    first = _cvm(link, cvm)
+    """Replay each trace `repeats` times per run name (`fixed-min`, `fixed-max` or one of the agent's policies),
+    judged by `calibration`, which must be of this CVM and the site's SLO."""
+    first = running(link, cvm)
     if first.max_vcpus <= first.boot_vcpus:
         raise HostctlError(
             f"{link.name}/{cvm}: no worker vCPUs to scale (boot {first.boot_vcpus}, max {first.max_vcpus})"
+        )
+    target = f"{link.name}/{cvm}"
+    mine = (target, first.boot_vcpus, first.max_vcpus)
+    if (calibration.target, calibration.boot, calibration.max) != mine:
+        raise HostctlError(
+            f"calibration of {calibration.target} (boot {calibration.boot}, max {calibration.max}), not of "
+            f"{target} (boot {first.boot_vcpus}, max {first.max_vcpus}): calibrate this CVM"
         )
     described = await link.policies()
     known = [*FIXED, *described]
     for name in runs:
         if name not in known:
             raise HostctlError(f"{link.name}: unknown run {name!r} (choose from {', '.join(known)})")
-    result = Comparison(f"{link.name}/{cvm}", url)
+    result = Comparison(target, url, calibration)
     result.notes += [f"`{name}`: {described[name]}" for name in runs if name in described]
-    for i, name in enumerate(runs, start=1):
+    plan = [(repeat, trace, name) for repeat in range(1, repeats + 1) for trace in traces for name in runs]
+    for i, (repeat, trace, name) in enumerate(plan, start=1):
         if progress is not None:
-            await progress(f"run {i}/{len(runs)}: {name} ({trace.seconds:.0f} s)")
+            await progress(f"run {i}/{len(plan)}: {name} on {trace.name}, repeat {repeat} ({trace.seconds:.0f} s)")
         result.runs.append(
-            await _run(link, cvm, url, trace, name, slo_ms=slo_ms, settle_s=settle_s, has_policies=bool(described))
+            await _run(
+                link,
+                cvm,
+                url,
+                trace,
+                name,
+                slo_ms=calibration.slo_ms,
+                settle_s=settle_s,
+                has_policies=bool(described),
+                repeat=repeat,
+            )
         )
     return result
 
 
 async def _run(
-    link: HostLink, cvm: str, url: str, trace: Trace, name: str, *, slo_ms: float, settle_s: float, has_policies: bool
+    link: HostLink,
+    cvm: str,
+    url: str,
+    trace: Trace,
+    name: str,
+    *,
+    slo_ms: float,
+    settle_s: float,
+    has_policies: bool,
+    repeat: int,
 ) -> Run:
     if has_policies:
         await link.set_policy(cvm, enabled=False)
-    current = _cvm(link, cvm)
+    current = running(link, cvm)
     start_count = current.max_vcpus if name == "fixed-max" else current.boot_vcpus
     start = await link.scale(cvm, start_count, expect=None, why=WHY)  # stamped by the agent's clock
     skew = start.ts - time.time()  # the agent's clock less ours, within a round trip
@@ -246,7 +291,7 @@ async def _run(
         await link.set_policy(cvm, name=name, enabled=True)
     began = time.time()
     try:
-        requests = await replay(trace, url)
+        requests = await replay(trace, url, seed=repeat)
     finally:
         if name not in FIXED:
             await link.set_policy(cvm, enabled=False)
@@ -259,7 +304,7 @@ async def _run(
     ]
     steps = [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts) if e.after is not None]
     online = [(0.0, start_count), *steps]
-    return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events))
+    return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events), repeat)
 
 
 async def audit_since(link: HostLink, since: float) -> list[Event]:
@@ -273,12 +318,3 @@ async def audit_since(link: HostLink, since: float) -> list[Event]:
         if len(events) >= AUDIT_MOST:
             raise HostctlError(f"{link.name}: more than {AUDIT_MOST} audit entries in one run; not read further")
         since = page[-1].ts
-
-
-def _cvm(link: HostLink, name: str) -> CVM:
-    cvm = link.cvm(name)
-    if cvm is None:
-        raise HostctlError(f"{link.name}: no CVM {name!r}")
-    if cvm.state is not DomainState.RUNNING:
-        raise HostctlError(f"{link.name}/{name}: it is {cvm.state.value}, not running")
-    return cvm
