@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -62,6 +63,7 @@ async def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     traces = [TRACES[name]().scaled(args.scale).lasting(args.seconds) for name in args.traces.split(",")]
     calibration = None if args.calibration is None else elastic_oracle.load(args.calibration)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp:
         runtime = Path(tmp)
         config = runtime / "bench.toml"
@@ -88,7 +90,9 @@ async def main(argv: list[str]) -> None:
     comparison.notes.append(
         "Demo site: one agent process (`hostctl demo serve-host`) with the shipped "
         "`hostctl/data/policies`; load from `hostctl.load.trace.replay` in this process; "
-        "2-CPU machine shared with other work."
+        "2-CPU machine shared with other work: load average (1, 5, 15 min) "
+        f"{' / '.join(f'{v:.1f}' for v in load_before)} at the start, "
+        f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())} at the end."
     )
     if calibration is None:
         comparison.calibration.save(OUT, f"{args.stem}-calibration")

@@ -82,7 +82,7 @@ def test_a_calibration_is_saved_and_read_back(tmp_path: Path) -> None:
         ('{"target": "h/svc", "boot": 1, "max": 9, "slo_ms": 50}', "cells: no cells measured"),
         ('{"target": "h/svc", "boot": 1, "max": 9}', "slo_ms: required key is missing"),
         ('{"target": "h/svc", "boot": 2, "max": 1, "slo_ms": 50, "cells": [1]}', "cells[0]: expected a table"),
-        ('[1, 2]', "top level: expected a table"),
+        ("[1, 2]", "top level: expected a table"),
     ],
 )
 def test_a_bad_calibration_file_is_one_line_naming_it(tmp_path: Path, text: str, problem: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from hostctl.agent.audit import AuditLog
 from hostctl.demo.site import demo_site
+from hostctl.experiments.elastic_oracle import Calibration, Cell
 from hostctl.experiments.elastic_vs_fixed import on_site
 from hostctl.load.trace import Phase, Trace
 from hostctl.wire.model import Event
@@ -39,7 +40,8 @@ async def test_the_comparison_reads_scales_by_the_agents_clock(tmp_path: Path, s
     try:
         site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 2, 20), Phase("step", 5, 400), Phase("quiet", 2, 20)))
-        comparison = await on_site(site, trace, runs=["concurrency"], settle_s=0.5)
+        calibration = Calibration("mec-1/snp", 1, 5, 50, [Cell(20, 1, 1, 20, 0, 5, 9)])  # judged by, not measured
+        comparison = await on_site(site, [trace], runs=["concurrency"], calibration=calibration, settle_s=0.5)
     finally:
         agent.stop()
     events = [json.loads(line) for line in agent.audit.read_text().splitlines()]

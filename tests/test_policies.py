@@ -169,12 +169,30 @@ def test_concurrency_windows_must_nest() -> None:
         Concurrency(stable_s=1, panic_s=2)
 
 
+def test_concurrency_with_a_lead_follows_the_slope_ahead() -> None:
+    rising = [CVMSample(ts=round(i * 0.1, 3), online=2, concurrency=i * 0.02) for i in range(1, 31)]  # +0.2/s
+    plain = Concurrency(target=1.0, stable_s=3.0, panic_s=0.3)
+    ahead = Concurrency(target=1.0, stable_s=3.0, panic_s=0.3, lead_s=2.0)
+    # mean 0.31 over the window; along the slope 0.31 + 0.2 x (1.5 + 2) = 1.01 two seconds from now
+    assert plain.decide(Signals(now=3.0, current=1, samples=rising)).desired == 1
+    want = ahead.decide(Signals(now=3.0, current=1, samples=rising))
+    assert want.desired == 2 and "1.01 in flight over 3 s at +0.20/s, 2 s ahead" in want.reason
+    falling = [CVMSample(ts=round(i * 0.1, 3), online=3, concurrency=3.0 - i * 0.1) for i in range(1, 31)]  # -1/s
+    assert plain.decide(Signals(now=3.0, current=3, samples=falling)).desired == 2  # the mean still says 1.45
+    assert ahead.decide(Signals(now=3.0, current=3, samples=falling)).desired == 0  # none 2 s on (the guard: boot)
+    flat = [CVMSample(ts=1.0, online=2, concurrency=1.5), CVMSample(ts=1.1, online=2, concurrency=1.5)]
+    assert ahead.decide(Signals(now=1.1, current=2, samples=flat)).desired == 2  # too few readings: no slope
+
+
 # -- policy files ------------------------------------------------------------------------------------
 
 
 def test_the_shipped_policy_files_load() -> None:
     specs = load_policies(DEFAULT_POLICIES)
-    assert set(specs) == {"threshold", "slo", "concurrency"}
+    assert set(specs) == {"threshold", "slo", "concurrency", "predictive"}
+    predictive = specs["predictive"]
+    assert isinstance(predictive.policy, Concurrency) and predictive.policy.lead_s > 0
+    assert "ahead along its slope" in predictive.description and predictive.guard.cooldown_up_s == 0.1
     assert isinstance(specs["threshold"].policy, Threshold) and specs["threshold"].policy.interval == 0.5
     assert all(spec.description for spec in specs.values())
 
