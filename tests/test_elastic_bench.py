@@ -137,7 +137,7 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
         site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)), "short")
         comparison = await on_site(
-            site, [trace], runs=["fixed-min", "concurrency"], rates=[20, 400], cell_s=1.0, settle_s=0.5
+            site, [trace], runs=["fixed-min", "concurrency"], rates=[20, 400], cell_s=0.5, settle_s=0.5
         )
     finally:
         agent.stop()

@@ -174,8 +174,15 @@ async def on_site(
             raise HostctlError(f"{link.name}/{name}: no service to send load to (list it in the site file)")
         slo_ms = site.defaults.slo_p99_ms
         if calibration is None:
-            calibration = await calibrate(
-                link, name, urls[0], slo_ms=slo_ms, rates=rates, cell_s=cell_s, progress=progress
+            calibration = await calibrate(  # a cell's queue drains within a second
+                link,
+                name,
+                urls[0],
+                slo_ms=slo_ms,
+                rates=rates,
+                cell_s=cell_s,
+                settle_s=min(settle_s, 1.0),
+                progress=progress,
             )
         return await compare(
             link,
