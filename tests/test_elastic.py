@@ -117,7 +117,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 
 async def test_policies_lists_each_with_a_description(served: Served) -> None:
     listed = await served.call("policies")
-    assert [p["name"] for p in listed] == ["concurrency", "predictive", "slo", "threshold"]
+    assert [p["name"] for p in listed] == ["concurrency", "slo", "threshold"]
     assert all(p["description"] for p in listed)
     assert "policy" in (await served.call("hello"))["methods"]
 
@@ -157,7 +157,7 @@ async def test_policy_get_and_set(served: Served) -> None:
         (
             {"cvm": "snp", "name": "magic"},
             rpc.INVALID_PARAMS,
-            "unknown policy 'magic' (known: concurrency, predictive, slo, threshold)",
+            "unknown policy 'magic' (known: concurrency, slo, threshold)",
         ),
         ({"cvm": "snp", "enabled": 1}, rpc.INVALID_PARAMS, "parameter 'enabled' must be bool, got 1"),
         ({"cvm": "snp", "enabled": "yes"}, rpc.INVALID_PARAMS, "must be bool"),
@@ -355,16 +355,13 @@ async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Pa
     reply = json.loads(out)
     assert rc == 0 and (reply["policy"], reply["enabled"]) == ("slo", True) and reply["decision"] == "hold"
     rc, _, err = await hostctl("--site", str(site), "policy", "edge-1/snp", "--name", "magic")
-    assert rc == 2 and err.strip().endswith("unknown policy 'magic' (known: concurrency, predictive, slo, threshold)")
+    assert rc == 2 and err.strip().endswith("unknown policy 'magic' (known: concurrency, slo, threshold)")
     assert len(err.strip().splitlines()) == 1
     rc, _, err = await hostctl("--site", str(site), "policy", "snp", "--off")
     assert rc == 2 and "name the CVM as HOST/CVM" in err
     rc, _, err = await hostctl(
         "--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp", "--runs", "fixed-max,magic"
     )
-    assert (
-        rc == 2
-        and "unknown run 'magic' (choose from fixed-min, fixed-max, concurrency, predictive, slo, threshold)" in err
-    )
+    assert rc == 2 and "unknown run 'magic' (choose from fixed-min, fixed-max, concurrency, slo, threshold)" in err
     rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp")
     assert rc == 2 and "edge-1/snp: no service to send load to" in err
