@@ -144,7 +144,9 @@ def parser() -> argparse.ArgumentParser:
         help="the CVM to load (default: the first running CVM with worker vCPUs and a service)",
     )
     elastic.add_argument(
-        "--runs", metavar="A,B,...", help="runs by name (default: fixed-max and every policy of the agent; fixed-min on request)"
+        "--runs",
+        metavar="A,B,...",
+        help="runs by name (default: fixed-max and every policy of the agent; fixed-min on request)",
     )
     elastic.add_argument(
         "--traces", default="bursty,diurnal", metavar="A,B", help="traces: bursty, diurnal (default both)"
