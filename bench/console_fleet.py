@@ -188,7 +188,7 @@ class Probes:
         self.app = app
 
         def timed_tick() -> None:
-            dirty = app._dirty
+            dirty = bool(app._dirty or app._changed or app._due)  # it has data to apply
             t0 = time.perf_counter()
             DittoApp.tick(app)
             if probes.recording(t0):
@@ -819,6 +819,8 @@ def dump_tasks() -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.gc_young:
+        DittoApp.GC_YOUNG = args.gc_young
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     raise_fd_limit()
     probes = Probes()
@@ -870,4 +872,5 @@ if __name__ == "__main__":
     parser.add_argument("--presses", type=int, default=20, help="key presses on the demo site (0: skip)")
     parser.add_argument("--out", type=Path, default=OUT, help="the report (default: bench/results/console_fleet.md)")
     parser.add_argument("--pstats", help="also save the raw cProfile data here (for pstats / snakeviz)")
+    parser.add_argument("--gc-young", type=int, help="the console's young-generation collection threshold")
     asyncio.run(main(parser.parse_args()))

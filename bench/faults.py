@@ -104,6 +104,7 @@ class Fault:
     hold: float
     in_flight: int = 0  # requests of this host in flight when it began
     stale_s: float | None = None  # from start to the link's first state other than fresh
+    silence_s: float | None = None  # then, how long the link had gone without data
     fresh_s: float | None = None  # from end (or from stale, if later) to fresh again
 
 
@@ -116,6 +117,7 @@ class Campaign:
     requests: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     states: dict[str, list[tuple[float, LinkState]]] = field(default_factory=dict)
+    silences: dict[str, dict[float, float]] = field(default_factory=dict)  # per host: at each stale, s without data
     lateness: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, ms) of the console's loop
     lines: list[tuple[float, str, str]] = field(default_factory=list)  # the console's log: (monotonic, text, style)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -318,13 +320,17 @@ class Console:
         self.app.log_line = log_line  # type: ignore[method-assign]
         for link in self.app.links:
             self.c.states[link.name] = [(time.monotonic(), link.state)]
+            self.c.silences[link.name] = {}
             link.on_update(self._state)
             self._wrap(link)
 
     def _state(self, link: HostLink) -> None:
         states = self.c.states[link.name]
         if states[-1][1] is not link.state:
-            states.append((time.monotonic(), link.state))
+            now = time.monotonic()
+            states.append((now, link.state))
+            if link.last_data is not None:
+                self.c.silences[link.name][now] = now - link.last_data
 
     def _seen(self, text: str) -> None:
         if (req := self.expected_lines.pop(text, None)) is not None:
@@ -520,6 +526,8 @@ async def campaign(args: argparse.Namespace, runtime: Path, progress: Callable[[
     t0 = time.monotonic()
     try:
         await lab.start(names, args.wake_ms, args.hosts_nice)
+        if args.gc_young:
+            DittoApp.GC_YOUNG = args.gc_young
         app = DittoApp(site=site_file.load(site_for(lab, runtime, args)))
         with stderr_to(runtime / "console.log"), GCWatch(c):
             await console_run(app, c, lab, progress=progress)
@@ -675,6 +683,7 @@ def measure(c: Campaign) -> None:
         stale = went_stale(states, f.start)
         fresh = fresh_again(states, f)
         f.stale_s = None if stale is None else stale - f.start
+        f.silence_s = None if stale is None else c.silences[f.host].get(stale)
         f.fresh_s = None if fresh is None or stale is None else fresh - max(stale, f.end)
         if f.fresh_s is not None and f.fresh_s > RECOVERY_CAP_S:
             f.fresh_s = None
@@ -757,6 +766,8 @@ def report(c: Campaign, t: Tally, command: str) -> str:
             f"{'pass' if fresh_ok else 'FAIL'} (max {max(fresh) if fresh else float('nan'):.2f} s"
             f"{f', {not_fresh} not fresh within {RECOVERY_CAP_S:.0f} s' if not_fresh else ''}) |"
         )
+    silent = [f for f in c.faults if f.kind in ("stop", "blackhole") and f.silence_s is not None]
+    past = [(f.silence_s - STALE_INTERVALS * args.interval) * 1000 for f in silent if f.silence_s is not None]
     none_lost = sum(1 for r, _ in t.lost if req_kind[r.token] == "none")
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items(), key=lambda kv: -kv[1]))
     lines = [
@@ -821,6 +832,13 @@ def report(c: Campaign, t: Tally, command: str) -> str:
         "|---|---|---|",
         *verdicts,
         "",
+        f"For the silent faults (stop, blackhole: {len(silent)} seen stale), a link is declared stale after "
+        f"{STALE_INTERVALS:g} intervals without data; it was seen stale that long plus (p50 / p99 / max) "
+        f"{fmt(past, ' ms')}: the links' thread waking late, and data already on its way when the fault began "
+        "(which counts from the fault's start but not from the link's last data).",
+        "",
+        during_gc(c),
+        "",
         "| target | figure | verdict |",
         "|---|---|---|",
         f"| 0 scale actions lost | {len(t.lost)} lost of {len(c.requests)} requests "
@@ -883,7 +901,7 @@ def report(c: Campaign, t: Tally, command: str) -> str:
             f"each stall ({len(c.stall_stacks)} samples; {idle} in the loop's `select`, i.e. the loop had nothing "
             "to run and its thread was kept from running: the machine's other work or another thread holding the "
             f"GIL). The links' thread was running Python code, not waiting, at {links_busy} of them. "
-            f"{during_gc(c)} Most frequent, innermost frame first:",
+            "Most frequent, innermost frame first:",
             "",
             *(f"- {n} x `{stack}`" for stack, n in sorted(places.items(), key=lambda kv: -kv[1])[:8]),
         ]
@@ -911,6 +929,9 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=10,
         help="niceness of the hosts' processes (agents, sshds, proxies), which share the console's cores here",
+    )
+    p.add_argument(
+        "--gc-young", type=int, help="the console's young-generation collection threshold (default: the console's)"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)

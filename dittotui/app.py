@@ -58,6 +58,7 @@ class DittoApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "dittotui"
+    GC_YOUNG: ClassVar[int] = 30_000  # the young generation's collection threshold (see `on_mount`)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus", "scale(1)", "+worker"),
         Binding("minus", "scale(-1)", "-worker"),
@@ -124,8 +125,11 @@ class DittoApp(App[None]):
 
     def on_mount(self) -> None:
         # A large fleet replaces thousands of records a second. They are acyclic and freed by reference counting,
-        # so collect cycles rarely: a full collection over a 10,000-row table is a visible pause (bench/).
-        gc.set_threshold(100_000, 50, 100)
+        # so collect cycles rarely: a full collection over a 10,000-row table is a visible pause. But not too rarely:
+        # the young generation's pass then frees at once every cycle a burst of broken links left (connections,
+        # tasks, tracebacks), 100-130 ms at 100,000 objects; at 30,000 passes stay near 50 ms
+        # (bench/results/gc_young.md).
+        gc.set_threshold(self.GC_YOUNG, 50, 100)
         self.sub_title = " · ".join(part for part in (self.site_label, "read-only" if self.readonly else "") if part)
         self.hosts_table = self.query_one(HostsTable)
         self.cvm_table = self.query_one(CVMTable)
