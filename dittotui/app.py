@@ -385,9 +385,21 @@ class DittoApp(App[None]):
 
     # -- actions ----------------------------------------------------------------------------------
 
+    def refuse_readonly(self, what: str) -> bool:
+        """True when this console was started read-only, after saying in one line that `what` is refused: checked
+        before a dialog opens or a request is sent, so nothing reaches an agent."""
+        if not self.readonly:
+            return False
+        line = f"read-only console: {what} refused; nothing was sent (started with --readonly)"
+        self.log_line(line, style="red")
+        self.notify(line, severity="warning")
+        return True
+
     def action_scale(self, step: int) -> None:
-        refs = self.selected()
         verb = "Wake one worker" if step > 0 else "Park one worker"
+        if self.refuse_readonly(verb.lower()):
+            return
+        refs = self.selected()
         self._confirm_bulk(refs, verb, lambda: self.scale_cvms(refs, step))
 
     @on(ScaleRequested)
@@ -397,11 +409,9 @@ class DittoApp(App[None]):
 
     def scale_cvms(self, refs: Iterable[CVMRef], step: int) -> None:
         """Scale each CVM by `step` workers, compare-and-set against the count on screen."""
+        if self.refuse_readonly("wake one worker" if step > 0 else "park one worker"):
+            return
         for ref in refs:
-            if self.readonly:
-                self.log_line(f"{ref.key}: read-only session: scale refused", style="red")
-                self.notify("read-only session: nothing changed", severity="warning")
-                return
             link = self.link_of(ref)
             cvm = link.cvm(ref.cvm) if link else None
             if link is None or cvm is None:
@@ -434,8 +444,7 @@ class DittoApp(App[None]):
 
     def action_load(self) -> None:
         """The load dialog for the selected service (services table) or the selected CVM's services."""
-        if self.readonly:
-            self.notify("read-only session: no load runs", severity="warning")
+        if self.refuse_readonly("wrk load"):
             return
         service = None
         if self.focused is self.services_table and (key := self.services_table.selected_key):
@@ -456,8 +465,7 @@ class DittoApp(App[None]):
         )
 
     def action_experiment(self) -> None:
-        if self.readonly:
-            self.notify("read-only session: no load runs", severity="warning")
+        if self.refuse_readonly("the security-overhead experiment (wrk load)"):
             return
         if self.fleet is None:
             self.notify("no site is open yet", severity="warning")
@@ -482,8 +490,7 @@ class DittoApp(App[None]):
 
     def _policy_targets(self) -> list[CVMRef]:
         """The selected CVMs whose agents run policies; says why when there are none."""
-        if self.readonly:
-            self.notify("read-only session: nothing changed", severity="warning")
+        if self.refuse_readonly("elastic policy change"):
             return []
         refs = self.selected()
         offered = [ref for ref in refs if (link := self.link_of(ref)) and link.offers("policy")]
