@@ -9,6 +9,8 @@ APT_PACKAGES += qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvir
 APT_PACKAGES += linux-image-amd64 busybox-static qemu-guest-agent cpio
 # The metrics tests: a real Prometheus scraping a demo agent, and promtool checking the shipped rules.
 APT_PACKAGES += prometheus
+# The browser test of `dittotui --serve` (headless, driven over its DevTools protocol).
+APT_PACKAGES += chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench screenshots system-packages clean
