@@ -118,7 +118,8 @@ class DittoApp(App[None]):
             yield CVMTable(id="cvms")
             with Horizontal(id="bottom"):
                 yield ServicesTable(id="services")
-                yield EventLog(id="events", markup=False, wrap=True, max_lines=2000)
+                # min_width: wrap at the pane's width (by default a line is wrapped at 78 columns, then cut)
+                yield EventLog(id="events", markup=False, wrap=True, max_lines=2000, min_width=20)
         yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
         yield Footer()
 
@@ -390,7 +391,7 @@ class DittoApp(App[None]):
         before a dialog opens or a request is sent, so nothing reaches an agent."""
         if not self.readonly:
             return False
-        line = f"read-only console: {what} refused; nothing was sent (started with --readonly)"
+        line = f"read-only console: {what} refused; nothing was sent"
         self.log_line(line, style="red")
         self.notify(line, severity="warning")
         return True

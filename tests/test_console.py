@@ -151,7 +151,7 @@ async def test_readonly_console_refuses_every_change_key_before_any_request(agen
 
     def refusals(what: str) -> int:  # the log's lines wrap at its width: join them back first
         text = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)
-        return text.count(f"read-only console: {what} refused; nothing was sent (started with --readonly)")
+        return text.count(f"read-only console: {what} refused; nothing was sent")
 
     async with app.run_test(size=(200, 36)) as pilot:
         await ready(pilot, app)
