@@ -43,9 +43,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fuzz_rpc        # 100,000 generated messages against a live agent (~2 min)
 	$(BIN)/python -m bench.soak --minutes 30  # a headless agent for 30 minutes (--baseline CHECKOUT to compare)
 
-# SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
+# SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts), and a PNG of it in
+# headless Chromium through `dittotui --serve` (~20 s).
 screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py
+	$(BIN)/python -m scripts.browser_screenshot
 
 # apt-get runs only when a package is missing, so a second run costs nothing.
 system-packages:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import ipaddress
 import logging
@@ -93,7 +94,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
-        why = "in use" if e.errno == 98 else (e.strerror or str(e))  # 98: EADDRINUSE
+        why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise HostctlError(f"cannot listen on {url_of(host, port)}: {why}") from None
 
 
@@ -155,8 +156,7 @@ class ConsoleServer(Server):
 
     async def on_shutdown(self, app: web.Application) -> None:
         """Close every page's websocket: its console is then asked to quit (and killed past QUIT_TIMEOUT)."""
-        for websocket in list(self.visitors.values()):
-            await websocket.close()
+        await asyncio.gather(*(ws.close() for ws in list(self.visitors.values()) if ws.prepared))
 
     async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
         origin = request.headers.get("Origin")
@@ -166,8 +166,7 @@ class ConsoleServer(Server):
         if len(self.visitors) >= MAX_VISITORS:
             log.warning("refused a console: %d are open already (the most at once)", MAX_VISITORS)
             raise web.HTTPServiceUnavailable(text=f"{MAX_VISITORS} consoles are open already\n")
-        websocket = web.WebSocketResponse(heartbeat=15)
-        await websocket.prepare(request)
+        websocket = web.WebSocketResponse(heartbeat=15)  # a page gone without a word is closed within 30 s
         visitor = Visitor(
             self.argv,
             write_bytes=websocket.send_bytes,
@@ -175,9 +174,10 @@ class ConsoleServer(Server):
             close=websocket.close,
             download_manager=self.download_manager,
         )
-        self.visitors[visitor] = websocket
-        log.info("console opened for %s (%d open)", request.remote, len(self.visitors))
+        self.visitors[visitor] = websocket  # counted from here: two pages at once cannot pass MAX_VISITORS
         try:
+            await websocket.prepare(request)
+            log.info("console opened for %s (%d open)", request.remote, len(self.visitors))
             await visitor.start(
                 to_int(request.query.get("width", "80"), 80), to_int(request.query.get("height", "24"), 24)
             )
@@ -187,7 +187,8 @@ class ConsoleServer(Server):
         finally:
             del self.visitors[visitor]
             await visitor.end()
-            await websocket.close()
+            if websocket.prepared:
+                await websocket.close()
             log.info("console closed for %s (%d open)", request.remote, len(self.visitors))
         return websocket
 
@@ -222,6 +223,7 @@ def serve(options: ServeOptions) -> int:
     try:
         return asyncio.run(_serve(options, sock, demo))
     except KeyboardInterrupt:  # while the demo site was starting, before the server took over the signals
+        _say("interrupted", err=True)
         return 130
     finally:
         sock.close()

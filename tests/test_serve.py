@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
-import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 
 from dittotui.__main__ import main
-from hostctl.demo.launcher import HostProcess
-from tests.support import ROOT
 from tests.support.chromium import CHROMIUM, Page, chromium
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not found: apt-get install chromium")
+from tests.support.served import Served, served
 
 # Two small hosts, no background traffic: the dashboard is up within seconds.
 DEMO = """
@@ -50,75 +40,7 @@ name = "{name}"
   online_vcpus = 2
 """
 HOSTS = ("mec-north", "mec-south")
-START_TIMEOUT = 30.0  # the demo site and the server, on a busy 2-core machine
-
-
-@dataclass
-class Served:
-    """A running `dittotui --serve`: its process, the address it printed and the demo site's files."""
-
-    proc: asyncio.subprocess.Process
-    url: str
-    runtime: Path  # the demo site's runtime directory (sockets, audit logs)
-    out: list[str]
-
-    def audit(self) -> list[dict[str, object]]:
-        """Every event in the demo hosts' audit logs."""
-        events = []
-        for name in HOSTS:
-            path = HostProcess(name, self.runtime).audit
-            if path.exists():
-                events += [json.loads(line) for line in path.read_text().splitlines()]
-        return events
-
-
-@contextlib.asynccontextmanager
-async def served(tmp_path: Path, *args: str, site: Path | None = None) -> AsyncIterator[Served]:
-    """`dittotui --serve --port 0` until SIGTERM: on `site`, or on the small demo site above, which it starts (and
-    which is checked gone afterwards)."""
-    argv = [sys.executable, "-m", "dittotui", "--serve", "--port", "0", *args]
-    if site is None:
-        config = tmp_path / "demo.toml"
-        config.write_text(DEMO.format(hosts="".join(HOST.format(name=name) for name in HOSTS)))
-        argv += ["--demo-config", str(config)]
-    else:
-        argv += ["--site", str(site)]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    out: list[str] = []
-    pids: list[int] = []
-    try:
-        url, runtime = None, None if site is None else site.parent
-        async with asyncio.timeout(START_TIMEOUT):
-            while url is None:
-                line = (await proc.stdout.readline()).decode()
-                assert line, f"dittotui --serve ended: {out}"
-                out.append(line)
-                if found := re.search(r"site file (\S+)/site\.toml\)", line):
-                    runtime = Path(found.group(1))
-                    pids = [pid for name in HOSTS if (pid := HostProcess(name, runtime).pid())]
-                if found := re.search(r"serving the console on (\S+)", line):
-                    url = found.group(1)
-        assert runtime is not None and len(pids) == (len(HOSTS) if site is None else 0)
-        yield Served(proc, url, runtime, out)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    rest = await proc.stdout.read()
-            except TimeoutError:
-                proc.kill()
-                raise
-            finally:
-                await proc.wait()
-            out.append(rest.decode())
-    assert proc.returncode == 0, "".join(out)
-    assert "Traceback" not in "".join(out)
-    for pid in pids:  # the demo site the server started is down with it
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+browser = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not found: apt-get install chromium")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +48,9 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[
     """`dittotui --serve` starting its own demo site, and a headless Chromium (both started at once)."""
     async with contextlib.AsyncExitStack() as stack:
         async with asyncio.TaskGroup() as started:
-            server = started.create_task(stack.enter_async_context(served(tmp_path_factory.mktemp("serve"))))
+            config = tmp_path_factory.mktemp("serve") / "demo.toml"
+            config.write_text(DEMO.format(hosts="".join(HOST.format(name=name) for name in HOSTS)))
+            server = started.create_task(stack.enter_async_context(served("--demo-config", str(config))))
             page = started.create_task(stack.enter_async_context(chromium()))
         yield server.result(), page.result()
 
@@ -138,6 +62,7 @@ async def open_console(page: Page, url: str) -> str:
     return await page.wait_text(*HOSTS, "live", f"{HOSTS[0]}-snp")
 
 
+@browser
 async def test_the_console_in_a_browser_shows_the_hosts_and_refuses_changes(site: tuple[Served, Page]) -> None:
     server, page = site
     assert server.url.startswith("http://127.0.0.1:")
@@ -160,11 +85,13 @@ async def test_the_console_in_a_browser_shows_the_hosts_and_refuses_changes(site
             assert refused.value.status == 403
 
 
+@browser
 async def test_allow_changes_warns_naming_the_address_and_a_visitor_scales(
-    site: tuple[Served, Page], tmp_path: Path
+    site: tuple[Served, Page],
 ) -> None:
     demo, page = site
-    async with served(tmp_path, "--allow-changes", site=demo.runtime / "site.toml") as server:
+    assert demo.runtime is not None and demo.hosts == list(HOSTS)
+    async with served("--allow-changes", "--site", str(demo.runtime / "site.toml")) as server:
         text = "".join(server.out)
         assert f"warning: --allow-changes: whoever reaches {server.url} can scale CVMs" in text
         screen = await open_console(page, server.url)
@@ -201,7 +128,7 @@ def test_serve_options_need_serve(capsys: pytest.CaptureFixture[str], flag: list
     assert capsys.readouterr() == ("", f"dittotui: {flag[0]} goes with --serve\n")
 
 
-def test_a_port_in_use_is_one_line_and_starts_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_a_port_in_use_is_one_line_and_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert main(["--serve", "--port", str(port)]) == 2
