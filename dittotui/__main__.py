@@ -8,7 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from dittotui import lab_session, serve
+from dittotui import lab_session
 from dittotui.app import DittoApp
 from dittotui.session import DemoSession
 from hostctl.client.site import load as load_site
@@ -16,6 +16,8 @@ from hostctl.demo.config import DEFAULT_CONFIG
 from hostctl.demo.config import load as load_demo
 from hostctl.errors import HostctlError
 from hostctl.lab.runtime import default_runtime
+
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # --serve: loopback only, unless --host says otherwise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh", type=float, default=0.25, help="screen refresh interval, seconds (default 0.25)")
     web = p.add_argument_group("browser", "serve the console to a browser (one console per visitor, read-only)")
     web.add_argument("--serve", action="store_true", help="serve the console over HTTP instead of opening it here")
-    web.add_argument("--port", help=f"TCP port to serve on (default {serve.DEFAULT_PORT}; 0: any free port)")
-    web.add_argument("--host", help=f"the address to serve on (default {serve.DEFAULT_HOST}, loopback only)")
+    web.add_argument("--port", help=f"TCP port to serve on (default {SERVE_PORT}; 0: any free port)")
+    web.add_argument("--host", help=f"the address to serve on (default {SERVE_HOST}, loopback only)")
     web.add_argument("--allow-changes", action="store_true", help="let visitors scale, run wrk and switch policies")
     args = p.parse_args(argv)
     if not 0.01 <= args.refresh <= 10:
@@ -76,10 +78,12 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if args.readonly and args.allow_changes:
         return _refuse("--readonly and --allow-changes cannot go together")
+    from dittotui import serve  # textual-serve and its web stack: only loaded when serving
+
     try:
         options = serve.ServeOptions(
-            host=serve.parse_host(args.host or serve.DEFAULT_HOST),
-            port=serve.DEFAULT_PORT if args.port is None else serve.parse_port(args.port),
+            host=serve.parse_host(args.host or SERVE_HOST),
+            port=SERVE_PORT if args.port is None else serve.parse_port(args.port),
             allow_changes=args.allow_changes,
             refresh=args.refresh,
             site=args.site,

@@ -15,6 +15,7 @@ import errno
 import getpass
 import ipaddress
 import logging
+import os
 import shlex
 import signal
 import socket
@@ -33,8 +34,6 @@ from hostctl.client.site import load as load_site
 from hostctl.demo import launcher
 from hostctl.errors import HostctlError
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 MAX_VISITORS = 8  # consoles at once: each is a process with a link to every host
 QUIT_TIMEOUT = 5.0  # a visitor's console gets this long to quit after its page closes, then it is killed
 TEMPLATES = Path(__file__).parent / "templates"  # the page, with no request to any other site (fonts are served here)
@@ -130,12 +129,19 @@ class Visitor(AppService):
 
     async def end(self) -> None:
         """Ask the console to quit, and kill it if it has not within QUIT_TIMEOUT."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop(), QUIT_TIMEOUT)
         process = self._process
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
+        try:
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await self.stop()
+                if process is not None:
+                    await process.wait()
+        except TimeoutError:
+            if process is not None and process.returncode is None:
+                # os.kill, not process.kill(): Popen's kill polls first, and that poll can reap the exit status
+                # that asyncio's child watcher is waiting for (it then reports 255 and logs a warning).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+                await process.wait()
 
 
 class ConsoleServer(Server):

@@ -102,6 +102,9 @@ async def test_allow_changes_warns_naming_the_address_and_a_visitor_scales(
         assert [(e["cvm"], e["action"], e["before"], e["after"]) for e in demo.audit()[before:]] == [
             (f"{HOSTS[0]}-snp", "scale", 2, 3)
         ]
+        await page.type("q")  # the visitor's console quits: the page says so, the server goes on
+        await page.wait_for("document.body.classList.contains('-closed')")
+    assert "console closed for 127.0.0.1 (0 open)" in "".join(server.out)
 
 
 @pytest.mark.parametrize(

@@ -149,6 +149,14 @@ class Page:
                 raise DevToolsError(f"not on the page within {timeout:g} s: {words}; the page shows:\n{screen}")
             await asyncio.sleep(0.1)
 
+    async def wait_for(self, expression: str, timeout: float = 20.0) -> None:
+        """Wait until a JavaScript expression in the page is true; DevToolsError if not in time."""
+        deadline = time.monotonic() + timeout
+        while not await self.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise DevToolsError(f"{expression!r} not true within {timeout:g} s")
+            await asyncio.sleep(0.1)
+
     async def type(self, text: str) -> None:
         """Type `text` into the focused terminal as key presses."""
         await self.evaluate("window.__xterm.focus()")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -69,14 +70,19 @@ async def served(*args: str) -> AsyncIterator[Served]:
                     server = Served(found.group(1), out, *(demo or ([], None)))
         yield server
     finally:
+        # os.kill, not proc.send_signal() or proc.kill(): those poll first, and a poll can reap the exit status that
+        # asyncio's child watcher waits for (which then reports 255).
         if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    out.append((await proc.stdout.read()).decode())
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own
+                os.kill(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                out.append((await proc.stdout.read()).decode())
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
     assert proc.returncode == 0, "".join(out)
     assert "Traceback" not in "".join(out)
