@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scale_latency
 	$(BIN)/python -m bench.link_latency
 	$(BIN)/python -m bench.console_fleet
+	$(BIN)/python -m bench.serve_latency   # the console in headless Chromium through dittotui --serve
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
 	$(BIN)/python -m bench.metrics_scrape

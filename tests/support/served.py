@@ -28,6 +28,7 @@ class Served:
     """A running `dittotui --serve`: the address it serves on and, when it started the demo site, that site."""
 
     url: str
+    pid: int
     out: list[str]  # what it printed (stdout and stderr) up to the address
     hosts: list[str] = field(default_factory=list)  # the demo site's hosts
     runtime: Path | None = None  # the demo site's runtime directory (sockets, audit logs)
@@ -67,7 +68,7 @@ async def served(*args: str) -> AsyncIterator[Served]:
                     pids = [pid for name in demo[0] if (pid := HostProcess(name, demo[1]).pid())]
                     assert len(pids) == len(demo[0]), line
                 if found := re.search(r"serving the console on (\S+)", line):
-                    server = Served(found.group(1), out, *(demo or ([], None)))
+                    server = Served(found.group(1), proc.pid, out, *(demo or ([], None)))
         yield server
     finally:
         # os.kill, not proc.send_signal() or proc.kill(): those poll first, and a poll can reap the exit status that
