@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-config", type=Path, default=DEFAULT_CONFIG, help="demo site settings")
     p.add_argument("--readonly", action="store_true", help="allow no change from this console")
     p.add_argument("--refresh", type=float, default=0.25, help="screen refresh interval, seconds (default 0.25)")
-    web = p.add_argument_group("browser", "serve the console to a browser (one console per visitor, read-only)")
+    web = p.add_argument_group("browser", "the console in a browser: one per tab, read-only unless allowed")
     web.add_argument("--serve", action="store_true", help="serve the console over HTTP instead of opening it here")
     web.add_argument("--port", help=f"TCP port to serve on (default {SERVE_PORT}; 0: any free port)")
     web.add_argument("--host", help=f"the address to serve on (default {SERVE_HOST}, loopback only)")
