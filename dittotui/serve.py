@@ -214,17 +214,12 @@ def _say(line: str, *, err: bool = False) -> None:
 
 
 def serve(options: ServeOptions) -> int:
-    """Serve the console until SIGINT or SIGTERM; 0, or 2 (with one line on stderr) when it cannot start."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLine())
-    for name in ("dittotui.serve", "textual-serve", "aiohttp"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO if name == "dittotui.serve" else logging.WARNING)
-        logger.propagate = False
+    """Serve the console until SIGINT or SIGTERM, then 0 (130 when interrupted while the demo site starts);
+    HostctlError, one line, when it cannot start (a bad site file, a port in use), with nothing left running."""
     if options.site is not None:
         load_site(options.site)  # a bad site file is one line now, not one per visitor
     sock = bind(options.host, options.port)
+    _log_in_lines()
     demo = DemoSession(options.demo_config) if options.site is None else None
     try:
         return asyncio.run(_serve(options, sock, demo))
@@ -236,6 +231,17 @@ def serve(options: ServeOptions) -> int:
         if demo is not None and demo.running:
             _say("stopping the demo site")
             asyncio.run(demo.stop())
+
+
+def _log_in_lines() -> None:
+    """The server's own log and its libraries' warnings, one line each on stderr (never a traceback)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    for name in ("dittotui.serve", "textual-serve", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO if name == "dittotui.serve" else logging.WARNING)
+        logger.propagate = False
 
 
 async def _serve(options: ServeOptions, sock: socket.socket, demo: DemoSession | None) -> int:

@@ -8,11 +8,14 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from dittotui.__main__ import main
+from hostctl.client.site import load as load_site
+from hostctl.errors import HostctlError
 from tests.support.chromium import CHROMIUM, Page, chromium
 from tests.support.served import Served, served
 
@@ -136,3 +139,12 @@ def test_a_port_in_use_is_one_line_and_starts_nothing(capsys: pytest.CaptureFixt
         port = taken.getsockname()[1]
         assert main(["--serve", "--port", str(port)]) == 2
     assert capsys.readouterr() == ("", f"dittotui: cannot listen on http://127.0.0.1:{port}: in use\n")
+
+
+def test_a_bad_site_file_is_one_line_and_serves_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[[hosts]]\nname = "mec-1"\nsocket = 7\n')
+    with pytest.raises(HostctlError) as bad:
+        load_site(path)
+    assert main(["--serve", "--port", "0", "--site", str(path)]) == 2
+    assert capsys.readouterr() == ("", f"dittotui: {bad.value}\n")
