@@ -107,14 +107,18 @@ class Page:
 
     async def open(self, url: str) -> None:
         await self.call("Page.enable")
-        await self.call("Page.navigate", url=url)
+        navigated = await self.call("Page.navigate", url=url)
+        if "errorText" in navigated:
+            raise DevToolsError(f"{url}: {navigated['errorText']}")
         await self.event("Page.loadEventFired")
 
     async def xterm(self) -> None:
         """Keep the page's xterm.js terminal as `window.__xterm` (see the module's note)."""
         await self.call("Debugger.enable")
-        handler = await self.call("Runtime.evaluate", expression="window.onresize")
-        await self.call("Debugger.setBreakpointOnFunctionCall", objectId=handler["result"]["objectId"])
+        handler = (await self.call("Runtime.evaluate", expression="window.onresize"))["result"]
+        if handler.get("type") != "function":
+            raise DevToolsError("the page has no resize handler: not a textual-serve page, or not loaded yet")
+        await self.call("Debugger.setBreakpointOnFunctionCall", objectId=handler["objectId"])
         called = asyncio.create_task(self.call("Runtime.evaluate", expression="window.onresize()"))
         paused = await self.event("Debugger.paused")
         await self.call(
