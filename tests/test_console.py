@@ -167,6 +167,9 @@ async def test_readonly_console_refuses_every_change_key_before_any_request(agen
             await pilot.press(key)
             assert app.screen is app.screen_stack[0], f"{key} opened {app.screen}"
             assert refusals(what) == before + 1, key
+        app.action_experiment()  # the command palette's security-overhead experiment runs wrk too
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0] and refusals("the security-overhead experiment (wrk load)") == 1
         await pilot.press("enter")
         assert isinstance(app.screen, DetailScreen)
         await pilot.press("plus")  # the detail screen's + is refused like the dashboard's
