@@ -99,7 +99,7 @@ async def test_plus_wakes_a_worker_on_the_host(agents: dict[str, AgentProcess]) 
         await pilot.press("minus")
         await until(pilot, lambda: "1/4" in cell(app, CVMTable, "mec-b/snp", "workers"))
         assert await online_vcpus(agents["mec-b"]) == 2
-        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        log = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)  # unwrapped
         assert "mec-b/snp scale 2->3 ok" in log and "mec-b/snp scale 3->2 ok" in log
 
 
@@ -130,7 +130,7 @@ async def test_p_picks_and_a_toggles_the_policy_on_the_host(agents: dict[str, Ag
         await pilot.press("a")
         await until(pilot, lambda: cell(app, CVMTable, "mec-b/snp", "elastic").startswith("○"))
         assert (await policy_of(agents["mec-b"]))["enabled"] is False
-        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        log = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)  # unwrapped
         assert "mec-b/snp policy ok" in log and "(slo on)" in log and "(slo off)" in log
 
 
