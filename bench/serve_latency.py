@@ -3,9 +3,10 @@
 Runs the real `dittotui --serve --allow-changes` on the embedded demo site and headless Chromium (Debian's), then:
 - opens the page OPENS times: from navigation to every host shown live on the page (a console process starting,
   its links connecting, its first screen streamed);
-- presses `+` and `-` alternately PRESSES times on the first CVM row: from the page's keydown event until the row's
-  worker count changes in the page's terminal (browser -> websocket -> console -> agent -> scale -> update ->
-  console -> websocket -> xterm.js), timed in the page itself (`performance.now()`, xterm.js's `onWriteParsed`);
+- presses `+` and `-` alternately PRESSES times on the CVM under the cursor (the first row): from the page's keydown
+  event until that row's worker count changes in the page's terminal (browser -> websocket -> console -> agent ->
+  scale -> update -> console -> websocket -> xterm.js), timed in the page itself (`performance.now()`, xterm.js's
+  `onWriteParsed`);
 - the resident memory of the server and of one tab's console process.
 """
 
@@ -19,13 +20,20 @@ from pathlib import Path
 
 import psutil
 
+from hostctl.demo.config import load as load_demo
 from hostctl.stats import percentile
 from tests.support.chromium import chromium
 from tests.support.served import served
 
 OUT = Path(__file__).parent / "results" / "serve_latency.md"
-HOSTS = ("mec-1", "mec-2", "regional-1")
-ROW = "social-plain"  # the CVM table's first row on the demo site
+HOSTS = [h.name for h in load_demo().hosts]
+
+
+def first_row(screen: str) -> str:
+    """The CVM under the cursor when the console opens: the CVM table's first row, under its header."""
+    lines = screen.splitlines()
+    header = next(i for i, line in enumerate(lines) if "CVM" in line and "Workers" in line)
+    return lines[header + 1].strip("│ ").split()[0]
 
 
 # In the page: the time of each keydown, and how long after it the row's worker count changed in the terminal.
@@ -46,7 +54,7 @@ WATCH = """(() => {
     if (now !== last) { last = now; window.__changes.push(performance.now() - window.__keyAt); }
   });
   return last;
-})()""".replace("ROW", ROW)
+})()"""
 
 
 def rss_mib(pid: int) -> float:
@@ -61,10 +69,11 @@ async def run(opens: int, presses: int) -> str:
             started = time.perf_counter()
             await page.open(server.url)
             await page.xterm()
-            await page.wait_text(*HOSTS, "live", ROW, timeout=60)
+            await page.wait_text(*HOSTS, "live", timeout=60)
             opened.append(time.perf_counter() - started)
         await asyncio.sleep(2)  # the demo's background traffic and the first trends settle
-        assert await page.evaluate(WATCH), f"no {ROW} row on the page"
+        row = first_row(await page.text())
+        assert await page.evaluate(WATCH.replace("ROW", row)), f"no {row} row on the page"
         for i in range(presses):
             await page.type("+" if i % 2 == 0 else "-")
             await page.wait_for(f"window.__changes.length > {i}", timeout=10)
@@ -93,13 +102,15 @@ def report(
         f"| {percentile(changed, 0.5):.0f} ms | {percentile(changed, 0.99):.0f} ms |",
     ]
     table = "\n".join(rows)
+    demo = load_demo()
+    hosts, cvms = len(demo.hosts), sum(len(h.cvms) for h in demo.hosts)
     return f"""# The console in a browser (`dittotui --serve`)
 
 One run of `python -m bench.serve_latency --opens {opens} --presses {presses}`: the real `dittotui --serve
---allow-changes` on the embedded demo site (3 hosts, 9 CVMs, background traffic), Debian's headless Chromium on the
-same 2-core machine; a key's time measured in the page, from its keydown event to the change parsed into xterm.js's
-buffer (painted at the next animation frame). The machine was shared: its 1-minute load average was {load[0]:.1f}
-at the start and {load[1]:.1f} at the end.
+--allow-changes` on the embedded demo site ({hosts} hosts, {cvms} CVMs, background traffic), Debian's headless
+Chromium on the same 2-core machine; a key's time measured in the page, from its keydown event to the change parsed
+into xterm.js's buffer (painted at the next animation frame). The machine was shared: its 1-minute load average
+was {load[0]:.1f} at the start and {load[1]:.1f} at the end.
 
 | measure | p50 | p99 |
 |---|---:|---:|
