@@ -9,6 +9,8 @@ APT_PACKAGES += qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvir
 APT_PACKAGES += linux-image-amd64 busybox-static qemu-guest-agent cpio
 # The metrics tests: a real Prometheus scraping a demo agent, and promtool checking the shipped rules.
 APT_PACKAGES += prometheus
+# The browser test of `dittotui --serve` (headless, driven over its DevTools protocol).
+APT_PACKAGES += chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench screenshots system-packages clean
@@ -33,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scale_latency
 	$(BIN)/python -m bench.link_latency
 	$(BIN)/python -m bench.console_fleet
+	$(BIN)/python -m bench.serve_latency   # the console in headless Chromium through dittotui --serve
 	$(BIN)/python -m bench.security_overhead
 	$(BIN)/python -m bench.probe_overhead
 	$(BIN)/python -m bench.metrics_scrape
@@ -41,9 +44,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fuzz_rpc        # 100,000 generated messages against a live agent (~2 min)
 	$(BIN)/python -m bench.soak --minutes 30  # a headless agent for 30 minutes (--baseline CHECKOUT to compare)
 
-# SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts).
+# SVGs of the console on the embedded demo site (headless; ~25 s; stops the demo site it starts), and a PNG of it in
+# headless Chromium through `dittotui --serve` (~20 s).
 screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py
+	$(BIN)/python -m scripts.browser_screenshot
 
 # apt-get runs only when a package is missing, so a second run costs nothing.
 system-packages:

@@ -1,5 +1,5 @@
 """`dittotui`: open the console on the embedded demo site, on a real site with --site FILE, or on the lab site of
-real QEMU guests with --lab."""
+real QEMU guests with --lab; --serve serves it to a browser instead."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from hostctl.demo.config import load as load_demo
 from hostctl.errors import HostctlError
 from hostctl.lab.runtime import default_runtime
 
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # --serve: loopback only, unless --host says otherwise
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dittotui", description=__doc__)
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-config", type=Path, default=DEFAULT_CONFIG, help="demo site settings")
     p.add_argument("--readonly", action="store_true", help="allow no change from this console")
     p.add_argument("--refresh", type=float, default=0.25, help="screen refresh interval, seconds (default 0.25)")
+    web = p.add_argument_group("browser", "the console in a browser: one per tab, read-only unless allowed")
+    web.add_argument("--serve", action="store_true", help="serve the console over HTTP instead of opening it here")
+    web.add_argument("--port", help=f"TCP port to serve on (default {SERVE_PORT}; 0: any free port)")
+    web.add_argument("--host", help=f"the address to serve on (default {SERVE_HOST}, loopback only)")
+    web.add_argument("--allow-changes", action="store_true", help="let visitors scale, run wrk and switch policies")
     args = p.parse_args(argv)
     if not 0.01 <= args.refresh <= 10:
         return _refuse(f"--refresh {args.refresh}: must be from 0.01 to 10 seconds")
@@ -39,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse("--lab and --site cannot go together: the lab site has its own site file")
     if args.lab_runtime is not None and not args.lab:
         return _refuse("--lab-runtime goes with --lab")
+    if args.serve:
+        return _serve(args)
+    if given := [flag for flag in ("port", "host", "allow_changes") if getattr(args, flag) not in (None, False)]:
+        return _refuse(f"--{given[0].replace('_', '-')} goes with --serve")
     if args.lab:
         return _lab(args.lab_runtime or default_runtime(), readonly=args.readonly, refresh=args.refresh)
     demo = None
@@ -57,6 +68,32 @@ def main(argv: list[str] | None = None) -> int:
         if demo is not None and demo.running:
             asyncio.run(demo.stop())
     return app.return_code or 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`--serve`: the console in a browser, on loopback, read-only unless --allow-changes (`dittotui.serve`)."""
+    if args.lab:
+        return _refuse(
+            "--serve and --lab cannot go together: serve the site file that `hostctl lab up` writes (--site)"
+        )
+    if args.readonly and args.allow_changes:
+        return _refuse("--readonly and --allow-changes cannot go together")
+    from dittotui import serve  # textual-serve and its web stack: only loaded when serving
+
+    try:
+        options = serve.ServeOptions(
+            host=serve.parse_host(args.host or SERVE_HOST),
+            port=SERVE_PORT if args.port is None else serve.parse_port(args.port),
+            allow_changes=args.allow_changes,
+            refresh=args.refresh,
+            site=args.site,
+            demo_config=args.demo_config,
+        )
+        if args.site is None:
+            load_demo(args.demo_config)  # fail early, before anything starts
+        return serve.serve(options)
+    except HostctlError as e:
+        return _refuse(str(e))
 
 
 def _lab(runtime: Path, *, readonly: bool, refresh: float) -> int:

@@ -119,7 +119,8 @@ class DittoApp(App[None]):
             yield CVMTable(id="cvms")
             with Horizontal(id="bottom"):
                 yield ServicesTable(id="services")
-                yield EventLog(id="events", markup=False, wrap=True, max_lines=2000)
+                # min_width: wrap at the pane's width (by default a line is wrapped at 78 columns, then cut)
+                yield EventLog(id="events", markup=False, wrap=True, max_lines=2000, min_width=20)
         yield Input(placeholder="filter: words to match in host, CVM, security, state, service", id="filter")
         yield Footer()
 
@@ -389,9 +390,21 @@ class DittoApp(App[None]):
 
     # -- actions ----------------------------------------------------------------------------------
 
+    def refuse_readonly(self, what: str) -> bool:
+        """True when this console was started read-only, after saying in one line that `what` is refused: checked
+        before a dialog opens or a request is sent, so nothing reaches an agent."""
+        if not self.readonly:
+            return False
+        line = f"read-only console: {what} refused; nothing was sent"
+        self.log_line(line, style="red")
+        self.notify(line, severity="warning")
+        return True
+
     def action_scale(self, step: int) -> None:
-        refs = self.selected()
         verb = "Wake one worker" if step > 0 else "Park one worker"
+        if self.refuse_readonly(verb.lower()):
+            return
+        refs = self.selected()
         self._confirm_bulk(refs, verb, lambda: self.scale_cvms(refs, step))
 
     @on(ScaleRequested)
@@ -401,11 +414,9 @@ class DittoApp(App[None]):
 
     def scale_cvms(self, refs: Iterable[CVMRef], step: int) -> None:
         """Scale each CVM by `step` workers, compare-and-set against the count on screen."""
+        if self.refuse_readonly("wake one worker" if step > 0 else "park one worker"):
+            return
         for ref in refs:
-            if self.readonly:
-                self.log_line(f"{ref.key}: read-only session: scale refused", style="red")
-                self.notify("read-only session: nothing changed", severity="warning")
-                return
             link = self.link_of(ref)
             cvm = link.cvm(ref.cvm) if link else None
             if link is None or cvm is None:
@@ -438,8 +449,7 @@ class DittoApp(App[None]):
 
     def action_load(self) -> None:
         """The load dialog for the selected service (services table) or the selected CVM's services."""
-        if self.readonly:
-            self.notify("read-only session: no load runs", severity="warning")
+        if self.refuse_readonly("wrk load"):
             return
         service = None
         if self.focused is self.services_table and (key := self.services_table.selected_key):
@@ -460,8 +470,7 @@ class DittoApp(App[None]):
         )
 
     def action_experiment(self) -> None:
-        if self.readonly:
-            self.notify("read-only session: no load runs", severity="warning")
+        if self.refuse_readonly("the security-overhead experiment (wrk load)"):
             return
         if self.fleet is None:
             self.notify("no site is open yet", severity="warning")
@@ -486,8 +495,7 @@ class DittoApp(App[None]):
 
     def _policy_targets(self) -> list[CVMRef]:
         """The selected CVMs whose agents run policies; says why when there are none."""
-        if self.readonly:
-            self.notify("read-only session: nothing changed", severity="warning")
+        if self.refuse_readonly("elastic policy change"):
             return []
         refs = self.selected()
         offered = [ref for ref in refs if (link := self.link_of(ref)) and link.offers("policy")]

@@ -99,7 +99,7 @@ async def test_plus_wakes_a_worker_on_the_host(agents: dict[str, AgentProcess]) 
         await pilot.press("minus")
         await until(pilot, lambda: "1/4" in cell(app, CVMTable, "mec-b/snp", "workers"))
         assert await online_vcpus(agents["mec-b"]) == 2
-        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        log = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)  # unwrapped
         assert "mec-b/snp scale 2->3 ok" in log and "mec-b/snp scale 3->2 ok" in log
 
 
@@ -130,7 +130,7 @@ async def test_p_picks_and_a_toggles_the_policy_on_the_host(agents: dict[str, Ag
         await pilot.press("a")
         await until(pilot, lambda: cell(app, CVMTable, "mec-b/snp", "elastic").startswith("○"))
         assert (await policy_of(agents["mec-b"]))["enabled"] is False
-        log = "\n".join(str(line.text) for line in app.query_one("#events").lines)
+        log = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)  # unwrapped
         assert "mec-b/snp policy ok" in log and "(slo on)" in log and "(slo off)" in log
 
 
@@ -146,19 +146,38 @@ async def test_a_refusal_is_shown_in_the_log(agents: dict[str, AgentProcess]) ->
         assert await online_vcpus(agents["mec-a"]) == 1
 
 
-async def test_readonly_console_changes_nothing(agents: dict[str, AgentProcess]) -> None:
+async def test_readonly_console_refuses_every_change_key_before_any_request(agents: dict[str, AgentProcess]) -> None:
     app = make_app(agents, readonly=True)
-    async with app.run_test(size=(120, 36)) as pilot:
+
+    def refusals(what: str) -> int:  # the log's lines wrap at its width: join them back first
+        text = " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)
+        return text.count(f"read-only console: {what} refused; nothing was sent")
+
+    async with app.run_test(size=(200, 36)) as pilot:
         await ready(pilot, app)
-        await pilot.press("plus")
+        await pilot.press("space", "space")  # both CVMs marked: the refusal comes before the bulk confirm
+        for key, what in (
+            ("plus", "wake one worker"),
+            ("minus", "park one worker"),
+            ("w", "wrk load"),
+            ("a", "elastic policy change"),
+            ("p", "elastic policy change"),
+        ):
+            before = refusals(what)
+            await pilot.press(key)
+            assert app.screen is app.screen_stack[0], f"{key} opened {app.screen}"
+            assert refusals(what) == before + 1, key
+        app.action_experiment()  # the command palette's security-overhead experiment runs wrk too
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0] and refusals("the security-overhead experiment (wrk load)") == 1
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("plus")  # the detail screen's + is refused like the dashboard's
+        assert refusals("wake one worker") == 2
         await pilot.pause(0.5)
-        assert await online_vcpus(agents["mec-a"]) == 2 and await online_vcpus(agents["mec-b"]) == 2
-        assert any("read-only session: scale refused" in str(line.text) for line in app.query_one("#events").lines)
-        await pilot.press("a")
-        await pilot.press("p")
-        await pilot.pause(0.5)
-        assert not isinstance(app.screen, PolicyScreen)
-        assert (await policy_of(agents["mec-a"]))["enabled"] is False
+        for agent in agents.values():  # no request reached an agent: it would have audited it, refused or not
+            assert await online_vcpus(agent) == 2 and (await policy_of(agent))["enabled"] is False
+            assert not agent.audit.exists() or agent.audit.read_text() == ""
 
 
 async def test_a_killed_agent_turns_stale_and_keys_still_work(agents: dict[str, AgentProcess]) -> None:

@@ -251,7 +251,7 @@ async def test_the_console_says_when_it_may_only_read(tmp_path: Path) -> None:
             lines = app.query_one("#events")
 
             def logged(text: str) -> bool:  # the log wraps its lines: read them as one text
-                return text in "".join(line.text for line in lines.lines)  # type: ignore[attr-defined]
+                return text in " ".join(line.text.rstrip() for line in lines.lines)  # type: ignore[attr-defined]
 
             for _ in range(200):
                 if logged("edge: live"):

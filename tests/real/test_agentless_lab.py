@@ -145,7 +145,7 @@ async def test_the_console_marks_the_host_and_says_where_its_policies_run(
             return str(getattr(value, "plain", value))
 
         def log() -> str:
-            return "\n".join(str(line.text) for line in app.query_one("#events").lines)
+            return " ".join(str(line.text).rstrip() for line in app.query_one("#events").lines)  # unwrapped
 
         await until(lambda: shown("state") == "live", timeout=30, interval=0.1)
         assert shown("host") == f"{HOST} ◇"

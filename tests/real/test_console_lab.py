@@ -90,7 +90,7 @@ async def test_plus_and_minus_wake_and_park_a_worker_in_the_guest(lab: LabSite) 
         assert "security sev-snp" in facts and "via driver 'guest'" in facts, facts
         await pilot.press("escape")
 
-        log = "\n".join(str(line.text) for line in app.query_one("#events", RichLog).lines)
+        log = " ".join(str(line.text).rstrip() for line in app.query_one("#events", RichLog).lines)  # unwrapped
         n = before.online  # the audit line names the host as its agent does (this machine's name), not the site
         assert f"/{cvm} scale {n}->{n + 1} ok" in log and f"/{cvm} scale {n + 1}->{n} ok" in log, log
         await app.action_quit()
@@ -109,7 +109,8 @@ async def test_a_read_only_console_changes_nothing_in_the_guest(lab: LabSite) ->
         await pilot.pause()
         await pilot.press("plus")
         events = app.query_one("#events", RichLog)
-        await until(pilot, lambda: any("read-only session: scale refused" in str(line.text) for line in events.lines))
+        refused = "read-only console: wake one worker refused"
+        await until(pilot, lambda: refused in " ".join(str(line.text).rstrip() for line in events.lines))
         await app.action_quit()
     assert await asyncio.to_thread(guest_view, cvm) == before
 

@@ -7,6 +7,7 @@
 - `asyncssh_server`: an in-process asyncssh server running commands as real subprocesses (`asyncssh_server`)
 - `proxy`: a TCP proxy whose connections can be cut or paused (`CuttableProxy`)
 - `waiting`: polling for a condition with a deadline (`until`)
+- `chromium`: headless Chromium over its DevTools protocol: a page, its keys, an xterm.js terminal's text (`chromium`)
 - `lab`: the lab site of real QEMU guests (`start`, `stop_and_check`), the guest's own view, libvirt's client
 """
 
