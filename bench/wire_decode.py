@@ -29,7 +29,7 @@ import msgspec
 from bench.fleet_agents import FleetHost
 from hostctl.wire import rpc
 from hostctl.wire.decode import LINK, Update
-from hostctl.wire.model import CVM, Event, Host, Service
+from tests.support.wire import from_dicts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "wire_decode.md"
@@ -52,16 +52,7 @@ def lines(count: int, changing: float, seed: int = 1) -> list[bytes]:
 
 def before(line: bytes) -> Update:
     """The link's decoding before the typed decoder: plain JSON, then `from_dict` record by record."""
-    params = rpc._message(line)["params"]
-    return Update(
-        seq=params.get("seq", 0),
-        ts=params.get("ts"),
-        cvms={name: CVM.from_dict(data) for name, data in params.get("cvms", {}).items()},
-        removed=params.get("removed", []),
-        events=[Event.from_dict(e) for e in params.get("events", [])],
-        host=Host.from_dict(params["host"]) if "host" in params else None,
-        services=[Service.from_dict(s) for s in params["services"]] if "services" in params else None,
-    )
+    return from_dicts(rpc._message(line)["params"])
 
 
 def after(line: bytes) -> Update:

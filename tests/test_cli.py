@@ -106,7 +106,7 @@ def test_demo_up_status_down(tmp_path: Path) -> None:
         entries = json.loads(hostctl("demo", "status", "--json", "--runtime", runtime, check=True).stdout)
         assert [e["host"] for e in entries] == ["mec-1", "mec-2", "regional-1"]
         snap = entries[0]["snapshot"]
-        assert {c["security"] for c in snap["cvms"]} == {"sev-snp", "sev", "none"}
+        assert {c["security"] for c in snap["cvms"]} == {"sev-snp", "sev-es", "sev", "none"}
         assert all(s["url"].startswith("http://127.0.0.1:") for s in snap["services"])
         pids = [e["pid"] for e in entries]
     finally:

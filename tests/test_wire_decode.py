@@ -17,22 +17,10 @@ from hypothesis import strategies as st
 
 from hostctl.wire import rpc
 from hostctl.wire.decode import LINK, Update, notification
-from hostctl.wire.model import CVM, Event, Host, HostSEV, Latency, Launch, Service, Snapshot
+from hostctl.wire.model import CVM, HostSEV, Latency, Launch, Snapshot
 from tests.support.agents import AgentProcess
+from tests.support.wire import from_dicts
 from tests.test_model import cvms, events, floats, hosts, names, services
-
-
-def from_dicts(params: dict[str, Any]) -> Update:
-    """An update's records as `Model.from_dict` decodes them, from `json.loads`'s dicts."""
-    return Update(
-        seq=params.get("seq", 0),
-        ts=params.get("ts"),
-        cvms={name: CVM.from_dict(data) for name, data in params.get("cvms", {}).items()},
-        removed=params.get("removed", []),
-        events=[Event.from_dict(e) for e in params.get("events", [])],
-        host=Host.from_dict(params["host"]) if "host" in params else None,
-        services=[Service.from_dict(s) for s in params["services"]] if "services" in params else None,
-    )
 
 
 def typed(line: bytes) -> Update:

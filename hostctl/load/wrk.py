@@ -8,7 +8,9 @@ that line and falls back to wrk's own `--latency` text (50/75/90/99 only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -251,7 +253,10 @@ async def run(
             ) from None
         finally:
             if proc.returncode is None:
-                proc.kill()
+                # os.kill, not proc.kill(): Popen's kill polls first, and that poll can reap the exit status asyncio's
+                # child watcher waits for (it then reports 255 and logs a warning).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
             output.cancel()
     rc = proc.returncode
