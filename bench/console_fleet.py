@@ -61,6 +61,7 @@ from dittotui.session import DemoSession
 from dittotui.tables.cvms import CVMTable
 from hostctl.client.link import HostLink, LinkState
 from hostctl.client.site import Defaults, HostEntry, Site
+from hostctl.demo import config as demo_config
 from hostctl.demo.site import demo_site
 from hostctl.wire import rpc
 
@@ -69,6 +70,9 @@ OUT = ROOT / "bench" / "results" / "console_fleet.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
 SIZE = (200, 60)
 TARGET_MS = 50.0
+PAINT_TARGET_MS = 33.0  # key press → screen, beyond the driver's own time: two 60 Hz frames
+DRIVER = demo_config.load().driver  # the demo's emulated driver, whose delays a key press waits for
+DRIVER_MS = {1: DRIVER.wake_ms, -1: DRIVER.park_ms}  # per step
 NAN = float("nan")
 
 
@@ -721,6 +725,7 @@ def summary(args: argparse.Namespace, fleets: list[dict[str, Any]]) -> list[str]
 
 def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[str, Any]) -> str:
     c, p = demo["cell"], demo["painted"]
+    beyond = [ms - DRIVER_MS[1 if i % 2 == 0 else -1] for i, ms in enumerate(p)]  # presses alternate plus, minus
     counts = " and ".join(str(r["hosts"]) for r in fleets)
     link = (
         "one SSH connection per host (asyncssh's server in the agents' process, its host key generated for the run "
@@ -774,7 +779,8 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
         "## Key press → worker change on screen (demo site)",
         "",
         "Embedded demo site (`DemoSession`: 3 emulated hosts with HTTP services and background traffic; emulated "
-        f"driver: 40 ms to wake / 15 ms to park one worker). Cursor on `{demo['cvm']}`, `plus` and `minus` "
+        f"driver: {DRIVER.wake_ms:g} ms to wake / {DRIVER.park_ms:g} ms to park one worker). "
+        f"Cursor on `{demo['cvm']}`, `plus` and `minus` "
         f"alternating, {len(c)} presses, each after a random pause so presses fall at any phase of the 0.25 s "
         "refresh tick. Time from `pilot.press` to the row's workers cell showing the new count (the moment "
         "sync that changed it returned; checked with `table.get_cell(key, 'workers')`), and to the end of the first "
@@ -784,6 +790,13 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
         "|---|---:|---:|---:|",
         f"| key → workers cell updated | {fmt(pct(c, 50), 0)} ms | {fmt(pct(c, 99), 0)} ms | {fmt(max(c), 0)} ms |",
         f"| key → screen updated | {fmt(pct(p, 50), 0)} ms | {fmt(pct(p, 99), 0)} ms | {fmt(max(p), 0)} ms |",
+        f"| key → screen updated, less the driver's time | {fmt(pct(beyond, 50), 0)} ms | "
+        f"**{fmt(pct(beyond, 99), 0)} ms** | {fmt(max(beyond), 0)} ms |",
+        "",
+        f"Target: the screen painted within the driver's time + {PAINT_TARGET_MS:.0f} ms (two 60 Hz frames) at p99: "
+        f"**{'met' if pct(beyond, 99) <= PAINT_TARGET_MS else 'NOT met'}**. The driver's time is the emulated "
+        f"driver's own delay for the press: {DRIVER_MS[1]:.0f} ms to wake (`plus`), {DRIVER_MS[-1]:.0f} ms to park "
+        "(`minus`).",
         "",
         f"All presses, sorted (key → cell / key → screen, ms): {', '.join(f'{v:.0f}' for v in sorted(c))} / "
         f"{', '.join(f'{v:.0f}' for v in sorted(p))}. Screen updates during the presses: {len(demo['render_ms'])}, "
@@ -793,9 +806,10 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
         + (f" (max {max(demo['gc_ms'][2]):.0f} ms)" if demo["gc_ms"][2] else "")
         + ".",
         "",
-        "The path: key → `scale` RPC → agent applies it (driver delay) → the agent sends an `update` at once → the "
-        "link marks the console dirty → the next 0.25 s tick syncs the cell → the next screen update paints it. "
-        "Waiting for the tick is the largest part (0-250 ms, uniform).",
+        "The path: key → `scale` RPC (on the links' thread) → the agent applies it (the driver's delay) → the agent "
+        "sends an `update` carrying the new count and the audit event at once → the links' thread hands the event "
+        "to the screen's loop, which refreshes at once (not at the next 0.25 s tick) → the next screen update "
+        "paints the row and the log line.",
         "",
     ]
     return "\n".join(lines)
