@@ -34,7 +34,7 @@ from dittotui.screens.help import HelpScreen
 from dittotui.screens.load import LoadScreen
 from dittotui.screens.policy import PolicyScreen
 from dittotui.session import DemoSession
-from dittotui.tables.cvms import CVMTable, cvm_rows
+from dittotui.tables.cvms import CVMTable, RowCache, cvm_rows
 from dittotui.tables.hosts import HostsTable, host_row
 from dittotui.tables.live import LiveTable, Row
 from dittotui.tables.services import ServicesTable, service_rows
@@ -98,12 +98,12 @@ class DittoApp(App[None]):
         self.run_history: dict[str, list[RunRecord]] = {}  # per service: its wrk runs, oldest first
         self._dirty = True  # every host's rows may be out of date (the filter, marks or wrk results changed)
         self._changed: deque[str] = deque()  # hosts whose link changed, appended on the links' thread
-        self._due: set[str] = set()  # hosts whose CVM and service rows wait for a tick
+        self._due: dict[str, None] = {}  # hosts whose CVM and service rows wait for a tick, longest-waiting first
+        self._cvm_cache: dict[str, RowCache] = {}  # per host: each CVM's row and what it was built from
         self._unfresh: set[str] = set()  # hosts whose row shows an age that grows by itself
         self._site_order: dict[str, int] = {}  # per host: its place in the site file (rows and lines follow it)
         self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
-        self._synced_at: dict[str, float] = {}  # per host: when its rows were last rebuilt
         self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
         self._results_version = 0
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
@@ -250,10 +250,12 @@ class DittoApp(App[None]):
                     self._unfresh.add(name)
                 self._log_link(link)
             self.hosts_table.sync_groups({name: {name: self._host_row(links[name])} for name in shown})
-            self._due |= changed
+            for name in shown:
+                if name in changed:
+                    self._due.setdefault(name)
             if self._dirty:
                 self._dirty = False
-                self._due = set(links)
+                self._due = dict.fromkeys(links)
             if self._due:
                 self._sync_hosts(self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
         if not self._frozen and all(link.snapshot for link in links.values()):
@@ -292,7 +294,7 @@ class DittoApp(App[None]):
         assert self.fleet is not None
         cvms: dict[str, dict[str, Row]] = {}
         services: dict[str, dict[str, Row]] = {}
-        for name in sorted(self._due, key=lambda name: (self._synced_at.get(name, 0.0), self._site_order[name])):
+        for name in list(self._due):
             link = self.fleet.links[name]
             version = (
                 link.snapshot.ts if link.snapshot else None,
@@ -302,16 +304,16 @@ class DittoApp(App[None]):
                 self._results_version,
             )
             if self._row_versions.get(name) == version:
-                self._due.discard(name)
+                del self._due[name]
                 continue
             if cvms and time.perf_counter() > deadline:
                 self.set_timer(FRAME_BUDGET_S, self.tick)
                 break
-            self._due.discard(name)
+            del self._due[name]
             self._row_versions[link.name] = version
-            self._synced_at[link.name] = time.perf_counter()
             self._record_trends(link)
-            cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks)
+            cache = self._cvm_cache.setdefault(name, {})
+            cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
             services[link.name] = service_rows(
                 link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )

@@ -13,6 +13,7 @@ from dittotui.tables import cells
 from dittotui.tables.filter import matches
 from dittotui.tables.live import Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
+from hostctl.wire.model import CVM
 from hostctl.wire.security import SecurityType, decode_policy
 
 
@@ -35,19 +36,33 @@ class CVMTable(LiveTable):
     )
 
 
-def cvm_rows(link: HostLink, *, filter_text: str = "", marks: Set[str] = frozenset()) -> dict[str, Row]:
-    """One host's CVMs that match `filter_text`, keyed `host/cvm`: one value per column of `CVMTable`."""
+RowCache = dict[str, tuple[CVM, bool, bool, Row]]  # host/cvm -> (the record, stale, marked) it was built from, row
+
+
+def cvm_rows(
+    link: HostLink, *, filter_text: str = "", marks: Set[str] = frozenset(), cache: RowCache | None = None
+) -> dict[str, Row]:
+    """One host's CVMs that match `filter_text`, keyed `host/cvm`: one value per column of `CVMTable`.
+
+    With a `cache`, a CVM whose record is the same object as last time (a link replaces only the records an update
+    carries) keeps its row: an update that changes a tenth of a host's CVMs builds a tenth of its rows.
+    """
     rows: dict[str, Row] = {}
     if link.snapshot is None:
         return rows
     stale = link.state is not LinkState.FRESH
-    for cvm in link.snapshot.cvms:
+    cvms = link.snapshot.cvms
+    for cvm in cvms:
         key = f"{link.name}/{cvm.name}"
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
+        marked = key in marks
+        if cache is not None and (hit := cache.get(key)) is not None and hit[0] is cvm and hit[1:3] == (stale, marked):
+            rows[key] = hit[3]
+            continue
         e = cvm.elastic
-        rows[key] = (
-            key in marks,  # mark
+        rows[key] = row = (
+            marked,  # mark
             (cvm.name, stale),  # cvm
             (link.name, stale),  # host
             (cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)),  # workers
@@ -59,6 +74,11 @@ def cvm_rows(link: HostLink, *, filter_text: str = "", marks: Set[str] = frozens
             None if e is None else (e.decision, e.reason, e.alert),  # decision
             policy_text(cvm.security, cvm.policy),  # policy
         )
+        if cache is not None:
+            cache[key] = (cvm, stale, marked, row)
+    if cache is not None and len(cache) > len(cvms):  # CVMs gone: their rows go too
+        for key in cache.keys() - {f"{link.name}/{c.name}" for c in cvms}:
+            del cache[key]
     return rows
 
 

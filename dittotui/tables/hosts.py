@@ -69,9 +69,13 @@ def host_row(link: HostLink) -> Row:
         return (host, state, None, None, None, None, (None, None, link.error, 0))
     h = snap.host
     facts = h.confidential
-    running = [c for c in snap.cvms if c.state is DomainState.RUNNING]
-    used = sum(c.online_vcpus for c in running if c.online_vcpus is not None)
-    unknown = sum(1 for c in running if c.online_vcpus is None)
+    used = unknown = 0  # online vCPUs of the running CVMs, and how many running CVMs have no count
+    for c in snap.cvms:
+        if c.state is DomainState.RUNNING:
+            if c.online_vcpus is None:
+                unknown += 1
+            else:
+                used += c.online_vcpus
     return (
         host,  # host: (name, no agent of its own)
         state,  # state: (link state, whole seconds of data age)
