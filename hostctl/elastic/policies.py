@@ -17,6 +17,13 @@ below means per online vCPU.
   requests in flight) keeps no spare: its workers all park. With `lead_s` it predicts from the slope: the stable
   window's mean is moved along its least-squares slope to `lead_s` seconds after now (the mean lags now by half
   the window), so a rising load is met before it arrives and a falling one lets workers park sooner.
+- `calibrated`: sized from a calibration of the CVM (`hostctl.calibration`, a file named in the policy's TOML):
+  the mean requests in flight over `window_s`, times 1 + `margin`, against the most in flight each vCPU count held
+  within the SLO when calibrated (more vCPUs never hold less: the envelope of `Calibration.capacity`); the fewest
+  counts that hold it, rounded up to the next calibrated count between them, max beyond the top. It wakes at once
+  and parks only to the most the need was over the last `hold_s`. With `lead_s` a rising load is met early along
+  the slope of the last `slope_s` (a longer window than the need's, so noise does not move it; a falling slope
+  never parks: the hold does).
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol
 
+from hostctl import calibration
 from hostctl.config import check, non_negative, positive
+from hostctl.errors import ConfigError
 from hostctl.stats import percentile
 
 IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the agent's own probes stay under it)
@@ -266,10 +276,101 @@ class Concurrency:
         )
 
 
-KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
+@dataclass(frozen=True)
+class Calibrated:
+    """The fewest vCPUs the CVM's calibration says hold the requests in flight within the SLO, plus a margin."""
+
+    calibration: str = check(lambda v: None if v else "must name a calibration file (.json)")
+    interval: float = check(positive, default=0.1)
+    window_s: float = check(positive, default=1.0)
+    margin: float = check(non_negative, default=0.15)
+    hold_s: float = check(non_negative, default=3.0)
+    lead_s: float = check(non_negative, default=0.0)
+    slope_s: float = check(positive, default=3.0)
+    # Read from the file when the policy loads: (vCPU count, the most in flight it held within the SLO), ascending
+    # in both, and the calibrated CVM's max vCPUs.
+    held: ClassVar[tuple[tuple[int, float], ...]]
+    most: ClassVar[int]
+
+    def __post_init__(self) -> None:
+        measured = calibration.load(Path(self.calibration))
+        held: list[tuple[int, float]] = []
+        for n, load in enumerate(measured.capacity(), start=1):
+            if load is not None and (not held or load > held[-1][1]):
+                held.append((n, load))  # a count that holds no more than a smaller one is never the fewest
+        if not held:
+            raise ConfigError(f"{self.calibration}: cells: no cell within the SLO has a reading of requests in flight")
+        object.__setattr__(self, "held", tuple(held))
+        object.__setattr__(self, "most", measured.max)
+
+    @property
+    def horizon(self) -> float:
+        return max(self.window_s + self.hold_s, self.slope_s if self.lead_s else 0.0)
+
+    @property
+    def probe_horizon(self) -> float:
+        return 0.0
+
+    def need(self, concurrency: float) -> tuple[int, str]:
+        """(vCPUs for `concurrency` requests in flight, why): the fewest calibrated count holding it with the
+        margin; max beyond the top; 1 when idle (the guard raises it to the boot vCPUs)."""
+        if concurrency < IDLE:
+            return 1, f"idle ({concurrency:.2f} in flight)"
+        demand = concurrency * (1 + self.margin)
+        for n, load in self.held:
+            if load >= demand:
+                return (
+                    n,
+                    f"{concurrency:.2f} in flight x {1 + self.margin:g}: {n} vCPUs held {load:.2f} when calibrated",
+                )
+        top_n, top = self.held[-1]
+        return self.most, (
+            f"{concurrency:.2f} in flight x {1 + self.margin:g} beyond the calibration "
+            f"(at most {top:.2f}, at {top_n} vCPUs): max {self.most}"
+        )
+
+    def decide(self, signals: Signals) -> Want:
+        now_c = _mean_concurrency(signals.recent(self.window_s))
+        if now_c is None:
+            return Want(None, "no concurrency samples")
+        ahead = ""
+        if self.lead_s:
+            slope = _slope(signals.recent(self.slope_s))
+            if slope is not None and slope > 0:
+                now_c += slope * self.lead_s
+                ahead = f" ({slope:+.2f}/s, {self.lead_s:g} s ahead)"
+        want, why = self.need(now_c)
+        current = signals.current
+        if want >= current:
+            return Want(want, why + ahead)
+        samples = list(signals.samples)
+        if not samples or samples[0].ts > signals.now - self.hold_s:
+            return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
+        held = max([want, *(self._need_at(signals, s.ts) for s in samples if s.ts > signals.now - self.hold_s)])
+        if held >= current:
+            return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
+        return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
+
+    def _need_at(self, signals: Signals, t: float) -> int:
+        """The need at time `t`: the mean requests in flight of the `window_s` before it (the margin, no look-ahead)."""
+        window = [s for s in signals.samples if t - self.window_s < s.ts <= t]
+        mean = _mean_concurrency(window)
+        return 1 if mean is None else self.need(mean)[0]
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{n}: {load:.2f}" for n, load in self.held)
+        lead = f", {self.lead_s:g} s ahead along the slope of {self.slope_s:g} s" if self.lead_s else ""
+        return (
+            f"the calibration's vCPUs for the requests in flight over {self.window_s:g} s x {1 + self.margin:g}"
+            f"{lead} (held within the SLO: {counts}; max beyond), down after {self.hold_s:g} s lower"
+        )
+
+
+KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrated]] = {
     "threshold": Threshold,
     "slo": Slo,
     "concurrency": Concurrency,
+    "calibrated": Calibrated,
 }
 
 
