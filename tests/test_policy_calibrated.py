@@ -137,7 +137,9 @@ def test_a_bad_calibration_is_one_line_naming_file_and_field(
 def test_an_agent_with_a_bad_calibration_exits_2_with_one_line(tmp_path: Path) -> None:
     write_policy(tmp_path, "gone.json")
     argv = [sys.executable, "-m", "hostctl", "demo", "serve-host", "h", "--policies", str(tmp_path)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        argv, check=False, cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().endswith(f"{tmp_path}/gone.json: no such file") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
