@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 
 from hostctl.calibration import Calibration, Cell
+from hostctl.demo.site import demo_site
 from hostctl.elastic.policies import Calibrated, CVMSample, Signals
 from hostctl.elastic.runner import load_policies
 from hostctl.errors import ConfigError
+from hostctl.experiments.elastic_vs_fixed import on_site
+from hostctl.load.trace import Phase, Trace
 from tests.support import ROOT
+from tests.support.agents import AgentProcess
 
 
 def cell(rps: float, vcpus: int, p99: float, concurrency: float | None) -> Cell:
@@ -143,3 +147,25 @@ def test_an_agent_with_a_bad_calibration_exits_2_with_one_line(tmp_path: Path) -
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().endswith(f"{tmp_path}/gone.json: no such file") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_the_shipped_policy_in_the_experiment_on_a_real_demo_agent(tmp_path: Path) -> None:
+    """The shipped `calibrated` policy (its calibration file beside it) in a real agent process, judged against a
+    hand-made calibration of the test CVM: it wakes workers for a step of load, each scale with its sizing reason."""
+    agent = AgentProcess(tmp_path, "mec-1", wake_ms=10)
+    await agent.start()
+    try:
+        site = demo_site({"mec-1": agent.socket})
+        trace = Trace((Phase("quiet", 2, 20), Phase("step", 4, 400), Phase("quiet", 2, 20)), "short")
+        judged = Calibration("mec-1/snp", 1, 5, 50, [cell(20, 1, 20, 0.1), cell(400, 3, 40, 2.0)])
+        comparison = await on_site(site, [trace], runs=["calibrated"], calibration=judged, settle_s=0.5)
+    finally:
+        agent.stop()
+    (run,) = comparison.runs
+    assert run.name == "calibrated" and run.online[0] == (0.0, 1) and max(n for _, n in run.online) > 1
+    assert run.actions > 0 and len(run.requests) > 1000 and run.worker_seconds > 0
+    assert "the calibration's vCPUs for the requests in flight" in " ".join(comparison.notes)
+    events = [json.loads(line) for line in agent.audit.read_text().splitlines()]
+    ups = [e for e in events if e["who"] == "policy:calibrated" and e["action"] == "scale" and e["after"] > e["before"]]
+    assert ups and all("in flight x 1.15" in e["why"] for e in ups)
+    assert all("vCPUs held" in e["why"] or "beyond the calibration" in e["why"] for e in ups)
