@@ -19,11 +19,11 @@ below means per online vCPU.
   the window), so a rising load is met before it arrives and a falling one lets workers park sooner.
 - `calibrated`: sized from a calibration of the CVM (`hostctl.calibration`, a file named in the policy's TOML):
   the mean requests in flight over `window_s`, times 1 + `margin`, against the most in flight each vCPU count held
-  within the SLO when calibrated (more vCPUs never hold less: the envelope of `Calibration.capacity`); the fewest
-  counts that hold it, rounded up to the next calibrated count between them, max beyond the top. It wakes at once
-  and parks only to the most the need was over the last `hold_s`. With `lead_s` a rising load is met early along
-  the slope of the last `slope_s` (a longer window than the need's, so noise does not move it; a falling slope
-  never parks: the hold does).
+  within the SLO when calibrated (`Calibration.capacity`; a count that held no more than a smaller one is skipped).
+  It wants the fewest count that held the demand, so a demand between two calibrated counts rounds up to the next,
+  and one above every calibrated count is max, said so in the reason. It wakes at once and parks only down to the
+  most it needed over the last `hold_s`. With `lead_s` a rising load is met early along the slope of the last
+  `slope_s` (a longer window than the need's, so noise moves it less); a falling slope never parks early.
 """
 
 from __future__ import annotations
