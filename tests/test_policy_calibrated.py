@@ -89,6 +89,10 @@ def test_the_lead_meets_a_rise_and_never_parks_early(tmp_path: Path) -> None:
     assert policy(tmp_path, margin=0.0, window_s=0.5).decide(Signals(now=3.0, current=3, samples=rising)).desired == 5
     falling = flat(*[5.0 - i * 0.1 for i in range(30)], online=3)  # -1/s: 2.3 over the window, 0.3 if led
     assert p.decide(Signals(now=3.0, current=3, samples=falling)).desired == 3
+    held = policy(tmp_path, margin=0.0, window_s=0.5, lead_s=2.0, hold_s=2.0)
+    dropped = rising + [CVMSample(round(3.0 + i / 10, 3), 8, concurrency=0.3) for i in range(1, 6)]  # 0.5 s low
+    keep = held.decide(Signals(now=3.5, current=8, samples=dropped))
+    assert keep.desired == 8 and "8 needed within the last 2 s" in keep.reason  # a led rise is held like any other
 
 
 def write_policy(directory: Path, calibration: str | None) -> None:

@@ -330,32 +330,34 @@ class Calibrated:
         )
 
     def decide(self, signals: Signals) -> Want:
-        now_c = _mean_concurrency(signals.recent(self.window_s))
-        if now_c is None:
+        samples = list(signals.samples)
+        concurrency, ahead = self._demand(samples, signals.now)
+        if concurrency is None:
             return Want(None, "no concurrency samples")
-        ahead = ""
-        if self.lead_s:
-            slope = _slope(signals.recent(self.slope_s))
-            if slope is not None and slope > 0:
-                now_c += slope * self.lead_s
-                ahead = f" ({slope:+.2f}/s, {self.lead_s:g} s ahead)"
-        want, why = self.need(now_c)
+        want, why = self.need(concurrency)
+        why += ahead
         current = signals.current
         if want >= current:
-            return Want(want, why + ahead)
-        samples = list(signals.samples)
+            return Want(want, why)
         if not samples or samples[0].ts > signals.now - self.hold_s:
             return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
-        held = max([want, *(self._need_at(signals, s.ts) for s in samples if s.ts > signals.now - self.hold_s)])
+        recent = [s.ts for s in samples if s.ts > signals.now - self.hold_s]
+        held = max([want, *(self.need(c)[0] for c, _ in (self._demand(samples, t) for t in recent) if c is not None)])
         if held >= current:
             return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
         return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
 
-    def _need_at(self, signals: Signals, t: float) -> int:
-        """The need at time `t`: the mean requests in flight of the `window_s` before it (the margin, no look-ahead)."""
-        window = [s for s in signals.samples if t - self.window_s < s.ts <= t]
-        mean = _mean_concurrency(window)
-        return 1 if mean is None else self.need(mean)[0]
+    def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
+        """The requests in flight to size for at time `t` (the mean of the `window_s` before it, or its newest
+        sample, moved ahead along a rising slope), and how it was led; None without readings."""
+        before = [s for s in samples if s.ts <= t]
+        mean = _mean_concurrency([s for s in before if s.ts > t - self.window_s] or before[-1:])
+        if mean is None or not self.lead_s:
+            return mean, ""
+        slope = _slope([s for s in before if s.ts > t - self.slope_s])
+        if slope is None or slope <= 0:
+            return mean, ""
+        return mean + slope * self.lead_s, f" ({slope:+.2f}/s, {self.lead_s:g} s ahead)"
 
     def describe(self) -> str:
         counts = ", ".join(f"{n}: {load:.2f}" for n, load in self.held)
