@@ -17,6 +17,13 @@ below means per online vCPU.
   requests in flight) keeps no spare: its workers all park. With `lead_s` it predicts from the slope: the stable
   window's mean is moved along its least-squares slope to `lead_s` seconds after now (the mean lags now by half
   the window), so a rising load is met before it arrives and a falling one lets workers park sooner.
+- `calibrated`: sized from a calibration of the CVM (`hostctl.calibration`, a file named in the policy's TOML):
+  the mean requests in flight over `window_s`, times 1 + `margin`, against the most in flight each vCPU count held
+  within the SLO when calibrated (`Calibration.capacity`; a count that held no more than a smaller one is skipped).
+  It wants the fewest count that held the demand, so a demand between two calibrated counts rounds up to the next,
+  and one above every calibrated count is max, said so in the reason. It wakes at once and parks only down to the
+  most it needed over the last `hold_s`. With `lead_s` a rising load is met early along the slope of the last
+  `slope_s` (a longer window than the need's, so noise moves it less); a falling slope never parks early.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol
 
+from hostctl import calibration
 from hostctl.config import check, non_negative, positive
+from hostctl.errors import ConfigError
 from hostctl.stats import percentile
 
 IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the agent's own probes stay under it)
@@ -266,10 +276,103 @@ class Concurrency:
         )
 
 
-KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency]] = {
+@dataclass(frozen=True)
+class Calibrated:
+    """The fewest vCPUs the CVM's calibration says hold the requests in flight within the SLO, plus a margin."""
+
+    calibration: str = check(lambda v: None if v else "must name a calibration file (.json)")
+    interval: float = check(positive, default=0.1)
+    window_s: float = check(positive, default=1.0)
+    margin: float = check(non_negative, default=0.15)
+    hold_s: float = check(non_negative, default=3.0)
+    lead_s: float = check(non_negative, default=0.0)
+    slope_s: float = check(positive, default=3.0)
+    # Read from the file when the policy loads: (vCPU count, the most in flight it held within the SLO), ascending
+    # in both, and the calibrated CVM's max vCPUs.
+    held: ClassVar[tuple[tuple[int, float], ...]]
+    most: ClassVar[int]
+
+    def __post_init__(self) -> None:
+        measured = calibration.load(Path(self.calibration))
+        held: list[tuple[int, float]] = []
+        for n, load in enumerate(measured.capacity(), start=1):
+            if load is not None and (not held or load > held[-1][1]):
+                held.append((n, load))  # a count that holds no more than a smaller one is never the fewest
+        if not held:
+            raise ConfigError(f"{self.calibration}: cells: no cell within the SLO has a reading of requests in flight")
+        object.__setattr__(self, "held", tuple(held))
+        object.__setattr__(self, "most", measured.max)
+
+    @property
+    def horizon(self) -> float:
+        return max(self.window_s + self.hold_s, self.slope_s if self.lead_s else 0.0)
+
+    @property
+    def probe_horizon(self) -> float:
+        return 0.0
+
+    def need(self, concurrency: float) -> tuple[int, str]:
+        """(vCPUs for `concurrency` requests in flight, why): the fewest calibrated count holding it with the
+        margin; max beyond the top; 1 when idle (the guard raises it to the boot vCPUs)."""
+        if concurrency < IDLE:
+            return 1, f"idle ({concurrency:.2f} in flight)"
+        demand = concurrency * (1 + self.margin)
+        for n, load in self.held:
+            if load >= demand:
+                return (
+                    n,
+                    f"{concurrency:.2f} in flight x {1 + self.margin:g}: {n} vCPUs held {load:.2f} when calibrated",
+                )
+        top_n, top = self.held[-1]
+        return self.most, (
+            f"{concurrency:.2f} in flight x {1 + self.margin:g} beyond the calibration "
+            f"(at most {top:.2f}, at {top_n} vCPUs): max {self.most}"
+        )
+
+    def decide(self, signals: Signals) -> Want:
+        samples = list(signals.samples)
+        concurrency, ahead = self._demand(samples, signals.now)
+        if concurrency is None:
+            return Want(None, "no concurrency samples")
+        want, why = self.need(concurrency)
+        why += ahead
+        current = signals.current
+        if want >= current:
+            return Want(want, why)
+        if not samples or samples[0].ts > signals.now - self.hold_s:
+            return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
+        recent = [s.ts for s in samples if s.ts > signals.now - self.hold_s]
+        held = max([want, *(self.need(c)[0] for c, _ in (self._demand(samples, t) for t in recent) if c is not None)])
+        if held >= current:
+            return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
+        return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
+
+    def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
+        """The requests in flight to size for at time `t` (the mean of the `window_s` before it, or its newest
+        sample, moved ahead along a rising slope), and how it was led; None without readings."""
+        before = [s for s in samples if s.ts <= t]
+        mean = _mean_concurrency([s for s in before if s.ts > t - self.window_s] or before[-1:])
+        if mean is None or not self.lead_s:
+            return mean, ""
+        slope = _slope([s for s in before if s.ts > t - self.slope_s])
+        if slope is None or slope <= 0:
+            return mean, ""
+        return mean + slope * self.lead_s, f" ({slope:+.2f}/s, {self.lead_s:g} s ahead)"
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{n}: {load:.2f}" for n, load in self.held)
+        lead = f", {self.lead_s:g} s ahead along the slope of {self.slope_s:g} s" if self.lead_s else ""
+        return (
+            f"the calibration's vCPUs for the requests in flight over {self.window_s:g} s x {1 + self.margin:g}"
+            f"{lead} (held within the SLO: {counts}; max beyond), down after {self.hold_s:g} s lower"
+        )
+
+
+KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrated]] = {
     "threshold": Threshold,
     "slo": Slo,
     "concurrency": Concurrency,
+    "calibrated": Calibrated,
 }
 
 

@@ -2,7 +2,7 @@
 
 Policies come from a directory of TOML files (by default `hostctl/data/policies/`, shipped in the package):
 `guard.toml` holds the shared guard settings, every other `NAME.toml` one policy named NAME (`kind` = threshold,
-slo or concurrency; defaults to NAME) with an optional `[guard]` table overriding the shared settings.
+slo, concurrency or calibrated; defaults to NAME) with an optional `[guard]` table overriding the shared settings.
 
 Each decision is applied through `LibvirtHost.scale(..., who="policy:NAME", why=reason)` (compare-and-set),
 which writes the scale to the audit log. A hold is written too (action `hold`, or `alert` when it holds for
@@ -65,6 +65,8 @@ def load_policies(directory: Path) -> dict[str, PolicySpec]:
         kind = data.pop("kind", path.stem)
         if kind not in KINDS:
             raise ConfigError(f"{path}: kind: {kind!r} is not one of {', '.join(KINDS)}")
+        if isinstance(data.get("calibration"), str) and data["calibration"]:  # named relative to the policy's file
+            data["calibration"] = str(path.parent / data["calibration"])
         overrides = data.pop("guard", {})
         build(GuardSettings, overrides, source=str(path), where="guard")
         settings = build(GuardSettings, {**shared, **overrides}, source=str(path), where="guard")
