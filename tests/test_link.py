@@ -14,9 +14,10 @@ import pytest
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
 from hostctl.client.link_thread import LinkThread
-from hostctl.client.site import Defaults
+from hostctl.client.site import Defaults, HostEntry
 from hostctl.demo.site import demo_site
-from hostctl.wire.model import Event
+from hostctl.wire.decode import Update
+from hostctl.wire.model import CVM, DomainState, Event, Host, Snapshot
 from tests.support.agents import AgentProcess
 from tests.support.waiting import until
 
@@ -163,3 +164,17 @@ async def test_links_run_report_and_answer_on_their_thread(agents: dict[str, Age
     assert not thread._thread.is_alive() and thread.loop.is_closed()
     with pytest.raises(LinkError, match="not connected"):  # stopped: nothing is sent, and nothing hangs
         await fleet.link("mec-a").scale("snp", 3, expect=2)
+
+
+def test_an_update_is_announced_before_the_events_it_carries() -> None:
+    """A console refreshes when an event of its own request arrives: the update that carried it (the new count) must
+    already be applied and announced, or that refresh finds nothing new and the change waits for the next tick."""
+    link = HostLink(HostEntry(name="mec-1", socket="/nonexistent.sock"), Defaults())
+    link.snapshot = Snapshot(host=Host("mec-1", "test:///x", 8, 4096), cvms=[CVM("snp", "u", DomainState.RUNNING)])
+    seen: list[str] = []
+    link.on_update(lambda lk: seen.append(f"update {lk.cvm('snp').online_vcpus}"))  # type: ignore[union-attr]
+    link.on_event(lambda e: seen.append(f"event {e.after}"))
+    grown = CVM("snp", "u", DomainState.RUNNING, online_vcpus=2)
+    event = Event("mec-1", "snp", "scale", "console", ok=True, before=1, after=2)
+    link._on_notification("update", Update(seq=2, cvms={"snp": grown}, events=[event]))
+    assert seen == ["update 2", "event 2"]

@@ -402,10 +402,10 @@ class HostLink:
         if update.services is not None:
             snapshot.services = update.services
         snapshot.ts = time.time() if update.ts is None else update.ts
+        self._fresh()  # first: whoever an event wakes finds the update it came with already applied and announced
         for event in update.events:
             event.host = self.name  # the site's name for it (agents of several hosts may share one hostname)
             self._notify(event)
-        self._fresh()
 
     def _event(self, data: dict[str, Any]) -> Event:
         """An event from the agent, naming this site host (agents of several hosts may share one hostname)."""
