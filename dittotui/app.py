@@ -176,7 +176,7 @@ class DittoApp(App[None]):
         self._unfresh = set(self.fleet.links)
         self._site_order = {name: i for i, name in enumerate(self.fleet.links)}
         for link in self.fleet.links.values():
-            link.on_update(self._mark_dirty)
+            link.on_update(self._link_changed)
             link.on_event(on_audit)
         self.fleet.start()
         self.read_run_history()
@@ -197,7 +197,7 @@ class DittoApp(App[None]):
         self.run_history.setdefault(record.key, []).append(record)
         self.wrk_results[record.key] = record.result
 
-    def _mark_dirty(self, link: HostLink) -> None:
+    def _link_changed(self, link: HostLink) -> None:
         """A link's data or state changed (called on the links' thread: it only queues its name for the tick)."""
         self._changed.append(link.name)
 
@@ -248,11 +248,10 @@ class DittoApp(App[None]):
                     self._unfresh.discard(name)
                 else:
                     self._unfresh.add(name)
+                if name in changed:
+                    self._due.setdefault(name)  # a host already waiting keeps its place
                 self._log_link(link)
             self.hosts_table.sync_groups({name: {name: self._host_row(links[name])} for name in shown})
-            for name in shown:
-                if name in changed:
-                    self._due.setdefault(name)
             if self._dirty:
                 self._dirty = False
                 self._due = dict.fromkeys(links)
@@ -300,7 +299,7 @@ class DittoApp(App[None]):
                 link.snapshot.ts if link.snapshot else None,
                 link.state,
                 self.filter_text,
-                self._mark_versions.get(link.name, 0),
+                self._mark_versions.get(name, 0),
                 self._results_version,
             )
             if self._row_versions.get(name) == version:
@@ -310,11 +309,11 @@ class DittoApp(App[None]):
                 self.set_timer(FRAME_BUDGET_S, self.tick)
                 break
             del self._due[name]
-            self._row_versions[link.name] = version
+            self._row_versions[name] = version
             self._record_trends(link)
             cache = self._cvm_cache.setdefault(name, {})
-            cvms[link.name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
-            services[link.name] = service_rows(
+            cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
+            services[name] = service_rows(
                 link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )
         self.cvm_table.sync_groups(cvms)

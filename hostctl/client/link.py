@@ -404,12 +404,14 @@ class HostLink:
         snapshot.ts = time.time() if update.ts is None else update.ts
         self._fresh()  # first: whoever an event wakes finds the update it came with already applied and announced
         for event in update.events:
-            event.host = self.name  # the site's name for it (agents of several hosts may share one hostname)
-            self._notify(event)
+            self._notify(self._ours(event))
 
     def _event(self, data: dict[str, Any]) -> Event:
-        """An event from the agent, naming this site host (agents of several hosts may share one hostname)."""
-        event = Event.from_dict(data)
+        """An event from the agent's reply, naming this site host."""
+        return self._ours(Event.from_dict(data))
+
+    def _ours(self, event: Event) -> Event:
+        """`event`, naming this site host (agents of several hosts may share one hostname)."""
         event.host = self.name
         return event
 
