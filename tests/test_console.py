@@ -77,7 +77,9 @@ def cell(app: DittoApp, table: type, row: str, column: str) -> str:
 
 
 async def ready(pilot: Pilot[None], app: DittoApp) -> None:
+    """Every host's CVM row shown and its link live (a link holds its snapshot a moment before it subscribes)."""
     await until(pilot, lambda: app.query_one(CVMTable).row_count == len(HOSTS))
+    await until(pilot, lambda: all(cell(app, HostsTable, name, "state") == "live" for name in HOSTS))
 
 
 async def select(pilot: Pilot[None], app: DittoApp, key: str) -> None:
