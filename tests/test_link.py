@@ -178,3 +178,26 @@ def test_an_update_is_announced_before_the_events_it_carries() -> None:
     event = Event("mec-1", "snp", "scale", "console", ok=True, before=1, after=2)
     link._on_notification("update", Update(seq=2, cvms={"snp": grown}, events=[event]))
     assert seen == ["update 2", "event 2"]
+
+
+def test_updates_replace_records_in_place_until_cvms_come_or_go() -> None:
+    """An update's cost follows the records it carries: a change of existing CVMs swaps those records in the same
+    list; a CVM new or gone gives a new list, sorted by name, and later changes land in that one."""
+    link = HostLink(HostEntry(name="mec-1", socket="/nonexistent.sock"), Defaults())
+    link.snapshot = Snapshot(
+        host=Host("mec-1", "test:///x", 8, 4096), cvms=[CVM(n, n, DomainState.RUNNING) for n in "bd"]
+    )
+
+    def names() -> list[str]:
+        return [c.name for c in link.snapshot.cvms]  # type: ignore[union-attr]
+
+    link._on_notification("update", Update(seq=2, cvms={"d": CVM("d", "d", DomainState.PAUSED)}))
+    kept = link.snapshot.cvms
+    b = kept[0]
+    link._on_notification("update", Update(seq=3, cvms={"d": CVM("d", "d", DomainState.RUNNING, online_vcpus=3)}))
+    assert link.snapshot.cvms is kept and kept[0] is b and link.cvm("d").online_vcpus == 3  # type: ignore[union-attr]
+    link._on_notification("update", Update(seq=4, cvms={"a": CVM("a", "a", DomainState.RUNNING)}, removed=["b"]))
+    assert names() == ["a", "d"] and link.snapshot.cvms is not kept
+    link._on_notification("update", Update(seq=5, cvms={"c": CVM("c", "c", DomainState.RUNNING)}))
+    link._on_notification("update", Update(seq=6, cvms={"a": CVM("a", "a", DomainState.PAUSED)}))
+    assert names() == ["a", "c", "d"] and link.cvm("a").state is DomainState.PAUSED  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from hostctl.client.link import HostLink, LinkError, LinkState
+from hostctl.client.link import CIPHERS, HostLink, LinkError, LinkState, connect_ssh
 from hostctl.client.site import Defaults, HostEntry
 from tests.support.agents import AgentProcess
 from tests.support.asyncssh_server import asyncssh_server
@@ -104,6 +104,20 @@ async def test_the_agent_runs_over_ssh(server: SSHEndpoint, tmp_path: Path) -> N
             break
         await asyncio.sleep(0.05)
     assert not server.session_pids()
+
+
+async def test_sessions_prefer_aes_gcm_unless_the_client_config_names_ciphers(
+    server: SSHEndpoint, tmp_path: Path
+) -> None:
+    config = ssh_config(tmp_path, **{"mec-1": server})
+    settings = defaults(tmp_path, server.known_hosts, config)
+    conn = await connect_ssh("mec-1", settings)
+    async with conn:
+        assert conn.get_extra_info("send_cipher") == conn.get_extra_info("recv_cipher") == CIPHERS[0]
+    config.write_text(config.read_text() + "  Ciphers chacha20-poly1305@openssh.com\n")
+    conn = await connect_ssh("mec-1", settings)
+    async with conn:
+        assert conn.get_extra_info("send_cipher") == "chacha20-poly1305@openssh.com"
 
 
 async def test_an_unknown_host_key_is_refused_with_its_fingerprint(server: SSHEndpoint, tmp_path: Path) -> None:
