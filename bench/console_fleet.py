@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextvars
 import cProfile
+import dataclasses
 import gc
 import hashlib
 import io
@@ -106,9 +107,10 @@ class Probes:
         self._gc_start = 0.0
         self.fresh: list[int] = []  # links fresh, sampled at each tick
         self.app: DittoApp | None = None
-        self.profiler: cProfile.Profile | None = None  # enabled and disabled from the hooks, at these times:
+        # cProfile follows only the thread that enables it: the screen's loop and the links' thread each get one,
+        # enabled and disabled from their own hooks, between these times.
+        self.profilers: dict[str, ThreadProfile] = {}
         self.profile_start = self.profile_end = 0.0
-        self.profile_started = self.profile_stopped = 0.0
 
     def reset(self, start: float, end: float) -> None:
         self.start, self.end = start, end
@@ -123,15 +125,21 @@ class Probes:
         return self.start <= t < self.end
 
     def _check_profile(self, t: float) -> None:
-        if self.profiler is None or self.profile_stopped:
+        which = self.profilers.get("screen" if threading.current_thread() is threading.main_thread() else "links")
+        if which is None or which.stopped:
             return
-        if not self.profile_started and self.profile_start <= t < self.profile_end:
-            self.profiler.enable()
-            self.profile_started = t
+        if not which.started and self.profile_start <= t < self.profile_end:
+            which.profiler.enable()
+            which.started = t
         elif t >= self.profile_end:
-            if self.profile_started:
-                self.profiler.disable()
-            self.profile_stopped = t
+            if which.started:
+                which.profiler.disable()
+            which.stopped = t
+
+    @property
+    def profiling(self) -> bool:
+        screen = self.profilers.get("screen")
+        return screen is not None and bool(screen.started) and not screen.stopped
 
     def install(self) -> None:
         probes = self
@@ -198,7 +206,7 @@ class Probes:
             if probes.recording(t0):
                 probes.ticks.append(((time.perf_counter() - t0) * 1000, dirty))
                 probes.fresh.append(sum(link.state is LinkState.FRESH for link in app.links))
-            elif dirty and probes.profile_started and not probes.profile_stopped:
+            elif dirty and probes.profiling:
                 probes.profile_ticks += 1
 
         app.tick = timed_tick  # type: ignore[method-assign]
@@ -381,10 +389,9 @@ async def fleet_part(
             killer.daemon = True
             killer.start()
             if profile_s > 0:
-                probes.profiler = cProfile.Profile()
+                probes.profilers = {"screen": ThreadProfile(), "links": ThreadProfile()}
                 probes.profile_ticks = 0
                 probes.profile_start, probes.profile_end = w1, w1 + profile_s
-                probes.profile_started = probes.profile_stopped = 0.0
             await asyncio.sleep(max(0.0, w1 - time.perf_counter()))
             res["resumed_late_s"] = time.perf_counter() - w1
             stop.set()
@@ -406,17 +413,23 @@ async def fleet_part(
                 / 2**20
             )
             res["rows"] = table.row_count
-            if probes.profiler is not None:
-                while not probes.profile_stopped:  # the hooks start and stop it on time; this is a fallback
+            if probes.profilers:
+                screen, links = probes.profilers["screen"], probes.profilers["links"]
+                while not screen.stopped:  # the hooks start and stop it on time; this is a fallback
                     await asyncio.sleep(0.25)
                     probes._check_profile(time.perf_counter())
-                if probes.profile_started:
-                    res["profile_wall"] = probes.profile_stopped - probes.profile_started
-                    res["profile"] = profile_table(probes.profiler, res["profile_wall"])
+                await asyncio.sleep(0.5)  # the links' thread stops its own at its next update
+                if screen.started:
+                    res["profile_wall"] = screen.stopped - screen.started
+                    res["profile"] = profile_table(screen.profiler, res["profile_wall"])
                     res["profile_ticks"] = probes.profile_ticks
-                    if args.pstats:
-                        probes.profiler.dump_stats(args.pstats)
-                probes.profiler = None
+                if links.started and links.stopped:
+                    res["links_profile"] = profile_table(links.profiler, links.stopped - links.started, table=False)
+                if args.pstats:
+                    for name, which in probes.profilers.items():
+                        if which.started and which.stopped:
+                            which.profiler.dump_stats(f"{args.pstats}.{name}")
+                probes.profilers = {}
             killer.cancel()
             await lag_task
             res["quit_hung"], res["quit_ended"] = await quit_app(app)
@@ -527,7 +540,17 @@ PROFILE_FUNCS = [
 TICK_ROWS = 7
 
 
-def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
+@dataclasses.dataclass
+class ThreadProfile:
+    """One thread's profiler, and when its thread started and stopped it (perf_counter; 0: not yet)."""
+
+    profiler: cProfile.Profile = dataclasses.field(default_factory=cProfile.Profile)
+    started: float = 0.0
+    stopped: float = 0.0
+
+
+def profile_table(profiler: cProfile.Profile, wall: float, *, table: bool = True) -> list[str]:
+    """The PROFILE_FUNCS table (with `table`) and the top functions by own time."""
     raw = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     found = []
     for label, suffix, func in PROFILE_FUNCS:
@@ -556,7 +579,7 @@ def profile_table(profiler: cProfile.Profile, wall: float) -> list[str]:
         if line.strip()
     ]
     top = [line.replace(os.path.dirname(typing.__file__) + "/", "") for line in top]
-    return [*lines, "", "Top functions by own time:", "", "```", *top, "```"]
+    return [*(lines if table else []), "", "Top functions by own time:", "", "```", *top, "```"]
 
 
 CODE = [
@@ -669,6 +692,13 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
             "matter, not the absolute times.",
             "",
             *r["profile"],
+            "",
+        ]
+    if "links_profile" in r:
+        lines += [
+            "### Where the links' thread's time goes (cProfile, the same seconds)",
+            "",
+            *r["links_profile"],
             "",
         ]
     return lines

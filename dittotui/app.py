@@ -48,7 +48,7 @@ from hostctl.errors import HostctlError
 from hostctl.load.runs import RunLog, RunRecord
 from hostctl.load.wrk import WrkResult
 from hostctl.wire import rpc
-from hostctl.wire.model import Elastic, Event, Snapshot
+from hostctl.wire.model import CVM, Elastic, Event, Snapshot
 
 FRAME_BUDGET_S = 0.015  # a tick stops rebuilding rows after this long; the rest follow a moment later
 
@@ -107,6 +107,7 @@ class DittoApp(App[None]):
         self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
         self._results_version = 0
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
+        self._seen: dict[str, tuple[list[CVM], list[CVM]]] = {}  # per host: its link's CVM list, and a copy, last sync
         self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
         self.refusals = Refusals()  # each refused request shown once, from its reply or its audit event
@@ -288,36 +289,65 @@ class DittoApp(App[None]):
         """Bring the CVM and service rows of the hosts due up to date, the longest-waiting first, until `deadline`.
 
         Hosts left over when the budget is spent are synced by another tick a moment later, so one tick never
-        holds the screen for a whole fleet's worth of changes.
+        holds the screen for a whole fleet's worth of changes. A host whose CVMs neither came nor went since its
+        last sync (its link then keeps the same list, swapping records in place), seen the same way, costs what
+        changed: only the records that are new objects are sampled and their rows rebuilt.
         """
         assert self.fleet is not None
         cvms: dict[str, dict[str, Row]] = {}
+        parts: dict[str, tuple[list[str], dict[str, Row]]] = {}
         services: dict[str, dict[str, Row]] = {}
         for name in list(self._due):
             link = self.fleet.links[name]
+            snap = link.snapshot
             version = (
-                link.snapshot.ts if link.snapshot else None,
+                snap.ts if snap else None,
                 link.state,
                 self.filter_text,
                 self._mark_versions.get(name, 0),
                 self._results_version,
             )
-            if self._row_versions.get(name) == version:
+            before = self._row_versions.get(name)
+            if before == version:
                 del self._due[name]
                 continue
-            if cvms and time.perf_counter() > deadline:
+            if services and time.perf_counter() > deadline:
                 self.set_timer(FRAME_BUDGET_S, self.tick)
                 break
             del self._due[name]
             self._row_versions[name] = version
-            self._record_trends(link)
             cache = self._cvm_cache.setdefault(name, {})
-            cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
+            now = [] if snap is None else list(snap.cvms)  # one copy at once: records swapped after it differ next time
+            seen = self._seen.get(name)
+            self._seen[name] = (snap.cvms if snap else [], now)
+            if snap is not None and before is not None and before[1:] == version[1:] and seen and seen[0] is snap.cvms:
+                changed = [c for c, was in zip(now, seen[1], strict=True) if c is not was]
+                self._record_trends(link, changed)
+                rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache, only=changed)
+                parts[name] = ([f"{name}/{c.name}" for c in changed], rows)
+            else:
+                self._record_trends(link, now, whole=True)
+                cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
             services[name] = service_rows(
                 link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )
-        self.cvm_table.sync_groups(cvms)
+        self.cvm_table.sync_groups(cvms, parts)
         self.services_table.sync_groups(services)
+
+    def _record_trends(self, link: HostLink, cvms: list[CVM], *, whole: bool = False) -> None:
+        """Sample a live host's CVMs (all of them with `whole`, else those whose records changed) and its services,
+        once per update it sends."""
+        name, snap = link.name, link.snapshot
+        if snap is None or link.state is not LinkState.FRESH or self._recorded.get(name) == snap.ts:
+            return
+        self._recorded[name] = snap.ts
+        if whole:
+            self.trends.record_all(name, cvms)
+        else:
+            self.trends.record(name, cvms)
+        for s in snap.services:
+            if (live := s.latency.get("10s")) is not None and live.count:
+                self.trends.record_p99(f"{name}/{s.cvm}/{s.name}", live.p99, snap.ts)
 
     def _host_row(self, link: HostLink) -> Row:
         """A host's row, rebuilt only when its data, state, age or error changed."""
@@ -327,17 +357,6 @@ class DittoApp(App[None]):
         if cached is None or cached[0] != version:
             cached = self._host_rows[link.name] = (version, host_row(link))
         return cached[1]
-
-    def _record_trends(self, link: HostLink) -> None:
-        """Sample a live host's CVMs and services once per update it sends."""
-        snap = link.snapshot
-        if snap is None or link.state is not LinkState.FRESH or self._recorded.get(link.name) == snap.ts:
-            return
-        self._recorded[link.name] = snap.ts
-        self.trends.record(link.name, snap.cvms)
-        for s in snap.services:
-            if (live := s.latency.get("10s")) is not None and live.count:
-                self.trends.record_p99(f"{link.name}/{s.cvm}/{s.name}", live.p99, snap.ts)
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:

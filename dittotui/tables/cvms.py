@@ -7,7 +7,7 @@ row per tick, not a styled cell.
 from __future__ import annotations
 
 import functools
-from collections.abc import Set
+from collections.abc import Sequence, Set
 
 from dittotui.tables import cells
 from dittotui.tables.filter import matches
@@ -40,9 +40,15 @@ RowCache = dict[str, tuple[CVM, bool, bool, Row]]  # host/cvm -> (the record, st
 
 
 def cvm_rows(
-    link: HostLink, *, filter_text: str = "", marks: Set[str] = frozenset(), cache: RowCache | None = None
+    link: HostLink,
+    *,
+    filter_text: str = "",
+    marks: Set[str] = frozenset(),
+    cache: RowCache | None = None,
+    only: Sequence[CVM] | None = None,
 ) -> dict[str, Row]:
-    """One host's CVMs that match `filter_text`, keyed `host/cvm`: one value per column of `CVMTable`.
+    """One host's CVMs that match `filter_text`, keyed `host/cvm`: one value per column of `CVMTable`; with `only`,
+    of those CVMs alone.
 
     With a `cache`, a CVM whose record is the same object as last time (a link replaces only the records an update
     carries) keeps its row: an update that changes a tenth of a host's CVMs builds a tenth of its rows.
@@ -51,7 +57,7 @@ def cvm_rows(
     if link.snapshot is None:
         return rows
     stale = link.state is not LinkState.FRESH
-    cvms = link.snapshot.cvms
+    cvms = link.snapshot.cvms if only is None else only
     for cvm in cvms:
         key = f"{link.name}/{cvm.name}"
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
@@ -76,7 +82,7 @@ def cvm_rows(
         )
         if cache is not None:
             cache[key] = (cvm, stale, marked, row)
-    if cache is not None and len(cache) > len(cvms):  # CVMs gone: their rows go too
+    if only is None and cache is not None and len(cache) > len(cvms):  # CVMs gone: their rows go too
         for key in cache.keys() - {f"{link.name}/{c.name}" for c in cvms}:
             del cache[key]
     return rows

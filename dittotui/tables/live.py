@@ -7,7 +7,7 @@ touches only the rows whose values changed. Columns have fixed widths: nothing i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from rich.cells import cell_len, set_cell_size
@@ -146,13 +146,27 @@ class LiveTable(ScrollView, can_focus=True):
         gone = self._rows.keys() - rows.keys()
         self._apply([rows], gone)
 
-    def sync_groups(self, groups: Mapping[str, Mapping[str, Row]]) -> None:
-        """Like `sync`, for only the groups (hosts) whose rows may have changed; other groups stay as they are."""
+    def sync_groups(
+        self,
+        groups: Mapping[str, Mapping[str, Row]],
+        parts: Mapping[str, tuple[Collection[str], Mapping[str, Row]]] | None = None,
+    ) -> None:
+        """Like `sync`, for only the groups (hosts) whose rows may have changed; other groups stay as they are.
+
+        A group in `parts` changed only in the rows of the keys given: of those, the ones in its rows are shown and
+        the others are not; its other rows stay as they are.
+        """
         gone: set[str] = set()
         for group, rows in groups.items():
             gone |= self._groups.get(group, set()) - rows.keys()
             self._groups[group] = set(rows)
-        self._apply(groups.values(), gone)
+        for group, (keys, rows) in (parts or {}).items():
+            members = self._groups.setdefault(group, set())
+            left = {key for key in keys if key not in rows and key in members}
+            members.difference_update(left)
+            members.update(rows)  # (`|=` with a dict's keys would bind a new set, not change this one)
+            gone |= left
+        self._apply([*groups.values(), *(rows for _, rows in (parts or {}).values())], gone)
 
     def _apply(self, batches: Iterable[Mapping[str, Row]], gone: set[str]) -> None:
         sort_at = self._keys.index(self.sort_column) if self.sort_column is not None else None

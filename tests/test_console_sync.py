@@ -1,0 +1,86 @@
+"""The console's tables after any mix of updates equal a whole rebuild: a host whose CVMs neither came nor went is
+synced by the records that changed alone, and every other change (CVMs coming or going, staleness, the filter,
+marks) brings its whole host. Updates are applied by real links (`HostLink._on_notification`, as the links' thread
+applies them) to the running console, whose own links are stopped so that only this test speaks for the hosts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+
+from dittotui.app import DittoApp
+from dittotui.tables.cvms import CVMTable, cvm_rows
+from hostctl.client.link import HostLink, LinkState
+from hostctl.demo.site import demo_site
+from hostctl.wire.decode import Update
+from hostctl.wire.model import CVM, DomainState, Host, Snapshot
+from hostctl.wire.security import SecurityType
+
+NAMES = [f"c{i}" for i in range(8)]
+
+
+def cvm(rng: random.Random, name: str) -> CVM:
+    state = DomainState.PAUSED if rng.random() < 0.2 else DomainState.RUNNING
+    online = rng.randint(1, 5)
+    return CVM(name, f"uuid-{name}", state, SecurityType.SEV_SNP, 0x30000, 1, 5, online, cpu_percent=rng.random() * 100)
+
+
+def shown(table: CVMTable) -> dict[str, list[str]]:
+    return {key: [str(table.get_cell(key, c.key)) for c in table.COLUMNS] for key in table.keys}
+
+
+def expected(app: DittoApp, links: list[HostLink]) -> dict[str, list[str]]:
+    """What a whole rebuild of every host shows, rendered as the table renders it."""
+    rows = {}
+    for link in links:
+        rows |= cvm_rows(link, filter_text=app.filter_text, marks=app.marks)
+    return {key: [str(c.render(row[i])) for i, c in enumerate(CVMTable.COLUMNS)] for key, row in rows.items()}
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_rows_after_any_mix_of_updates_equal_a_whole_rebuild(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    app = DittoApp(site=demo_site({"mec-a": tmp_path / "a.sock", "mec-b": tmp_path / "b.sock"}), refresh=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        assert app.fleet is not None
+        await app.fleet.stop()
+        links = list(app.fleet.links.values())
+        ts = 1.0e9
+        for link in links:
+            link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:5]], ts=ts)
+            link._fresh()
+        partial = 0
+        for step in range(200):
+            link = rng.choice(links)
+            assert link.snapshot is not None
+            have = [c.name for c in link.snapshot.cvms]
+            roll = rng.random()
+            ts += 1
+            if roll < 0.6:  # some records replaced
+                partial += 1
+                changed = {n: cvm(rng, n) for n in rng.sample(have, k=rng.randint(1, len(have)))}
+                link._on_notification("update", Update(seq=step, ts=ts, cvms=changed))
+            elif roll < 0.7:  # a CVM comes or goes
+                absent = [n for n in NAMES if n not in have]
+                if absent and (len(have) < 2 or rng.random() < 0.5):
+                    new = rng.choice(absent)
+                    link._on_notification("update", Update(seq=step, ts=ts, cvms={new: cvm(rng, new)}))
+                else:
+                    link._on_notification("update", Update(seq=step, ts=ts, removed=[rng.choice(have)]))
+            elif roll < 0.8:  # stale, or fresh again
+                if link.state is LinkState.FRESH:
+                    link._set_state(LinkState.STALE, "no data for 2.1 s")
+                else:
+                    link._fresh()
+            elif roll < 0.9:
+                app.query_one("#filter", Input).value = rng.choice(["", "paused", "mec-b", "c1", "running"])
+                await pilot.pause()
+            elif app.cvm_table.row_count:
+                app.cvm_table.move_cursor(row=rng.randrange(app.cvm_table.row_count))
+                app.action_mark()
+            app.tick()
+            assert shown(app.cvm_table) == expected(app, links), step
+        assert partial > 100
