@@ -479,9 +479,9 @@ async def demo_part(args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
             changed_at: list[float] = []
             original_sync_groups = table.sync_groups
 
-            def sync_groups(groups: dict[str, Any]) -> None:
+            def sync_groups(groups: dict[str, Any], parts: dict[str, Any] | None = None) -> None:
                 before = workers_of(table, key)
-                original_sync_groups(groups)
+                original_sync_groups(groups, parts)
                 if workers_of(table, key) != before:
                     changed_at.append(time.perf_counter())
 
