@@ -104,7 +104,10 @@ class Probes:
         self.notify_cvms = 0
         self.profile_ticks = 0
         self.gc_ms: dict[int, list[float]] = {0: [], 1: [], 2: []}  # pause per collection, by generation
-        self._gc_start = 0.0
+        self._gc_start: dict[
+            int, tuple[float, float]
+        ] = {}  # per thread: (wall, its CPU time) when its collection began
+        self.gc_cpu_ms: list[float] = []  # the CPU time of each collection, on its thread
         self.fresh: list[int] = []  # links fresh, sampled at each tick
         self.app: DittoApp | None = None
         # cProfile follows only the thread that enables it: the screen's loop and the links' thread each get one,
@@ -119,6 +122,7 @@ class Probes:
         self.rows_age_ms = []
         self.notify_cvms = 0
         self.gc_ms = {0: [], 1: [], 2: []}
+        self.gc_cpu_ms = []
 
     def recording(self, t: float) -> bool:
         self._check_profile(t)
@@ -176,10 +180,13 @@ class Probes:
 
         def gc_pause(phase: str, info: dict[str, int]) -> None:
             t = time.perf_counter()
+            # Per thread: a finaliser run by one thread's collection may let the other thread run (and collect).
+            thread = threading.get_ident()
             if phase == "start":
-                probes._gc_start = t
-            elif probes.start <= probes._gc_start < probes.end:
-                probes.gc_ms[info["generation"]].append((t - probes._gc_start) * 1000)
+                probes._gc_start[thread] = (t, time.thread_time())
+            elif (began := probes._gc_start.pop(thread, None)) is not None and probes.start <= began[0] < probes.end:
+                probes.gc_ms[info["generation"]].append((t - began[0]) * 1000)
+                probes.gc_cpu_ms.append((time.thread_time() - began[1]) * 1000)
 
         def timed_cvm_rows(link: HostLink, **kw: Any) -> Any:
             if link.snapshot is not None and probes.recording(time.perf_counter()):
@@ -402,7 +409,7 @@ async def fleet_part(
             res["attempts"] = sum(link.attempts for link in app.links)
             res["age_ms"], res["notify_cvms"], res["fresh"] = probes.age_ms, probes.notify_cvms, probes.fresh
             res["rows_age_ms"] = probes.rows_age_ms
-            res["gc_ms"] = probes.gc_ms
+            res["gc_ms"], res["gc_cpu_ms"] = probes.gc_ms, probes.gc_cpu_ms
             res["lag"] = [ms for t, ms in lag if w0 <= t < w1]
             res["backlog_mib"] = (
                 sum(
@@ -663,7 +670,8 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
             f"gen {g}: {len(v)} × p50 {fmt(pct(v, 50))} ms, max {fmt(max(v) if v else NAN)} ms"
             for g, v in r["gc_ms"].items()
         )
-        + f"; {sum(map(sum, r['gc_ms'].values())) / w / 10:.0f}% of wall.",
+        + f"; {sum(map(sum, r['gc_ms'].values())) / w / 10:.0f}% of wall, "
+        f"{sum(r['gc_cpu_ms']) / w / 10:.0f}% of a core in the collecting threads' CPU time.",
         f"- Console process: CPU **{fmt(s['cpu'], 0)}%** of one core (its {r['hosts']} links included), RSS "
         f"**{fmt(s['rss'], 0)} MiB** at the end (max {fmt(s['rss_max'], 0)}; {r['rss_before']:.0f} MiB before the "
         f"console started). Agents' process: {fmt(s['agent_cpu'], 0)}% CPU.",
