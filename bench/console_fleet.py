@@ -227,6 +227,7 @@ class Sampler(threading.Thread):
         self.me = psutil.Process()
         self.agents = psutil.Process(agents_pid)
         self.samples: list[tuple[float, float, float, float]] = []  # (perf_counter, cpu s, rss, agents cpu s)
+        self.threads: list[dict[int, float]] = []  # with each sample: CPU seconds per thread (native id)
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -236,20 +237,31 @@ class Sampler(threading.Thread):
                 self.samples.append(
                     (time.perf_counter(), c.user + c.system, self.me.memory_info().rss, a.user + a.system)
                 )
+                self.threads.append({t.id: t.user_time + t.system_time for t in self.me.threads()})
             except psutil.Error:
                 pass
             self.halt.wait(0.25)
 
     def over(self, start: float, end: float) -> dict[str, float]:
-        inside = [s for s in self.samples if start <= s[0] <= end]
+        inside = [i for i, s in enumerate(self.samples) if start <= s[0] <= end]
         if len(inside) < 2:
-            return {"cpu": NAN, "agent_cpu": NAN, "rss": NAN, "rss_max": NAN}
-        (t0, c0, _r0, a0), (t1, c1, r1, a1) = inside[0], inside[-1]
+            return {"cpu": NAN, "agent_cpu": NAN, "rss": NAN, "rss_max": NAN, "screen_cpu": NAN, "links_cpu": NAN}
+        (t0, c0, _r0, a0), (t1, c1, r1, a1) = self.samples[inside[0]], self.samples[inside[-1]]
+        first, last = self.threads[inside[0]], self.threads[inside[-1]]
+        links = next((t.native_id for t in threading.enumerate() if t.name == "links"), None)
+
+        def share(native_id: int | None) -> float:
+            if native_id not in first or native_id not in last:
+                return NAN
+            return 100 * (last[native_id] - first[native_id]) / (t1 - t0)
+
         return {
             "cpu": 100 * (c1 - c0) / (t1 - t0),
             "agent_cpu": 100 * (a1 - a0) / (t1 - t0),
             "rss": r1 / 2**20,
-            "rss_max": max(s[2] for s in inside) / 2**20,
+            "rss_max": max(self.samples[i][2] for i in inside) / 2**20,
+            "screen_cpu": share(threading.main_thread().native_id),
+            "links_cpu": share(links),
         }
 
 
@@ -672,7 +684,8 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
         )
         + f"; {sum(map(sum, r['gc_ms'].values())) / w / 10:.0f}% of wall, "
         f"{sum(r['gc_cpu_ms']) / w / 10:.0f}% of a core in the collecting threads' CPU time.",
-        f"- Console process: CPU **{fmt(s['cpu'], 0)}%** of one core (its {r['hosts']} links included), RSS "
+        f"- Console process: CPU **{fmt(s['cpu'], 0)}%** of one core (its {r['hosts']} links included: the screen's "
+        f"thread {fmt(s['screen_cpu'], 0)}%, the links' thread {fmt(s['links_cpu'], 0)}%), RSS "
         f"**{fmt(s['rss'], 0)} MiB** at the end (max {fmt(s['rss_max'], 0)}; {r['rss_before']:.0f} MiB before the "
         f"console started). Agents' process: {fmt(s['agent_cpu'], 0)}% CPU.",
         "- Links shown fresh, sampled at each tick: "
@@ -743,6 +756,10 @@ def summary(args: argparse.Namespace, fleets: list[dict[str, Any]]) -> list[str]
         ),
         ("event-loop lag p99 (ms)", lambda r, d: fmt(pct(r["lag"], 99))),
         ("console CPU (% of one core)", lambda r, d: fmt(r["stats"]["cpu"], 0)),
+        (
+            "... of which the screen's thread / the links' thread",
+            lambda r, d: f"{fmt(r['stats'].get('screen_cpu', NAN), 0)} / {fmt(r['stats'].get('links_cpu', NAN), 0)}",
+        ),
         ("console RSS at the end (MiB)", lambda r, d: fmt(r["stats"]["rss"], 0)),
         ("agents' process CPU (% of one core)", lambda r, d: fmt(r["stats"]["agent_cpu"], 0)),
         (

@@ -209,10 +209,12 @@ class DittoApp(App[None]):
             and not self.refusals.audited((event.host, event.cvm, event.action))
         ):
             return  # its reply showed it already
+        self.tick()  # an action's result shows now, not at the next tick
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
-        self.log_line(f"{when} {line}", style="" if event.ok else "red", stamp=False)
-        self.call_later(self.tick)  # an action's result shows now, not at the next tick
+        # Its line is written once the changed row is on screen: a line scrolls the whole log, whose repaint would
+        # hold up the row's by its own cost.
+        self.call_after_refresh(self.log_line, f"{when} {line}", style="" if event.ok else "red", stamp=False)
 
     def _asked_here(self, event: Event) -> bool:
         """True for an event of a request this console sent (its agent writes `who (peer user)`)."""
