@@ -13,10 +13,29 @@ from dataclasses import dataclass, field
 from hostctl.wire.model import CVM
 
 SAMPLES = 600  # ten minutes at one sample a second
+UNKNOWN = -1  # a count or CPU % the host could not read (never plotted)
 
-Point = tuple[
-    int, int | None, int | None
-]  # the host's sample number from which on: workers, whole CPU % (None: unknown)
+
+class Changes:
+    """Where a CVM's values changed: from each host sample number on, its workers and whole CPU % (-1: unknown).
+
+    Three deques of ints, not one of tuples: a point is then no object the garbage collector follows.
+    """
+
+    __slots__ = ("at", "cpu", "workers")
+
+    def __init__(self) -> None:
+        self.at: deque[int] = deque(maxlen=SAMPLES)
+        self.workers: deque[int] = deque(maxlen=SAMPLES)
+        self.cpu: deque[int] = deque(maxlen=SAMPLES)
+
+    def last(self) -> tuple[int, int] | None:
+        return (self.workers[-1], self.cpu[-1]) if self.at else None
+
+    def add(self, n: int, workers: int, cpu: int) -> None:
+        self.at.append(n)
+        self.workers.append(workers)
+        self.cpu.append(cpu)
 
 
 @dataclass
@@ -34,7 +53,7 @@ class Trends:
     """
 
     def __init__(self) -> None:
-        self.hosts: dict[str, dict[str, deque[Point]]] = {}  # host -> CVM name -> where its values changed
+        self.hosts: dict[str, dict[str, Changes]] = {}  # host -> CVM name -> where its values changed
         self.taken: dict[str, int] = {}  # host -> samples taken of it
         self.p99: dict[str, deque[float]] = {}  # host/cvm/service -> probed p99 (ms)
         self.p99_at: dict[str, deque[float]] = {}  # ... and when each was taken (Unix time)
@@ -44,23 +63,24 @@ class Trends:
         n = self.taken[host] = self.taken.get(host, 0) + 1
         series = self.hosts.setdefault(host, {})
         for cvm in changed:
-            value = (cvm.workers_active, None if cvm.cpu_percent is None else round(cvm.cpu_percent))
-            points = series.get(cvm.name)
-            if points is None:
-                points = series[cvm.name] = deque(maxlen=SAMPLES)
-            elif points[-1][1:] == value:
+            workers = UNKNOWN if cvm.workers_active is None else cvm.workers_active
+            cpu = UNKNOWN if cvm.cpu_percent is None else round(cvm.cpu_percent)
+            changes = series.get(cvm.name)
+            if changes is None:
+                changes = series[cvm.name] = Changes()
+            elif changes.last() == (workers, cpu):
                 continue
-            points.append((n, *value))
+            changes.add(n, workers, cpu)
 
     def record_all(self, host: str, cvms: Collection[CVM]) -> None:
         """One sample of all of a host's CVMs; those it no longer has end here, and are forgotten SAMPLES later."""
         self.record(host, cvms)
         n, series = self.taken[host], self.hosts[host]
         for name in series.keys() - {c.name for c in cvms}:
-            points = series[name]
-            if points[-1][1:] != (None, None):
-                points.append((n, None, None))
-            elif points[-1][0] <= n - SAMPLES:
+            changes = series[name]
+            if changes.last() != (UNKNOWN, UNKNOWN):
+                changes.add(n, UNKNOWN, UNKNOWN)
+            elif changes.at[-1] <= n - SAMPLES:
                 del series[name]
 
     def record_p99(self, key: str, p99: float, ts: float) -> None:
@@ -71,16 +91,16 @@ class Trends:
     def of(self, key: str) -> Series:
         """The last SAMPLES samples of CVM `host/cvm` (empty when it was never seen)."""
         host, _, cvm = key.partition("/")
-        points = self.hosts.get(host, {}).get(cvm)
+        changes = self.hosts.get(host, {}).get(cvm)
         series = Series()
-        if not points:
+        if changes is None:
             return series
         end = self.taken[host] + 1
         start = end - SAMPLES
-        ends = [*(p[0] for p in list(points)[1:]), end]
-        for (at, workers, cpu), until in zip(points, ends, strict=True):
+        ends = [*list(changes.at)[1:], end]
+        for at, until, workers, cpu in zip(changes.at, ends, changes.workers, changes.cpu, strict=True):
             span = until - max(at, start)
-            if span > 0 and workers is not None and cpu is not None:
+            if span > 0 and UNKNOWN not in (workers, cpu):
                 series.workers += [workers] * span
                 series.cpu += [cpu] * span
         return series

@@ -35,6 +35,7 @@ def test_rows_are_kept_for_unchanged_records_and_always_equal_a_fresh_build() ->
     assert second == cvm_rows(link)
     assert second["mec-1/a"] is first["mec-1/a"] and second["mec-1/c"] is first["mec-1/c"]
     assert second["mec-1/b"] is not first["mec-1/b"] and second["mec-1/b"][3][0] == 2  # 3 online: 2 workers
+    assert second["mec-1/b"][1] is first["mec-1/b"][1] and second["mec-1/b"][2] is first["mec-1/b"][2]  # unchanged
 
     marked = cvm_rows(link, marks={"mec-1/c"}, cache=cache)
     assert marked["mec-1/c"][0] is True and marked["mec-1/a"] is second["mec-1/a"]
