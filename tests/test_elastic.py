@@ -227,8 +227,9 @@ async def test_no_concurrency_signal_on_a_real_host_holds_and_alerts(served: Ser
     await until(lambda: served.agent.elastic.state("snp").reason == "no concurrency samples")  # type: ignore
     current = await state(served)
     assert current["decision"] == "hold" and current["alert"] is True
-    alerts = [e for e in served.audit_lines() if e["action"] == "alert" and e["cvm"] == "snp"]
-    assert [e["why"] for e in alerts] == ["no concurrency samples"]
+    alerts = [e["why"] for e in served.audit_lines() if e["action"] == "alert" and e["cvm"] == "snp"]
+    # Once each: a policy switched on before the agent's first sample alerts "no samples yet" first.
+    assert alerts in (["no concurrency samples"], ["no samples yet", "no concurrency samples"])
     assert served.online() == 2
 
 
