@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from msgspec.structs import replace
 
 from hostctl.agent.updates import UpdateDiff
 from hostctl.wire.model import CVM, DomainState, Event, Host, Service, Snapshot

@@ -18,9 +18,10 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -198,7 +199,7 @@ class Reading:
 def read(agent: Agent) -> Reading:
     """Copy what the agent knows now (on its event loop: nothing here waits)."""
     snapshot = agent.snapshot()
-    snapshot.host = replace(snapshot.host)  # the sampler updates the host's record in place
+    snapshot.host = msgspec.structs.replace(snapshot.host)  # the sampler updates the host's record in place
     cvms = {c.name for c in snapshot.cvms}
     agent.tallies.keep(cvms, {(s.cvm, s.name) for s in snapshot.services})
     host = snapshot.host

@@ -15,9 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from hostctl import __version__
 from hostctl.agent.access import PeerIdentity, Writers, socket_peer, stdio_peer
@@ -134,12 +135,12 @@ class Agent:
 
     def service_list(self) -> list[Service]:
         """The host's services with their probed latency."""
-        return [replace(s, latency=self.prober.latency(s)) for s in self.services()]
+        return [msgspec.structs.replace(s, latency=self.prober.latency(s)) for s in self.services()]
 
     def snapshot(self) -> Snapshot:
         """The host with its services' latency and each CVM's elastic state."""
         snapshot = self.host.snapshot(self.service_list())
-        snapshot.cvms = [replace(c, elastic=self.elastic.state(c.name)) for c in snapshot.cvms]
+        snapshot.cvms = [msgspec.structs.replace(c, elastic=self.elastic.state(c.name)) for c in snapshot.cvms]
         return snapshot
 
     async def serve_stdio(self) -> None:

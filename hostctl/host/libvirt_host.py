@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import os
 import threading
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import libvirt
+import msgspec
 import psutil
 
 from hostctl.errors import HostctlError, ScaleRefused
@@ -152,7 +152,7 @@ class LibvirtHost:
         for cvm in list(self._cvms.values()):
             last, at = self._last_known(cvm)
             self._store_count(
-                dataclasses.replace(
+                msgspec.structs.replace(
                     cvm,
                     online_vcpus=None,
                     vcpus_error=f"libvirt connection lost ({why}); reconnecting",
@@ -618,7 +618,7 @@ class LibvirtHost:
         if count is None:
             last, at = self._last_known(cvm)
             self._store_count(
-                dataclasses.replace(
+                msgspec.structs.replace(
                     cvm, online_vcpus=None, vcpus_error=error, last_online=last, last_online_at=at, cpu_percent=None
                 )
             )
@@ -642,7 +642,9 @@ class LibvirtHost:
         self._confirmed[name] = time.time()
         cvm = self._cvms.get(name)
         if cvm is not None:
-            fresh = dataclasses.replace(cvm, online_vcpus=count, vcpus_error="", last_online=None, last_online_at=None)
+            fresh = msgspec.structs.replace(
+                cvm, online_vcpus=count, vcpus_error="", last_online=None, last_online_at=None
+            )
             if cvm.cpu_percent is None:
                 fresh.cpu_percent = 0.0 if self._cpu_source is None else None
             self._store_count(fresh)
@@ -745,7 +747,7 @@ class LibvirtHost:
 
     def _changed(self, name: str) -> None:
         if self._host is not None and self._host.confidential is not None:
-            self._host = dataclasses.replace(
+            self._host = msgspec.structs.replace(
                 self._host, confidential=sev.count_guests(self._host.confidential, list(self._cvms.values()))
             )
         for callback in self._change_listeners:

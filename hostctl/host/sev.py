@@ -7,11 +7,12 @@ themselves are made by `LibvirtHost` on its worker threads. A value libvirt does
 
 from __future__ import annotations
 
-import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from hostctl.host.platform import KVM_AMD, SMT_ACTIVE, Platform
 from hostctl.wire.model import CVM, DomainState, HostSEV, Launch
@@ -114,7 +115,7 @@ def host_facts(support: Support, platform: Platform | None, platform_why: str = 
 def count_guests(facts: HostSEV, cvms: list[CVM]) -> HostSEV:
     """A copy of `facts` with the ASIDs in use counted from the running CVMs by type, and the firmware version from
     the first running CVM whose launch info gives it."""
-    facts = dataclasses.replace(facts, why=dict(facts.why))
+    facts = msgspec.structs.replace(facts, why=dict(facts.why))
     running = [c for c in cvms if c.state is DomainState.RUNNING and c.security.confidential]
     facts.es_guests = sum(1 for c in running if c.security.es_asid)
     facts.sev_guests = len(running) - facts.es_guests

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from hostctl.errors import HostctlError
 from hostctl.load.wrk import WrkResult
@@ -22,7 +24,6 @@ def default_path() -> Path:
     return Path(state) / "dittotui" / "runs.jsonl"
 
 
-@dataclass
 class RunRecord(Model):
     """One wrk run: its target service, where the load came from, what it did, when, and the result."""
 
@@ -39,7 +40,7 @@ class RunRecord(Model):
     started: float  # Unix time
     result: WrkResult
     why: str = ""  # e.g. "console", "experiment security-overhead"
-    labels: dict[str, str] = field(default_factory=dict)  # e.g. {"security": "sev-snp"}
+    labels: dict[str, str] = msgspec.field(default_factory=dict)  # e.g. {"security": "sev-snp"}
 
     @property
     def key(self) -> str:

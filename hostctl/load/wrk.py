@@ -17,10 +17,12 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from hostctl.errors import HostctlError
 from hostctl.wire.model import Model
@@ -45,14 +47,13 @@ Progress = Callable[[float, float], Awaitable[None]]
 """An async callback given (elapsed seconds, run duration in seconds) while wrk runs."""
 
 
-@dataclass
 class WrkResult(Model):
     """One wrk run's summary: latency percentiles in ms (keys "50", "99.9", ...), throughput and errors."""
 
     requests: int
     duration_s: float
     rps: float
-    percentiles: dict[str, float] = field(default_factory=dict)
+    percentiles: dict[str, float] = msgspec.field(default_factory=dict)
     mean_ms: float = 0.0
     stdev_ms: float = 0.0
     max_ms: float = 0.0

@@ -1,6 +1,6 @@
 """Typed decoding of the wire: an agent's JSON straight into the model's records, checked on the way (msgspec).
 
-The wire format is unchanged: the records are the model's own dataclasses, decoded as `Model.from_dict` decodes
+The wire format is unchanged: the records are the model's own structs, decoded as `Model.from_dict` decodes
 them (missing fields take their defaults, unknown fields are ignored, null stays None: unknown), but without the
 intermediate dicts, and every value is checked against its field's type: a malformed record is a `ValueError` naming
 the method and the path of the bad value, never a half-built record.
@@ -9,7 +9,6 @@ the method and the path of the bad value, never a half-built record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -17,16 +16,15 @@ import msgspec
 from hostctl.wire.model import CVM, Event, Host, Service
 
 
-@dataclass(slots=True)
-class Update:
+class Update(msgspec.Struct, gc=False):
     """The params of an agent's `update` notification (see `hostctl.agent.updates`): the CVMs new or changed, the
     names of those gone, the audit events since the last update, and the host and its services when they changed."""
 
     seq: int = 0
     ts: float | None = None  # the agent's wall clock when it was sent
-    cvms: dict[str, CVM] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    cvms: dict[str, CVM] = msgspec.field(default_factory=dict)
+    removed: list[str] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
     host: Host | None = None  # None: unchanged
     services: list[Service] | None = None  # None: unchanged
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+import msgspec
 
 from hostctl.wire.model import Model
 
@@ -23,7 +24,6 @@ class Status(StrEnum):
     NA = "n/a"
 
 
-@dataclass(slots=True)
 class Check(Model):
     """One check: what it looked at, its outcome, what was found, and one line of advice when it is not ok."""
 
@@ -33,14 +33,13 @@ class Check(Model):
     advice: str = ""
 
 
-@dataclass(slots=True)
 class Report(Model):
     """Every check of one host, and why the host is emulated when it is (the demo's test driver, the lab's guests)."""
 
     host: str
-    checks: list[Check] = field(default_factory=list)
+    checks: list[Check] = msgspec.field(default_factory=list)
     emulated: str = ""
-    ts: float = field(default_factory=time.time)
+    ts: float = msgspec.field(default_factory=time.time)
 
     @property
     def passed(self) -> bool:

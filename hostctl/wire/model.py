@@ -1,17 +1,13 @@
-"""The host model: one set of dataclasses used on both ends of the wire, carried as JSON."""
+"""The host model: one set of records used on both ends of the wire, carried as JSON."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import time
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any, Self
+
+import msgspec
 
 from hostctl.wire.security import SecurityType, decode_policy, risky_flags, smt_allowed
 
@@ -26,19 +22,23 @@ class DomainState(StrEnum):
     OTHER = "other"
 
 
-class Model:
-    """Mixin of dataclasses: lossless conversion to and from JSON-compatible dicts."""
+class Model(msgspec.Struct, gc=False):
+    """Base of the wire's records: structs converted losslessly to and from JSON-compatible dicts.
 
-    __slots__ = ()
-    __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass on each subclass
+    A record is never tracked by the garbage collector (`gc=False`): records are acyclic data (text, numbers, enums,
+    other records, and lists and dicts of them), freed by reference counting. A console that takes in thousands of
+    them a second then gives the collector's passes nothing of theirs to walk (bench/results/gc_young.md).
+    """
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        loaders = _loaders(cls)  # type: ignore[arg-type]  # mypy takes type[Self] for unhashable; a class is hashable
-        return cls(**{name: load(data[name]) for name, load in loaders if name in data})
+        """The record from `data`: missing fields take their defaults, unknown ones are ignored, every value is
+        checked against its field's type (ValueError naming the path of a bad one)."""
+        return msgspec.convert(data, cls)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -48,47 +48,6 @@ class Model:
         return cls.from_dict(json.loads(text))
 
 
-def _dump(value: Any) -> Any:
-    if isinstance(value, Model):
-        return value.to_dict()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_dump(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
-    return value
-
-
-@functools.cache
-def _loaders(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    """Each field's name and converter, resolved once per class (type hints are slow to evaluate)."""
-    hints = typing.get_type_hints(cls)
-    return tuple((f.name, _loader(hints[f.name])) for f in dataclasses.fields(cls))
-
-
-def _loader(hint: Any) -> Callable[[Any], Any]:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        load_inner = _loader(inner)
-        return lambda v: None if v is None else load_inner(v)
-    if origin is list:
-        load_item = _loader(typing.get_args(hint)[0])
-        return lambda v: [load_item(x) for x in v]
-    if origin is dict:
-        load_value = _loader(typing.get_args(hint)[1])
-        return lambda v: {k: load_value(x) for k, x in v.items()}
-    if isinstance(hint, type) and issubclass(hint, Model):
-        return hint.from_dict
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        return hint
-    if hint is float:
-        return lambda v: float(v) if type(v) is int else v
-    return lambda v: v
-
-
-@dataclass(slots=True)
 class Host(Model):
     """One hypervisor host as its agent sees it."""
 
@@ -105,7 +64,6 @@ class Host(Model):
     confidential: HostSEV | None = None  # None from an agent that predates it
 
 
-@dataclass(slots=True)
 class HostSEV(Model):
     """What a host offers confidential guests. `sev`, `sev_es` and `sev_snp` on `Host` say what libvirt supports;
     here is what the kernel has enabled, the ASIDs (one per running guest) used of the most the firmware allows, the
@@ -123,7 +81,7 @@ class HostSEV(Model):
     firmware_from: str = ""  # where it was read
     smt: bool | None = None  # SMT active on the host
     emulated: bool = False  # the demo's facts, not read from any hardware
-    why: dict[str, str] = field(default_factory=dict)  # field -> why it is unknown
+    why: dict[str, str] = msgspec.field(default_factory=dict)  # field -> why it is unknown
 
     @property
     def es_free(self) -> int | None:
@@ -135,7 +93,6 @@ class HostSEV(Model):
         return None if self.max_guests is None else max(0, self.max_guests - self.sev_guests)
 
 
-@dataclass(slots=True)
 class Launch(Model):
     """What a running CVM launched with beyond its type and policy, from its domain XML and libvirt's launch
     security info. None is unknown (or not given for this type), and `why` names the field with the reason."""
@@ -148,10 +105,9 @@ class Launch(Model):
     id_block: bool | None = None  # SNP: an ID block given
     id_auth: bool | None = None  # SNP: an ID authentication structure given
     author_key: bool | None = None  # SNP: the ID authentication carries an author key
-    why: dict[str, str] = field(default_factory=dict)
+    why: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(slots=True)
 class Elastic(Model):
     """A CVM's elastic policy as its agent runs it: which one, on or off, and its last decision with the reason."""
 
@@ -163,7 +119,6 @@ class Elastic(Model):
     alert: bool = False  # the last decision held for want of data or capacity
 
 
-@dataclass(slots=True)
 class CVM(Model):
     """A (confidential) VM with worker vCPUs beyond its boot set."""
 
@@ -210,7 +165,6 @@ class CVM(Model):
         return max(0, self.max_vcpus - self.boot_vcpus)
 
 
-@dataclass(slots=True)
 class Latency(Model):
     """A service's probed latency over one window (milliseconds)."""
 
@@ -224,17 +178,15 @@ class Latency(Model):
     max: float = 0.0
 
 
-@dataclass(slots=True)
 class Service(Model):
     """An HTTP endpoint served by a CVM, with its probed latency per window (`10s`, `60s`) when probed."""
 
     name: str
     cvm: str
     url: str
-    latency: dict[str, Latency] = field(default_factory=dict)
+    latency: dict[str, Latency] = msgspec.field(default_factory=dict)
 
 
-@dataclass(slots=True)
 class Event(Model):
     """An audit record: who did what to which CVM, the state before and after, and why."""
 
@@ -246,14 +198,13 @@ class Event(Model):
     before: int | None = None
     after: int | None = None
     why: str = ""
-    ts: float = field(default_factory=time.time)
+    ts: float = msgspec.field(default_factory=time.time)
 
 
-@dataclass(slots=True)
 class Snapshot(Model):
     """A host with everything on it, as one consistent picture."""
 
     host: Host
-    cvms: list[CVM] = field(default_factory=list)
-    services: list[Service] = field(default_factory=list)
-    ts: float = field(default_factory=time.time)
+    cvms: list[CVM] = msgspec.field(default_factory=list)
+    services: list[Service] = msgspec.field(default_factory=list)
+    ts: float = msgspec.field(default_factory=time.time)
