@@ -59,6 +59,7 @@ class DittoApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "dittotui"
     GC_YOUNG: ClassVar[int] = 30_000  # the young generation's collection threshold (see `on_mount`)
+    YOUNG_PASS_ROWS: ClassVar[int] = 2_000  # ... and the CVM rows built between two young collections of its own
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus", "scale(1)", "+worker"),
         Binding("minus", "scale(-1)", "-worker"),
@@ -110,6 +111,7 @@ class DittoApp(App[None]):
         self._seen: dict[str, tuple[list[CVM], list[CVM]]] = {}  # per host: its link's CVM list, and a copy, last sync
         self._mark_versions: dict[str, int] = {}  # per host: bumped when one of its marks changes
         self._frozen = False
+        self._built = 0  # CVM rows built since the last young collection
         self.refusals = Refusals()  # each refused request shown once, from its reply or its audit event
         self.clock: Callable[[], datetime] = datetime.now  # the log's timestamps (fixed in snapshot tests)
 
@@ -126,11 +128,14 @@ class DittoApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        # A large fleet replaces thousands of records a second. They are acyclic and freed by reference counting,
-        # so collect cycles rarely: a full collection over a 10,000-row table is a visible pause. But not too rarely:
-        # the young generation's pass then frees at once every cycle a burst of broken links left (connections,
-        # tasks, tracebacks), 100-130 ms at 100,000 objects; at 30,000 passes stay near 50 ms
-        # (bench/results/gc_young.md).
+        # A large fleet replaces thousands of records a second. The records are not tracked by the collector (see
+        # `hostctl.wire.model`) and are freed by reference counting, but each rebuilt row is a new tuple. A row that
+        # replaces another leaves the collector's count as it was (one made, one freed), so the count alone would let
+        # the young generation grow to every row of the fleet, and a pass over it hold the screen for half a second:
+        # the tick collects the young generation itself every YOUNG_PASS_ROWS rows it builds. These passes are small
+        # and untrack the rows they find (tuples of plain values), so no older generation ever walks them.
+        # The threshold still bounds the cycles a burst of broken links leaves (connections, tasks, tracebacks): at
+        # 30,000 a pass stays near 50 ms (bench/results/gc_young.md).
         gc.set_threshold(self.GC_YOUNG, 50, 100)
         self.sub_title = " · ".join(part for part in (self.site_label, "read-only" if self.readonly else "") if part)
         self.hosts_table = self.query_one(HostsTable)
@@ -260,6 +265,9 @@ class DittoApp(App[None]):
                 self._due = dict.fromkeys(links)
             if self._due:
                 self._sync_hosts(self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
+        if self._built >= self.YOUNG_PASS_ROWS:
+            self._built = 0
+            gc.collect(0)
         if not self._frozen and all(link.snapshot for link in links.values()):
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
@@ -318,18 +326,23 @@ class DittoApp(App[None]):
                 break
             del self._due[name]
             self._row_versions[name] = version
-            cache = self._cvm_cache.setdefault(name, {})
-            now = [] if snap is None else list(snap.cvms)  # one copy at once: records swapped after it differ next time
+            cache = self._cvm_cache.get(name)
+            if cache is None:
+                cache = self._cvm_cache[name] = RowCache()
+            cvms_now = snap.cvms if snap else []
             seen = self._seen.get(name)
-            self._seen[name] = (snap.cvms if snap else [], now)
-            if snap is not None and before is not None and before[1:] == version[1:] and seen and seen[0] is snap.cvms:
-                changed = [c for c, was in zip(now, seen[1], strict=True) if c is not was]
+            if snap is not None and before is not None and before[1:] == version[1:] and seen and seen[0] is cvms_now:
+                changed = _swapped(cvms_now, seen[1])
                 self._record_trends(link, changed)
                 rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache, only=changed)
                 parts[name] = ([f"{name}/{c.name}" for c in changed], rows)
+                self._built += len(changed)
             else:
+                now = list(cvms_now)
+                self._seen[name] = (cvms_now, now)
                 self._record_trends(link, now, whole=True)
                 cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
+                self._built += len(now)
             services[name] = service_rows(
                 link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )
@@ -667,3 +680,14 @@ class DittoApp(App[None]):
             host = CVMRef.parse(key).host
             self._mark_versions[host] = self._mark_versions.get(host, 0) + 1
         self._dirty = True
+
+
+def _swapped(cvms: list[CVM], copy: list[CVM]) -> list[CVM]:
+    """The records of `cvms` that are not those of `copy` (a list of the same length), which then takes them: each
+    record is read once, so one that the links' thread swaps in meanwhile is found next time."""
+    changed = []
+    for i, cvm in enumerate(cvms):
+        if cvm is not copy[i]:
+            copy[i] = cvm
+            changed.append(cvm)
+    return changed

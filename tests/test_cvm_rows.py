@@ -3,7 +3,7 @@ every row is the one a build without the cache gives, update after update as a l
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from dittotui.tables.cvms import RowCache, cvm_rows
 from hostctl.client.link import HostLink, LinkState
@@ -26,9 +26,9 @@ def fresh_link(*cvms: CVM) -> HostLink:
 
 def test_rows_are_kept_for_unchanged_records_and_always_equal_a_fresh_build() -> None:
     link = fresh_link(cvm("a"), cvm("b"), cvm("c"))
-    cache: RowCache = {}
+    cache = RowCache()
     first = cvm_rows(link, cache=cache)
-    assert first == cvm_rows(link) and len(cache) == 3
+    assert first == cvm_rows(link) and len(cache.rows) == 3
 
     link._on_notification("update", Update(seq=2, cvms={"b": cvm("b", online=3, cpu=55.0)}))
     second = cvm_rows(link, cache=cache)
@@ -47,16 +47,16 @@ def test_rows_are_kept_for_unchanged_records_and_always_equal_a_fresh_build() ->
 
 def test_rows_of_cvms_gone_leave_the_cache() -> None:
     link = fresh_link(cvm("a"), cvm("b"))
-    cache: RowCache = {}
+    cache = RowCache()
     cvm_rows(link, cache=cache)
     link._on_notification("update", Update(seq=2, removed=["a"]))
-    assert cvm_rows(link, cache=cache).keys() == {"mec-1/b"} and cache.keys() == {"mec-1/b"}
+    assert cvm_rows(link, cache=cache).keys() == {"mec-1/b"} and cache.rows.keys() == {"mec-1/b"}
 
 
 def test_a_filter_skips_rows_without_losing_the_others() -> None:
     link = fresh_link(cvm("web"), cvm("db"))
-    cache: RowCache = {}
+    cache = RowCache()
     assert cvm_rows(link, filter_text="web", cache=cache).keys() == {"mec-1/web"}
     db = next(c for c in link.snapshot.cvms if c.name == "db")  # type: ignore[union-attr]
-    link._on_notification("update", Update(seq=2, cvms={"db": dataclasses.replace(db, cpu_percent=70.0)}))
+    link._on_notification("update", Update(seq=2, cvms={"db": msgspec.structs.replace(db, cpu_percent=70.0)}))
     assert cvm_rows(link, cache=cache) == cvm_rows(link)

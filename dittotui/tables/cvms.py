@@ -7,7 +7,7 @@ row per tick, not a styled cell.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Sequence, Set
 
 from dittotui.tables import cells
 from dittotui.tables.filter import matches
@@ -36,7 +36,26 @@ class CVMTable(LiveTable):
     )
 
 
-RowCache = dict[str, tuple[CVM, bool, bool, Row]]  # host/cvm -> (the record, stale, marked) it was built from, row
+class RowCache:
+    """One host's CVM rows as last built, each with the record it was built from and whether it was marked.
+
+    Kept as dicts whose values are replaced, not as a tuple per row: a fleet rebuilds thousands of rows a second,
+    and each new container is one more object for the garbage collector's next pass to walk.
+    """
+
+    __slots__ = ("marked", "records", "rows", "stale")
+
+    def __init__(self) -> None:
+        self.records: dict[str, CVM] = {}  # key -> the record its row was built from
+        self.rows: dict[str, Row] = {}  # key -> the row last built (its values' tuples are reused when unchanged)
+        self.marked: set[str] = set()  # keys whose rows were built marked
+        self.stale = False  # whether the rows were built with their host's data stale
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.records.pop(key, None)
+            self.rows.pop(key, None)
+            self.marked.discard(key)
 
 
 def cvm_rows(
@@ -52,22 +71,23 @@ def cvm_rows(
 
     With a `cache`, a CVM whose record is the same object as last time (a link replaces only the records an update
     carries) keeps its row: an update that changes a tenth of a host's CVMs builds a tenth of its rows. A rebuilt
-    row keeps the tuples of its values that did not change: fewer new objects for the garbage collector's young
-    passes, which at fleet scale take as long as the objects that survive into them.
+    row keeps the tuples of its values that did not change: fewer new objects for the garbage collector's passes.
     """
     rows: dict[str, Row] = {}
     if link.snapshot is None:
         return rows
     stale = link.state is not LinkState.FRESH
+    if cache is not None and cache.stale != stale:
+        cache.records.clear()  # every row shows the new staleness
+        cache.stale = stale
     cvms = link.snapshot.cvms if only is None else only
     for cvm in cvms:
         key = f"{link.name}/{cvm.name}"
         if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
             continue
         marked = key in marks
-        hit = cache.get(key) if cache is not None else None
-        if hit is not None and hit[0] is cvm and hit[1:3] == (stale, marked):
-            rows[key] = hit[3]
+        if cache is not None and cache.records.get(key) is cvm and (key in cache.marked) == marked:
+            rows[key] = cache.rows[key]
             continue
         e = cvm.elastic
         row: Row = (
@@ -83,15 +103,19 @@ def cvm_rows(
             None if e is None else (e.decision, e.reason, e.alert),  # decision
             policy_text(cvm.security, cvm.policy),  # policy
         )
-        if hit is not None:  # the values that did not change keep their tuples from the row before
-            before = hit[3]
-            row = tuple(b if type(b) is tuple and b == v else v for b, v in zip(before, row, strict=True))
-        rows[key] = row
         if cache is not None:
-            cache[key] = (cvm, stale, marked, row)
-    if only is None and cache is not None and len(cache) > len(cvms):  # CVMs gone: their rows go too
-        for key in cache.keys() - {f"{link.name}/{c.name}" for c in cvms}:
-            del cache[key]
+            before = cache.rows.get(key)
+            if before is not None:  # the values that did not change keep their tuples from the row before
+                row = tuple([b if type(b) is tuple and b == v else v for b, v in zip(before, row, strict=True)])
+            cache.records[key] = cvm
+            cache.rows[key] = row
+            if marked:
+                cache.marked.add(key)
+            else:
+                cache.marked.discard(key)
+        rows[key] = row
+    if only is None and cache is not None and len(cache.rows) > len(cvms):  # CVMs gone: their rows go too
+        cache.forget(cache.rows.keys() - {f"{link.name}/{c.name}" for c in cvms})
     return rows
 
 
