@@ -234,10 +234,10 @@ class Sampler(threading.Thread):
         while not self.halt.is_set():
             try:
                 c, a = self.me.cpu_times(), self.agents.cpu_times()
-                self.samples.append(
-                    (time.perf_counter(), c.user + c.system, self.me.memory_info().rss, a.user + a.system)
-                )
-                self.threads.append({t.id: t.user_time + t.system_time for t in self.me.threads()})
+                sample = (time.perf_counter(), c.user + c.system, self.me.memory_info().rss, a.user + a.system)
+                threads = {t.id: t.user_time + t.system_time for t in self.me.threads()}
+                self.samples.append(sample)  # both or neither: the lists stay in step
+                self.threads.append(threads)
             except psutil.Error:
                 pass
             self.halt.wait(0.25)

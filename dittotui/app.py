@@ -59,7 +59,7 @@ class DittoApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "dittotui"
     GC_YOUNG: ClassVar[int] = 30_000  # the young generation's collection threshold (see `on_mount`)
-    YOUNG_PASS_ROWS: ClassVar[int] = 2_000  # ... and the CVM rows built between two young collections of its own
+    YOUNG_PASS_ROWS: ClassVar[int] = 1_000  # ... and the CVM rows built between two young collections of its own
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus", "scale(1)", "+worker"),
         Binding("minus", "scale(-1)", "-worker"),
@@ -132,8 +132,8 @@ class DittoApp(App[None]):
         # `hostctl.wire.model`) and are freed by reference counting, but each rebuilt row is a new tuple. A row that
         # replaces another leaves the collector's count as it was (one made, one freed), so the count alone would let
         # the young generation grow to every row of the fleet, and a pass over it hold the screen for half a second:
-        # the tick collects the young generation itself every YOUNG_PASS_ROWS rows it builds. These passes are small
-        # and untrack the rows they find (tuples of plain values), so no older generation ever walks them.
+        # the tick collects the young generation itself every YOUNG_PASS_ROWS rows it builds: each pass walks only
+        # what was made since the one before (5 ms p50 at 1,000 hosts, bench/results/console_fleet_1000.md).
         # The threshold still bounds the cycles a burst of broken links leaves (connections, tasks, tracebacks): at
         # 30,000 a pass stays near 50 ms (bench/results/gc_young.md).
         gc.set_threshold(self.GC_YOUNG, 50, 100)
@@ -265,10 +265,11 @@ class DittoApp(App[None]):
                 self._due = dict.fromkeys(links)
             if self._due:
                 self._sync_hosts(self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
-        if self._built >= self.YOUNG_PASS_ROWS:
+        freeze = not self._frozen and all(link.snapshot for link in links.values())
+        if self._built >= self.YOUNG_PASS_ROWS or freeze:  # (a pass first: what it finds need not be frozen)
             self._built = 0
             gc.collect(0)
-        if not self._frozen and all(link.snapshot for link in links.values()):
+        if freeze:
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
 

@@ -5,6 +5,7 @@ applies them) to the running console, whose own links are stopped so that only t
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 
@@ -84,3 +85,42 @@ async def test_rows_after_any_mix_of_updates_equal_a_whole_rebuild(tmp_path: Pat
             app.tick()
             assert shown(app.cvm_table) == expected(app, links), step
         assert partial > 100
+
+
+async def test_the_console_collects_the_rows_it_builds_in_small_young_passes(tmp_path: Path) -> None:
+    """A row that replaces another leaves the collector's count as it was, so the count alone would let every row of
+    a fleet pile up for one long pass: the console collects the young generation itself every YOUNG_PASS_ROWS rows
+    it builds, and no row is left in the young generation for the next pass to walk again."""
+    rng = random.Random(7)
+    app = DittoApp(site=demo_site({"mec-a": tmp_path / "a.sock", "mec-b": tmp_path / "b.sock"}), refresh=3600)
+    app.YOUNG_PASS_ROWS = 12
+    passes: list[int] = []
+
+    def young(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            passes.append(len(passes))
+
+    async with app.run_test(size=(160, 50)):
+        assert app.fleet is not None
+        await app.fleet.stop()
+        links = list(app.fleet.links.values())
+        for link in links:
+            link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:5]], ts=1e9)
+            link._fresh()
+        gc.callbacks.append(young)
+        try:
+            in_ticks = 0
+            for step in range(24):
+                link = links[step % 2]
+                changed = {n: cvm(rng, n) for n in NAMES[:5]}
+                link._on_notification("update", Update(seq=step, ts=1e9 + step, cvms=changed))
+                before = len(passes)
+                app.tick()
+                if len(passes) > before:
+                    in_ticks += 1
+                    rows = list(app.cvm_table._rows.values())
+                    young_now = {id(o) for o in gc.get_objects(0)}
+                    assert len(rows) == 10 and not any(id(row) in young_now for row in rows), step
+        finally:
+            gc.callbacks.remove(young)
+        assert in_ticks >= 24 // 3 - 1  # 5 rows built a tick, a pass every 12: one every third tick

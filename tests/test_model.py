@@ -1,10 +1,16 @@
-"""The host model survives JSON both ways, and policies decode into named flags."""
+"""The host model survives JSON both ways, is never walked by the garbage collector, and policies decode into named
+flags."""
 
 from __future__ import annotations
 
+import gc
+import json
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hostctl.wire import decode
 from hostctl.wire.model import CVM, DomainState, Elastic, Event, Host, Service, Snapshot
 from hostctl.wire.security import SecurityType, decode_policy
 
@@ -123,3 +129,25 @@ def test_sev_policy_decodes_to_named_flags() -> None:
     assert decode_policy(SecurityType.SEV_ES, 0x7) == ["no-debug", "no-key-sharing", "es-required"]
     assert decode_policy(SecurityType.SEV, 1 << 40) == ["bit-40"]
     assert decode_policy(SecurityType.NONE, 0xFF) == []
+
+
+@given(snapshots)
+def test_records_from_the_wire_are_not_tracked_by_the_garbage_collector(snapshot: Snapshot) -> None:
+    """A console takes in thousands of records a second: none of them may add to the collector's passes."""
+    params = {"seq": 1, "cvms": {c.name: c.to_dict() for c in snapshot.cvms}, "host": snapshot.host.to_dict()}
+    line = json.dumps({"jsonrpc": "2.0", "method": "update", "params": params}).encode()
+    notified = decode.notification(line, decode.LINK)
+    assert notified is not None
+    update = notified[1]
+    read = Snapshot.from_dict(snapshot.to_dict())
+    records = [update, update.host, *update.cvms.values(), read, read.host, *read.cvms, *read.services]
+    records += [c.elastic for c in [*read.cvms, *update.cvms.values()] if c.elastic is not None]
+    assert not any(gc.is_tracked(r) for r in records)
+
+
+def test_a_malformed_record_is_refused_naming_the_field() -> None:
+    good = CVM("web", "u-1", DomainState.RUNNING).to_dict()
+    with pytest.raises(ValueError, match=r"online_vcpus"):
+        CVM.from_dict({**good, "online_vcpus": "three"})
+    with pytest.raises(ValueError, match=r"state"):
+        CVM.from_dict({**good, "state": "melted"})
