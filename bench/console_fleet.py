@@ -316,7 +316,7 @@ def start_agents(args: argparse.Namespace, hosts: int, runtime: Path) -> subproc
     argv = [sys.executable, "-m", "bench.fleet_agents", "--hosts", str(hosts), "--cvms", str(args.cvms)]
     argv += ["--runtime", str(runtime), "--changing", str(args.changing), "--churn", str(args.churn)]
     if args.ssh:
-        argv += ["--ssh-keys", str(runtime / "keys")]
+        argv += ["--ssh-keys", str(runtime / "keys")] + (["--ignore-packets"] if args.ignore_packets else [])
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
 
 
@@ -787,7 +787,13 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
     link = (
         "one SSH connection per host (asyncssh's server in the agents' process, its host key generated for the run "
         "and verified by the console against a known_hosts naming it; the agent's socket reached through the "
-        "connection as a direct-streamlocal channel, as `socket` with `ssh` in a site file)"
+        "connection as a direct-streamlocal channel, as `socket` with `ssh` in a site file; "
+        + (
+            "asyncssh's own ignore packet before each packet left in, so the console handles two packets per update"
+            if args.ignore_packets
+            else "the server sends no ignore packet before each packet, as OpenSSH's sshd does not (asyncssh's does)"
+        )
+        + ")"
         if args.ssh
         else "one unix socket per host"
     )
@@ -954,4 +960,9 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=OUT, help="the report (default: bench/results/console_fleet.md)")
     parser.add_argument("--pstats", help="also save the raw cProfile data here (for pstats / snakeviz)")
     parser.add_argument("--gc-young", type=int, help="the console's young-generation collection threshold")
+    parser.add_argument(
+        "--ignore-packets",
+        action="store_true",
+        help="with --ssh, let the agents' asyncssh server send an ignore packet before each packet (sshd sends none)",
+    )
     asyncio.run(main(parser.parse_args()))

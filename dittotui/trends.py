@@ -63,12 +63,13 @@ class Trends:
         n = self.taken[host] = self.taken.get(host, 0) + 1
         series = self.hosts.setdefault(host, {})
         for cvm in changed:
-            workers = UNKNOWN if cvm.workers_active is None else cvm.workers_active
-            cpu = UNKNOWN if cvm.cpu_percent is None else round(cvm.cpu_percent)
+            online, percent = cvm.online_vcpus, cvm.cpu_percent
+            workers = UNKNOWN if online is None else max(0, online - cvm.boot_vcpus)  # `CVM.workers_active`, inline
+            cpu = UNKNOWN if percent is None else round(percent)
             changes = series.get(cvm.name)
             if changes is None:
                 changes = series[cvm.name] = Changes()
-            elif changes.last() == (workers, cpu):
+            elif changes.workers[-1] == workers and changes.cpu[-1] == cpu:
                 continue
             changes.add(n, workers, cpu)
 

@@ -70,8 +70,7 @@ def cvm_rows(
     of those CVMs alone.
 
     With a `cache`, a CVM whose record is the same object as last time (a link replaces only the records an update
-    carries) keeps its row: an update that changes a tenth of a host's CVMs builds a tenth of its rows. A rebuilt
-    row keeps the tuples of its values that did not change: fewer new objects for the garbage collector's passes.
+    carries) keeps its row: an update that changes a tenth of a host's CVMs builds a tenth of its rows.
     """
     rows: dict[str, Row] = {}
     if link.snapshot is None:
@@ -90,23 +89,42 @@ def cvm_rows(
             rows[key] = cache.rows[key]
             continue
         e = cvm.elastic
+        online = cvm.online_vcpus
+        boot = cvm.boot_vcpus
+        before = cache.rows.get(key) if cache is not None else None
+        # A rebuilt row keeps the tuples of its values that did not change: fewer new objects for the collector.
+        if before is not None and before[1][1] is stale:
+            name, host = before[1], before[2]
+        else:
+            name, host = (cvm.name, stale), (link.name, stale)
+        workers = (
+            None if online is None else max(0, online - boot),
+            max(0, cvm.max_vcpus - boot),
+            count_hint(cvm.vcpus_error),
+        )
+        if before is not None and before[3] == workers:
+            workers = before[3]
+        elastic = decision = None
+        if e is not None:
+            elastic, decision = (e.policy, e.enabled, e.alert), (e.decision, e.reason, e.alert)
+            if before is not None and before[5] == elastic:
+                elastic = before[5]
+            if before is not None and before[9] == decision:
+                decision = before[9]
         row: Row = (
             marked,  # mark
-            (cvm.name, stale),  # cvm
-            (link.name, stale),  # host
-            (cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)),  # workers
+            name,  # cvm: (name, its host's data stale)
+            host,  # host: (name, stale)
+            workers,  # workers: (active, max, why the count is unknown)
             cvm.cpu_percent,  # cpu
-            None if e is None else (e.policy, e.enabled, e.alert),  # elastic
-            cvm.security.value,  # security
-            cvm.state.value,  # state
-            cvm.boot_vcpus,  # boot
-            None if e is None else (e.decision, e.reason, e.alert),  # decision
+            elastic,  # elastic: (policy, on, alert)
+            cvm.security,  # security (a StrEnum: its value)
+            cvm.state,  # state (a StrEnum)
+            boot,  # boot
+            decision,  # decision: (label, reason, alert)
             policy_text(cvm.security, cvm.policy),  # policy
         )
         if cache is not None:
-            before = cache.rows.get(key)
-            if before is not None:  # the values that did not change keep their tuples from the row before
-                row = tuple([b if type(b) is tuple and b == v else v for b, v in zip(before, row, strict=True)])
             cache.records[key] = cvm
             cache.rows[key] = row
             if marked:

@@ -9,6 +9,7 @@ from dittotui.tables.live import Cell, Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
 from hostctl.wire.model import DomainState
 
+RUNNING = DomainState.RUNNING  # (an enum's member is slow to look up in a loop)
 AGENTLESS_MARK = "◇"  # a host with no agent: its agent runs in this console, and so do its policies
 
 
@@ -69,13 +70,9 @@ def host_row(link: HostLink) -> Row:
         return (host, state, None, None, None, None, (None, None, link.error, 0))
     h = snap.host
     facts = h.confidential
-    used = unknown = 0  # online vCPUs of the running CVMs, and how many running CVMs have no count
-    for c in snap.cvms:
-        if c.state is DomainState.RUNNING:
-            if c.online_vcpus is None:
-                unknown += 1
-            else:
-                used += c.online_vcpus
+    online = [c.online_vcpus for c in snap.cvms if c.state is RUNNING]  # None: a running CVM with no count
+    unknown = online.count(None)
+    used = sum(filter(None, online))
     return (
         host,  # host: (name, no agent of its own)
         state,  # state: (link state, whole seconds of data age)
