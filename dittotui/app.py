@@ -244,6 +244,9 @@ class DittoApp(App[None]):
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
         started = time.perf_counter()
+        if self._built >= self.YOUNG_PASS_ROWS:  # first: the pass's time comes out of this tick's budget for rows
+            self._built = 0
+            gc.collect(0)
         links = self.fleet.links
         changed: set[str] = set()
         while self._changed:
@@ -265,11 +268,8 @@ class DittoApp(App[None]):
                 self._due = dict.fromkeys(links)
             if self._due:
                 self._sync_hosts(self.fleet.site.defaults.slo_p99_ms, deadline=started + FRAME_BUDGET_S)
-        freeze = not self._frozen and all(link.snapshot for link in links.values())
-        if self._built >= self.YOUNG_PASS_ROWS or freeze:  # (a pass first: what it finds need not be frozen)
-            self._built = 0
-            gc.collect(0)
-        if freeze:
+        if not self._frozen and all(link.snapshot for link in links.values()):
+            gc.collect(0)  # (what this pass frees need not be frozen)
             gc.freeze()  # the first full picture is long-lived: keep it out of every later full collection
             self._frozen = True
 
