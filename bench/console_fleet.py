@@ -873,10 +873,13 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
         "",
         f"All presses, sorted (key → cell / key → screen, ms): {', '.join(f'{v:.0f}' for v in sorted(c))} / "
         f"{', '.join(f'{v:.0f}' for v in sorted(p))}. Screen updates during the presses: {len(demo['render_ms'])}, "
-        f"p50 {fmt(pct(demo['render_ms'], 50))} ms, p99 {fmt(pct(demo['render_ms'], 99))} ms. Full garbage "
-        "collections in the console process during the "
-        f"presses: {len(demo['gc_ms'][2])}"
-        + (f" (max {max(demo['gc_ms'][2]):.0f} ms)" if demo["gc_ms"][2] else "")
+        f"p50 {fmt(pct(demo['render_ms'], 50))} ms, p99 {fmt(pct(demo['render_ms'], 99))} ms. Garbage "
+        "collections in the console process during the presses: "
+        + ", ".join(
+            f"{name} {len(demo['gc_ms'][gen])}"
+            + (f" (max {max(demo['gc_ms'][gen]):.0f} ms)" if demo["gc_ms"][gen] else "")
+            for gen, name in ((0, "young"), (1, "middle"), (2, "full"))
+        )
         + ".",
         "",
         "The path: key → `scale` RPC (on the links' thread) → the agent applies it (the driver's delay) → the agent "
