@@ -684,11 +684,10 @@ class DittoApp(App[None]):
 
 
 def _swapped(cvms: list[CVM], copy: list[CVM]) -> list[CVM]:
-    """The records of `cvms` that are not those of `copy` (a list of the same length), which then takes them: each
-    record is read once, so one that the links' thread swaps in meanwhile is found next time."""
-    changed = []
-    for i, cvm in enumerate(cvms):
-        if cvm is not copy[i]:
-            copy[i] = cvm
-            changed.append(cvm)
+    """The records of `cvms` that are not those of `copy` (a list of the same length), which then takes them all.
+
+    `cvms` is read once, in one copy: a record the links' thread swaps in meanwhile is found next time."""
+    now = cvms[:]
+    changed = [cvm for cvm, was in zip(now, copy, strict=True) if cvm is not was]
+    copy[:] = now  # the same list object: an old one, not a new one for the collector to walk
     return changed
