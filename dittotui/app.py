@@ -59,7 +59,9 @@ class DittoApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "dittotui"
     GC_YOUNG: ClassVar[int] = 30_000  # the young generation's collection threshold (see `on_mount`)
-    YOUNG_PASS_ROWS: ClassVar[int] = 1_000  # ... and the CVM rows built between two young collections of its own
+    GC_MIDDLE: ClassVar[int] = 50  # young passes between two passes of the middle generation
+    YOUNG_PASS_ROWS: ClassVar[int] = 1_000  # ... and the CVM rows built between two young collections of its own,
+    YOUNG_PASS_COUNT: ClassVar[int] = 5_000  # ... or the objects made beyond those freed (a small site's garbage)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("plus", "scale(1)", "+worker"),
         Binding("minus", "scale(-1)", "-worker"),
@@ -131,12 +133,13 @@ class DittoApp(App[None]):
         # A large fleet replaces thousands of records a second. The records are not tracked by the collector (see
         # `hostctl.wire.model`) and are freed by reference counting, but each rebuilt row is a new tuple. A row that
         # replaces another leaves the collector's count as it was (one made, one freed), so the count alone would let
-        # the young generation grow to every row of the fleet, and a pass over it hold the screen for half a second:
-        # the tick collects the young generation itself every YOUNG_PASS_ROWS rows it builds: each pass walks only
-        # what was made since the one before (5 ms p50 at 1,000 hosts, bench/results/console_fleet_1000.md).
-        # The threshold still bounds the cycles a burst of broken links leaves (connections, tasks, tracebacks): at
-        # 30,000 a pass stays near 50 ms (bench/results/gc_young.md).
-        gc.set_threshold(self.GC_YOUNG, 50, 100)
+        # the young generation grow to every row of the fleet, and a pass over it hold the screen for half a second.
+        # The tick therefore collects by itself, first thing, every YOUNG_PASS_ROWS rows it built or YOUNG_PASS_COUNT
+        # objects made beyond those freed: each pass walks what the last moment made, and stops tracking the rows it
+        # finds (see `dittotui.tables.cvms`). Every GC_MIDDLE of its passes also take the middle generation, and every
+        # 100 of those the oldest, as the collector's own passes would: cycles that outlive a pass are freed too
+        # (bench/results/gc_young.md). The young threshold still bounds a burst of broken links between ticks.
+        gc.set_threshold(self.GC_YOUNG, self.GC_MIDDLE, 100)
         self.sub_title = " · ".join(part for part in (self.site_label, "read-only" if self.readonly else "") if part)
         self.hosts_table = self.query_one(HostsTable)
         self.cvm_table = self.query_one(CVMTable)
@@ -244,9 +247,10 @@ class DittoApp(App[None]):
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
         started = time.perf_counter()
-        if self._built >= self.YOUNG_PASS_ROWS:  # first: the pass's time comes out of this tick's budget for rows
+        if self._built >= self.YOUNG_PASS_ROWS or gc.get_count()[0] >= self.YOUNG_PASS_COUNT:
+            # First: the pass's time comes out of this tick's budget for rows.
             self._built = 0
-            gc.collect(0)
+            gc.collect(_generation_due())
         links = self.fleet.links
         changed: set[str] = set()
         while self._changed:
@@ -691,3 +695,10 @@ def _swapped(cvms: list[CVM], copy: list[CVM]) -> list[CVM]:
     changed = [cvm for cvm, was in zip(now, copy, strict=True) if cvm is not was]
     copy[:] = now  # the same list object: an old one, not a new one for the collector to walk
     return changed
+
+
+def _generation_due() -> int:
+    """The oldest generation a pass should take, by the collector's own rule: a generation's count is the passes of
+    the one below since its last pass (the count alone, not the long-lived share that also gates a full pass)."""
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    return 2 if counts[2] >= thresholds[2] else 1 if counts[1] >= thresholds[1] else 0

@@ -5,6 +5,7 @@ applies them) to the running console, whose own links are stopped so that only t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 from pathlib import Path
@@ -90,25 +91,30 @@ async def test_rows_after_any_mix_of_updates_equal_a_whole_rebuild(tmp_path: Pat
 async def test_the_console_collects_the_rows_it_builds_in_small_young_passes(tmp_path: Path) -> None:
     """A row that replaces another leaves the collector's count as it was, so the count alone would let every row of
     a fleet pile up for one long pass: the console collects the young generation itself every YOUNG_PASS_ROWS rows
-    it builds, and no row is left in the young generation for the next pass to walk again."""
+    it builds, and no row is left tracked for a later pass to walk again. Every GC_MIDDLE of its
+    passes also take the middle generation, as the collector's own passes would, so cycles that outlive one pass
+    are freed too."""
     rng = random.Random(7)
     app = DittoApp(site=demo_site({"mec-a": tmp_path / "a.sock", "mec-b": tmp_path / "b.sock"}), refresh=3600)
     app.YOUNG_PASS_ROWS = 12
-    passes: list[int] = []
+    app.GC_MIDDLE = 3
+    passes: list[int] = []  # the oldest generation each pass took
 
-    def young(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and info["generation"] == 0:
-            passes.append(len(passes))
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
 
-    async with app.run_test(size=(160, 50)):
-        assert app.fleet is not None
-        await app.fleet.stop()
-        links = list(app.fleet.links.values())
-        for link in links:
-            link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:5]], ts=1e9)
-            link._fresh()
-        gc.callbacks.append(young)
-        try:
+    thresholds = gc.get_threshold()
+    try:
+        async with app.run_test(size=(160, 50)):
+            assert app.fleet is not None
+            await app.fleet.stop()
+            links = list(app.fleet.links.values())
+            for link in links:
+                cvms = [cvm(rng, n) for n in NAMES[:5]]
+                link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), cvms, ts=1e9)
+                link._fresh()
+            gc.callbacks.append(collected)
             in_ticks = 0
             for step in range(24):
                 link = links[step % 2]
@@ -120,6 +126,11 @@ async def test_the_console_collects_the_rows_it_builds_in_small_young_passes(tmp
                     in_ticks += 1
                     young_now = {id(o) for o in gc.get_objects(0)}
                     assert len(rows) == 10 and not any(id(row) in young_now for row in rows), step
-        finally:
-            gc.callbacks.remove(young)
-        assert in_ticks >= 24 // 3 - 1  # 5 rows built a tick, a pass every 12: one every third tick
+                    if step >= 6:  # ... and once their values were seen, the pass stopped tracking them at all
+                        assert not any(gc.is_tracked(row) for row in rows), step
+    finally:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(collected)
+        gc.set_threshold(*thresholds)
+    assert in_ticks >= 24 // 3 - 1  # 5 rows built a tick, a pass every 12: one every third tick
+    assert 1 in passes  # every third pass took the middle generation too

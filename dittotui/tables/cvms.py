@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence, Set
+from typing import Any
 
 from dittotui.tables import cells
 from dittotui.tables.filter import matches
 from dittotui.tables.live import Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
-from hostctl.wire.model import CVM
+from hostctl.wire.model import CVM, DomainState
 from hostctl.wire.security import SecurityType, decode_policy
 
 
@@ -92,25 +93,15 @@ def cvm_rows(
         online = cvm.online_vcpus
         boot = cvm.boot_vcpus
         before = cache.rows.get(key) if cache is not None else None
-        # A rebuilt row keeps the tuples of its values that did not change: fewer new objects for the collector.
-        if before is not None and before[1][1] is stale:
+        if before is not None and before[1][1] is stale:  # the same name and staleness: the same tuples
             name, host = before[1], before[2]
         else:
             name, host = (cvm.name, stale), (link.name, stale)
-        workers = (
-            None if online is None else max(0, online - boot),
-            max(0, cvm.max_vcpus - boot),
-            count_hint(cvm.vcpus_error),
-        )
-        if before is not None and before[3] == workers:
-            workers = before[3]
+        active = None if online is None else max(0, online - boot)  # `CVM.workers_active`, inline
+        workers = _shared((active, max(0, cvm.max_vcpus - boot), count_hint(cvm.vcpus_error)))
         elastic = decision = None
         if e is not None:
-            elastic, decision = (e.policy, e.enabled, e.alert), (e.decision, e.reason, e.alert)
-            if before is not None and before[5] == elastic:
-                elastic = before[5]
-            if before is not None and before[9] == decision:
-                decision = before[9]
+            elastic, decision = _shared((e.policy, e.enabled, e.alert)), _shared((e.decision, e.reason, e.alert))
         row: Row = (
             marked,  # mark
             name,  # cvm: (name, its host's data stale)
@@ -118,8 +109,8 @@ def cvm_rows(
             workers,  # workers: (active, max, why the count is unknown)
             cvm.cpu_percent,  # cpu
             elastic,  # elastic: (policy, on, alert)
-            cvm.security,  # security (a StrEnum: its value)
-            cvm.state,  # state (a StrEnum)
+            _TEXT[cvm.security],  # security
+            _TEXT[cvm.state],  # state
             boot,  # boot
             decision,  # decision: (label, reason, alert)
             policy_text(cvm.security, cvm.policy),  # policy
@@ -135,6 +126,20 @@ def cvm_rows(
     if only is None and cache is not None and len(cache.rows) > len(cvms):  # CVMs gone: their rows go too
         cache.forget(cache.rows.keys() - {f"{link.name}/{c.name}" for c in cvms})
     return rows
+
+
+# A row holds only plain values and tuples of them, so the collector's first pass over it stops tracking it, and no
+# later pass walks it again. An enum member is an object the collector tracks: rows hold its text. A tuple of values
+# is untracked only once that pass has reached it, which may be after the row: rows share those tuples, built once.
+_TEXT: dict[object, str] = {member: member.value for member in (*SecurityType, *DomainState)}
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _shared(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The one tuple of these values that rows share (the set is cleared when it grows large: values vary little)."""
+    if len(_SHARED) > 4096:
+        _SHARED.clear()
+    return _SHARED.setdefault(values, values)
 
 
 def count_hint(error: str) -> str:
