@@ -201,3 +201,42 @@ def test_updates_replace_records_in_place_until_cvms_come_or_go() -> None:
     link._on_notification("update", Update(seq=5, cvms={"c": CVM("c", "c", DomainState.RUNNING)}))
     link._on_notification("update", Update(seq=6, cvms={"a": CVM("a", "a", DomainState.PAUSED)}))
     assert names() == ["a", "c", "d"] and link.cvm("a").state is DomainState.PAUSED  # type: ignore[union-attr]
+
+
+async def test_a_malformed_reply_is_a_link_error_naming_the_host_and_the_value(tmp_path: Path) -> None:
+    """An agent whose replies do not fit the records (another version, a bug): a LinkError that names the host and
+    the bad value, never a half-built record or an exception the console does not expect."""
+    snapshot = Snapshot(Host("mec-x", "test:///x", 8, 4096), [CVM("web", "u-1", DomainState.RUNNING)]).to_dict()
+    replies = {
+        "hello": {"agent": "test", "methods": ["hello", "snapshot", "subscribe", "policy", "doctor"]},
+        "snapshot": snapshot,
+        "subscribe": True,
+        "policy": {"policy": 7, "enabled": "yes"},
+        "doctor": {"host": "mec-x", "checks": "all fine"},
+    }
+
+    async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            request = json.loads(line)
+            reply = {"jsonrpc": "2.0", "id": request["id"], "result": replies[request["method"]]}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+
+    path = tmp_path / "agent.sock"
+    server = await asyncio.start_unix_server(agent, str(path))
+    link = HostLink(HostEntry(name="mec-x", socket=str(path)), DEFAULTS)
+    link.start()
+    try:
+        await until(lambda: link.state is LinkState.FRESH)
+        with pytest.raises(LinkError, match=r"^mec-x: the agent's policy is malformed: .*\$\.policy"):
+            await link.set_policy("web", enabled=True)
+        with pytest.raises(LinkError, match=r"^mec-x: the agent's doctor is malformed: .*\$\.checks"):
+            await link.doctor()
+        replies["snapshot"] = {**snapshot, "cvms": [{"name": "web"}]}  # no uuid, no state
+        await link.stop()
+        link.start()
+        await until(lambda: "the agent's snapshot is malformed" in link.error)
+        assert link.state is not LinkState.FRESH
+    finally:
+        await link.stop()
+        server.close()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 from asyncssh.config import SSHClientConfig, SSHConfig
@@ -33,13 +33,16 @@ from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
 from hostctl.wire import decode, rpc
 from hostctl.wire.doctor import BOUND_S, Report
-from hostctl.wire.model import CVM, Elastic, Event, Snapshot
+from hostctl.wire.model import CVM, Elastic, Event, Model, Snapshot
 
 
 class LinkState(StrEnum):
     CONNECTING = "connecting"
     FRESH = "fresh"
     STALE = "stale"
+
+
+R = TypeVar("R", bound=Model)  # a record of the wire
 
 
 class LinkError(HostctlError):
@@ -260,14 +263,14 @@ class HostLink:
             agent = self.hello.get("agent", "?")
             raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no elastic policies")
         changes: dict[str, Any] = {k: v for k, v in (("name", name), ("enabled", enabled)) if v is not None}
-        return Elastic.from_dict(await self.call("policy", cvm=cvm, who=self.who, **changes))
+        return self._record(Elastic, await self.call("policy", cvm=cvm, who=self.who, **changes), "policy")
 
     async def doctor(self) -> Report:
         """The host's checks as its agent runs them (the agent answers within its own bound)."""
         if not self.offers("doctor"):
             agent = self.hello.get("agent", "?")
             raise LinkError(f"{self.name}: its agent (hostctl {agent}) offers no doctor; upgrade it")
-        report = Report.from_dict(await self.call("doctor", timeout=self.defaults.timeout + BOUND_S))
+        report = self._record(Report, await self.call("doctor", timeout=self.defaults.timeout + BOUND_S), "doctor")
         report.host = self.name  # the site's name for it, as events are named
         return report
 
@@ -309,7 +312,7 @@ class HostLink:
         client.on_notification(self._on_notification)
         self._client = client
         self.hello = await self.call("hello", timeout=self.first_answer, client=self.who)
-        self.snapshot = Snapshot.from_dict(await self.call("snapshot"))
+        self.snapshot = self._record(Snapshot, await self.call("snapshot"), "snapshot")
         await self.call("subscribe", interval=self.defaults.interval)
         self._fresh()
         self._tried.set()
@@ -431,9 +434,16 @@ class HostLink:
         snapshot.cvms = sorted(merged.values(), key=lambda c: c.name)
         self._positions = (snapshot.cvms, {c.name: i for i, c in enumerate(snapshot.cvms)})
 
+    def _record(self, kind: type[R], data: Any, what: str) -> R:
+        """The agent's `what` as its record; LinkError naming this host and the bad value when it is malformed."""
+        try:
+            return kind.from_dict(data)
+        except ValueError as e:
+            raise LinkError(f"{self.name}: the agent's {what} is malformed: {e}") from None
+
     def _event(self, data: dict[str, Any]) -> Event:
         """An event from the agent's reply, naming this site host."""
-        return self._ours(Event.from_dict(data))
+        return self._ours(self._record(Event, data, "event"))
 
     def _ours(self, event: Event) -> Event:
         """`event`, naming this site host (agents of several hosts may share one hostname)."""
