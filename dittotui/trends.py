@@ -63,13 +63,13 @@ class Trends:
         n = self.taken[host] = self.taken.get(host, 0) + 1
         series = self.hosts.setdefault(host, {})
         for cvm in changed:
-            online, percent = cvm.online_vcpus, cvm.cpu_percent
-            workers = UNKNOWN if online is None else max(0, online - cvm.boot_vcpus)  # `CVM.workers_active`, inline
+            active, percent = cvm.workers_active, cvm.cpu_percent
+            workers = UNKNOWN if active is None else active
             cpu = UNKNOWN if percent is None else round(percent)
             changes = series.get(cvm.name)
             if changes is None:
                 changes = series[cvm.name] = Changes()
-            elif changes.workers[-1] == workers and changes.cpu[-1] == cpu:
+            elif changes.last() == (workers, cpu):
                 continue
             changes.add(n, workers, cpu)
 

@@ -14,7 +14,7 @@ from dittotui.tables import cells
 from dittotui.tables.filter import matches
 from dittotui.tables.live import Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
-from hostctl.wire.model import CVM, DomainState
+from hostctl.wire.model import CVM
 from hostctl.wire.security import SecurityType, decode_policy
 
 
@@ -90,15 +90,12 @@ def cvm_rows(
             rows[key] = cache.rows[key]
             continue
         e = cvm.elastic
-        online = cvm.online_vcpus
-        boot = cvm.boot_vcpus
         before = cache.rows.get(key) if cache is not None else None
         if before is not None and before[1][1] is stale:  # the same name and staleness: the same tuples
             name, host = before[1], before[2]
         else:
             name, host = (cvm.name, stale), (link.name, stale)
-        active = None if online is None else max(0, online - boot)  # `CVM.workers_active`, inline
-        workers = _shared((active, max(0, cvm.max_vcpus - boot), count_hint(cvm.vcpus_error)))
+        workers = _shared((cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)))
         elastic = decision = None
         if e is not None:
             elastic, decision = _shared((e.policy, e.enabled, e.alert)), _shared((e.decision, e.reason, e.alert))
@@ -109,9 +106,9 @@ def cvm_rows(
             workers,  # workers: (active, max, why the count is unknown)
             cvm.cpu_percent,  # cpu
             elastic,  # elastic: (policy, on, alert)
-            _TEXT[cvm.security],  # security
-            _TEXT[cvm.state],  # state
-            boot,  # boot
+            cvm.security.value,  # security (its text: an enum member is an object the collector tracks)
+            cvm.state.value,  # state
+            cvm.boot_vcpus,  # boot
             decision,  # decision: (label, reason, alert)
             policy_text(cvm.security, cvm.policy),  # policy
         )
@@ -129,9 +126,8 @@ def cvm_rows(
 
 
 # A row holds only plain values and tuples of them, so the collector's first pass over it stops tracking it, and no
-# later pass walks it again. An enum member is an object the collector tracks: rows hold its text. A tuple of values
-# is untracked only once that pass has reached it, which may be after the row: rows share those tuples, built once.
-_TEXT: dict[object, str] = {member: member.value for member in (*SecurityType, *DomainState)}
+# later pass walks it again. A tuple of values is untracked only once that pass has reached it, which may be after
+# the row: rows share those tuples, built once.
 _SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
 

@@ -9,7 +9,6 @@ from dittotui.tables.live import Cell, Column, LiveTable, Row
 from hostctl.client.link import HostLink, LinkState
 from hostctl.wire.model import DomainState
 
-RUNNING = DomainState.RUNNING  # (an enum's member is slow to look up in a loop)
 AGENTLESS_MARK = "◇"  # a host with no agent: its agent runs in this console, and so do its policies
 
 
@@ -70,7 +69,7 @@ def host_row(link: HostLink) -> Row:
         return (host, state, None, None, None, None, (None, None, link.error, 0))
     h = snap.host
     facts = h.confidential
-    online = [c.online_vcpus for c in snap.cvms if c.state is RUNNING]  # None: a running CVM with no count
+    online = [c.online_vcpus for c in snap.cvms if c.state is DomainState.RUNNING]  # None: a running CVM with no count
     unknown = online.count(None)
     used = sum(filter(None, online))
     return (
