@@ -107,7 +107,8 @@ class DittoApp(App[None]):
         self._site_order: dict[str, int] = {}  # per host: its place in the site file (rows and lines follow it)
         self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
-        self._host_rows: dict[str, tuple[tuple[object, ...], Row]] = {}  # per host: (version, row)
+        self._host_versions: dict[str, tuple[object, ...]] = {}  # per host: what its row was built from
+        self._host_rows: dict[str, Row] = {}  # ... and the row (two dicts: no new pair per row for the collector)
         self._results_version = 0
         self._recorded: dict[str, float] = {}  # per host: the update last sampled into the trends
         self._seen: dict[str, tuple[list[CVM], list[CVM]]] = {}  # per host: its link's CVM list, and a copy, last sync
@@ -317,7 +318,7 @@ class DittoApp(App[None]):
             snap = link.snapshot
             version = (
                 snap.ts if snap else None,
-                link.state,
+                link.state.value,  # (not the member: a tuple holding one stays tracked by the collector)
                 self.filter_text,
                 self._mark_versions.get(name, 0),
                 self._results_version,
@@ -372,11 +373,11 @@ class DittoApp(App[None]):
     def _host_row(self, link: HostLink) -> Row:
         """A host's row, rebuilt only when its data, state, age or error changed."""
         age = None if link.age is None or link.state is LinkState.FRESH else int(link.age)
-        version = (link.snapshot.ts if link.snapshot else None, link.state, age, link.error)
-        cached = self._host_rows.get(link.name)
-        if cached is None or cached[0] != version:
-            cached = self._host_rows[link.name] = (version, host_row(link))
-        return cached[1]
+        version = (link.snapshot.ts if link.snapshot else None, link.state.value, age, link.error)
+        if self._host_versions.get(link.name) != version:
+            self._host_versions[link.name] = version
+            self._host_rows[link.name] = host_row(link)
+        return self._host_rows[link.name]
 
     def log_line(self, text: str, *, style: str = "", stamp: bool = True) -> None:
         if self.events.is_attached:

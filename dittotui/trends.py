@@ -69,7 +69,7 @@ class Trends:
             changes = series.get(cvm.name)
             if changes is None:
                 changes = series[cvm.name] = Changes()
-            elif changes.last() == (workers, cpu):
+            elif changes.workers[-1] == workers and changes.cpu[-1] == cpu:  # (a Changes is never empty)
                 continue
             changes.add(n, workers, cpu)
 

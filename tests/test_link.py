@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hostctl.client.link import Fleet, HostLink, LinkError, LinkState
 from hostctl.client.link_thread import LinkThread
@@ -201,6 +203,36 @@ def test_updates_replace_records_in_place_until_cvms_come_or_go() -> None:
     link._on_notification("update", Update(seq=5, cvms={"c": CVM("c", "c", DomainState.RUNNING)}))
     link._on_notification("update", Update(seq=6, cvms={"a": CVM("a", "a", DomainState.PAUSED)}))
     assert names() == ["a", "c", "d"] and link.cvm("a").state is DomainState.PAUSED  # type: ignore[union-attr]
+
+
+_STATES = st.sampled_from([DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF])
+_RECORD = st.builds(
+    lambda name, state, online: CVM(name, name, state, online_vcpus=online),
+    st.sampled_from("abcdef"),
+    _STATES,
+    st.none() | st.integers(1, 9),
+)
+
+
+@given(
+    first=st.lists(_RECORD, unique_by=lambda c: c.name),
+    updates=st.lists(st.tuples(st.lists(_RECORD), st.lists(st.sampled_from("abcdef"), max_size=2)), max_size=12),
+)
+def test_the_running_vcpus_follow_every_update(first: list[CVM], updates: list[tuple[list[CVM], list[str]]]) -> None:
+    """The host row's vCPUs in use are kept from each update's records alone; after any mix of changes, CVMs new and
+    gone, they are what a count over all of the host's CVMs gives."""
+    link = HostLink(HostEntry(name="mec-1", socket="/nonexistent.sock"), Defaults())
+    link.snapshot = Snapshot(host=Host("mec-1", "test:///x", 8, 4096), cvms=sorted(first, key=lambda c: c.name))
+
+    def counted() -> tuple[int, int]:
+        running = [c for c in link.snapshot.cvms if c.state is DomainState.RUNNING]  # type: ignore[union-attr]
+        return sum(c.online_vcpus or 0 for c in running), sum(c.online_vcpus is None for c in running)
+
+    assert link.vcpus_running == counted()
+    for seq, (changed, removed) in enumerate(updates, start=2):
+        gone = [name for name in removed if name not in {c.name for c in changed}]
+        link._on_notification("update", Update(seq=seq, cvms={c.name: c for c in changed}, removed=gone))
+        assert link.vcpus_running == counted()
 
 
 async def test_a_malformed_reply_is_a_link_error_naming_the_host_and_the_value(tmp_path: Path) -> None:

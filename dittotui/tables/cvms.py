@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence, Set
-from typing import Any
 
 from dittotui.tables import cells
 from dittotui.tables.filter import matches
-from dittotui.tables.live import Column, LiveTable, Row
+from dittotui.tables.live import Column, LiveTable, Row, shared
 from hostctl.client.link import HostLink, LinkState
 from hostctl.wire.model import CVM
 from hostctl.wire.security import SecurityType, decode_policy
@@ -95,10 +94,10 @@ def cvm_rows(
             name, host = before[1], before[2]
         else:
             name, host = (cvm.name, stale), (link.name, stale)
-        workers = _shared((cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)))
+        workers = shared((cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)))
         elastic = decision = None
         if e is not None:
-            elastic, decision = _shared((e.policy, e.enabled, e.alert)), _shared((e.decision, e.reason, e.alert))
+            elastic, decision = shared((e.policy, e.enabled, e.alert)), shared((e.decision, e.reason, e.alert))
         row: Row = (
             marked,  # mark
             name,  # cvm: (name, its host's data stale)
@@ -123,19 +122,6 @@ def cvm_rows(
     if only is None and cache is not None and len(cache.rows) > len(cvms):  # CVMs gone: their rows go too
         cache.forget(cache.rows.keys() - {f"{link.name}/{c.name}" for c in cvms})
     return rows
-
-
-# A row holds only plain values and tuples of them, so the collector's first pass over it stops tracking it, and no
-# later pass walks it again. A tuple of values is untracked only once that pass has reached it, which may be after
-# the row: rows share those tuples, built once.
-_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-
-
-def _shared(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The one tuple of these values that rows share (the set is cleared when it grows large: values vary little)."""
-    if len(_SHARED) > 4096:
-        _SHARED.clear()
-    return _SHARED.setdefault(values, values)
 
 
 def count_hint(error: str) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 
 from dittotui.tables import cells
-from dittotui.tables.live import Cell, Column, LiveTable, Row
+from dittotui.tables.live import Cell, Column, LiveTable, Row, shared
 from hostctl.client.link import HostLink, LinkState
-from hostctl.wire.model import DomainState
 
 AGENTLESS_MARK = "◇"  # a host with no agent: its agent runs in this console, and so do its policies
 
@@ -60,24 +59,22 @@ class HostsTable(LiveTable):
 
 
 def host_row(link: HostLink) -> Row:
-    """The values of a host's row, one per column of `HostsTable`."""
+    """The values of a host's row, one per column of `HostsTable` (tuples shared: see `dittotui.tables.live`)."""
     age = None if link.age is None or link.state is LinkState.FRESH else int(link.age)
-    state = (link.state.value, age)
-    host = (link.name, link.agentless)
+    state = shared((link.state.value, age))
+    host = shared((link.name, link.agentless))
     snap = link.snapshot
     if snap is None:
-        return (host, state, None, None, None, None, (None, None, link.error, 0))
+        return (host, state, None, None, None, None, shared((None, None, link.error, 0)))
     h = snap.host
     facts = h.confidential
-    online = [c.online_vcpus for c in snap.cvms if c.state is DomainState.RUNNING]  # None: a running CVM with no count
-    unknown = online.count(None)
-    used = sum(filter(None, online))
+    used, unknown = link.vcpus_running
     return (
         host,  # host: (name, no agent of its own)
         state,  # state: (link state, whole seconds of data age)
         h.cpu_percent,  # cpu
         h.memory_mib // 1024,  # mem (GiB)
-        (h.sev_snp, None if facts is None else facts.sev_snp_enabled),  # snp: (libvirt supports, kvm_amd enables)
-        None if facts is None else (facts.es_guests, facts.max_es_guests),  # slots: (ES/SNP CVMs running, max)
-        (used, h.cpus, link.error, unknown),  # capacity: (online vCPUs counted, CPUs, error, CVMs not counted)
+        shared((h.sev_snp, None if facts is None else facts.sev_snp_enabled)),  # snp: (libvirt supports, enabled)
+        None if facts is None else shared((facts.es_guests, facts.max_es_guests)),  # slots: (ES/SNP running, max)
+        shared((used, h.cpus, link.error, unknown)),  # capacity: (online vCPUs counted, CPUs, error, not counted)
     )

@@ -27,6 +27,20 @@ PADDING = 1  # cells of space on each side of a column
 PAD = " " * PADDING
 
 
+# A row holds only plain values and tuples of them (no enum member: it is an object the collector tracks), so the
+# collector's first pass over it stops tracking it, and no later pass walks it again. A tuple of values is untracked
+# only once that pass has reached it, which may be after the row: rows share those tuples, built once.
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+SHARED_MAX = 16_384
+
+
+def shared(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The one tuple of these values that rows share (the set is cleared when it grows large: values vary little)."""
+    if len(_SHARED) > SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(values, values)
+
+
 class Column(NamedTuple):
     """A table column: the key it is sorted and looked up by, its header, its width in cells, and how a raw value
     of the row is drawn."""
@@ -158,8 +172,11 @@ class LiveTable(ScrollView, can_focus=True):
         """
         gone: set[str] = set()
         for group, rows in groups.items():
-            gone |= self._groups.get(group, set()) - rows.keys()
-            self._groups[group] = set(rows)
+            members = self._groups.setdefault(group, set())  # changed in place: no new set for the collector
+            left = members - rows.keys()
+            members.difference_update(left)
+            members.update(rows)
+            gone |= left
         for group, (keys, rows) in (parts or {}).items():
             members = self._groups.setdefault(group, set())
             left = {key for key in keys if key not in rows and key in members}

@@ -33,7 +33,7 @@ from hostctl.client.site import Defaults, HostEntry, Site, parse_destination
 from hostctl.errors import HostctlError
 from hostctl.wire import decode, rpc
 from hostctl.wire.doctor import BOUND_S, Report
-from hostctl.wire.model import CVM, Elastic, Event, Model, Snapshot
+from hostctl.wire.model import CVM, DomainState, Elastic, Event, Model, Snapshot
 
 
 class LinkState(StrEnum):
@@ -134,6 +134,7 @@ class HostLink:
         self._client: rpc.Client | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._positions: tuple[list[CVM], dict[str, int]] = ([], {})  # snapshot.cvms, and each name's place in it
+        self._running: tuple[list[CVM], int, int] = ([], 0, 0)  # snapshot.cvms, and its `vcpus_running` counts
         self._tunnel: asyncssh.SSHClientConnection | None = None
         self._local: LocalAgent | None = None
         self._noticed = False  # the notice that an agentless host's policies run here, given once
@@ -173,6 +174,17 @@ class HostLink:
         """How long the first answer of a (re)connection may take: the request timeout, plus the start-up of the
         local agent for an agentless host."""
         return self.defaults.timeout + (START_GRACE if self.agentless else 0.0)
+
+    @property
+    def vcpus_running(self) -> tuple[int, int]:
+        """The online vCPUs of the running CVMs whose count is known, and how many running CVMs have none.
+
+        Kept up to date by each update, from the records it carries: reading it costs nothing, however many CVMs
+        the host runs."""
+        if self.snapshot is None:
+            return 0, 0
+        cvms, used, unknown = self._running
+        return (used, unknown) if cvms is self.snapshot.cvms else _vcpus_running(self.snapshot.cvms)
 
     def cvm(self, name: str) -> CVM | None:
         """The CVM `name` as the last snapshot has it (None when unknown or never reached)."""
@@ -425,14 +437,21 @@ class HostLink:
         the records it carries; a reader on another thread sees each record whole), else as a new sorted list."""
         cvms, positions = self._positions
         if cvms is snapshot.cvms and not removed and changed.keys() <= positions.keys():
+            _, used, unknown = self._running  # counted from this list: the two are set together, below
             for name, cvm in changed.items():
-                cvms[positions[name]] = cvm
+                i = positions[name]
+                was, cvms[i] = cvms[i], cvm
+                (used_was, unknown_was), (used_now, unknown_now) = _vcpus_of(was), _vcpus_of(cvm)
+                used += used_now - used_was
+                unknown += unknown_now - unknown_was
+            self._running = (cvms, used, unknown)
             return
         merged = {c.name: c for c in snapshot.cvms} | changed
         for name in removed:
             merged.pop(name, None)
         snapshot.cvms = sorted(merged.values(), key=lambda c: c.name)
         self._positions = (snapshot.cvms, {c.name: i for i, c in enumerate(snapshot.cvms)})
+        self._running = (snapshot.cvms, *_vcpus_running(snapshot.cvms))
 
     def _record(self, kind: type[R], data: Any, what: str) -> R:
         """The agent's `what` as its record; LinkError naming this host and the bad value when it is malformed."""
@@ -503,6 +522,19 @@ class Fleet:
     async def ready(self) -> None:
         """Wait until every host has answered or failed once (bounded by the request timeout)."""
         await asyncio.gather(*(link.ready(self.site.defaults.timeout + 2) for link in self.links.values()))
+
+
+def _vcpus_of(cvm: CVM) -> tuple[int, int]:
+    """What a CVM adds to `HostLink.vcpus_running`."""
+    if cvm.state is not DomainState.RUNNING:
+        return 0, 0
+    return (0, 1) if cvm.online_vcpus is None else (cvm.online_vcpus, 0)
+
+
+def _vcpus_running(cvms: list[CVM]) -> tuple[int, int]:
+    """`HostLink.vcpus_running` of these CVMs."""
+    online = [c.online_vcpus for c in cvms if c.state is DomainState.RUNNING]
+    return sum(filter(None, online)), online.count(None)
 
 
 def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient) -> str:
