@@ -186,3 +186,52 @@ async def test_a_link_given_a_malformed_update_says_why_it_broke() -> None:
     agent_writer.close()
     ours.close()
     theirs.close()
+
+
+@given(cuts=st.lists(st.integers(1, 400), max_size=30))
+async def test_a_fed_client_takes_lines_however_its_transport_splits_them(cuts: list[int]) -> None:
+    """A transport hands a fed client its bytes as they arrive, split anywhere: each line is handled once it is
+    whole, in order."""
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    client = rpc.Client.fed(writer, typed=LINK)
+    seen: list[int] = []
+    client.on_notification(lambda method, update: seen.append(update.seq))
+    stream = b"".join(update_line({"seq": seq}) + b"\n" for seq in range(1, 6))
+    at = 0
+    for cut in [*cuts, len(stream)]:
+        client.feed(stream[at : at + cut])
+        at += cut
+    assert seen == [1, 2, 3, 4, 5] and not client.closed
+    await client.close()
+    theirs.close()
+
+
+async def test_a_fed_client_answers_calls_and_fails_them_when_its_input_ends_or_breaks() -> None:
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    agent, _ = await asyncio.open_connection(sock=theirs)
+    client = rpc.Client.fed(writer, typed=LINK)
+    calling = asyncio.ensure_future(client.call("hello", timeout=5))
+    request = json.loads(await agent.readline())
+    reply = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {"agent": "x"}}).encode() + b"\n"
+    client.feed(reply[:10])
+    client.feed(reply[10:])
+    assert await calling == {"agent": "x"}
+    calling = asyncio.ensure_future(client.call("snapshot", timeout=5))
+    await agent.readline()
+    client.feed_eof()
+    with pytest.raises(ConnectionError, match=r"^connection closed by the agent$"):
+        await calling
+    assert client.closed and not client.broken
+
+    broken = rpc.Client.fed(writer, typed=LINK)
+    calling = asyncio.ensure_future(broken.call("hello", timeout=5))
+    await agent.readline()
+    broken.feed(b"x" * (rpc.MAX_LINE + 1))  # no end of line in sight: the link is dropped, not buffered on
+    with pytest.raises(ConnectionError, match=rf"^link broken: a line longer than {rpc.MAX_LINE} bytes$"):
+        await calling
+    assert broken.closed
+    writer.close()
+    ours.close()
+    theirs.close()

@@ -80,9 +80,10 @@ def cvm_rows(
         cache.records.clear()  # every row shows the new staleness
         cache.stale = stale
     cvms = link.snapshot.cvms if only is None else only
+    host_name = link.name
     for cvm in cvms:
-        key = f"{link.name}/{cvm.name}"
-        if filter_text and not matches(filter_text, link.name, cvm.name, cvm.security.value, cvm.state.value):
+        key = f"{host_name}/{cvm.name}"
+        if filter_text and not matches(filter_text, host_name, cvm.name, cvm.security.value, cvm.state.value):
             continue
         marked = key in marks
         if cache is not None and cache.records.get(key) is cvm and (key in cache.marked) == marked:
@@ -93,8 +94,9 @@ def cvm_rows(
         if before is not None and before[1][1] is stale:  # the same name and staleness: the same tuples
             name, host = before[1], before[2]
         else:
-            name, host = (cvm.name, stale), (link.name, stale)
+            name, host = (cvm.name, stale), (host_name, stale)
         workers = shared((cvm.workers_active, cvm.workers_max, count_hint(cvm.vcpus_error)))
+        security = cvm.security.value  # (its text: an enum member is an object the collector tracks)
         elastic = decision = None
         if e is not None:
             elastic, decision = shared((e.policy, e.enabled, e.alert)), shared((e.decision, e.reason, e.alert))
@@ -105,11 +107,11 @@ def cvm_rows(
             workers,  # workers: (active, max, why the count is unknown)
             cvm.cpu_percent,  # cpu
             elastic,  # elastic: (policy, on, alert)
-            cvm.security.value,  # security (its text: an enum member is an object the collector tracks)
+            security,  # security
             cvm.state.value,  # state
             cvm.boot_vcpus,  # boot
             decision,  # decision: (label, reason, alert)
-            policy_text(cvm.security, cvm.policy),  # policy
+            policy_text(security, cvm.policy),  # policy
         )
         if cache is not None:
             cache.records[key] = cvm
@@ -120,7 +122,7 @@ def cvm_rows(
                 cache.marked.discard(key)
         rows[key] = row
     if only is None and cache is not None and len(cache.rows) > len(cvms):  # CVMs gone: their rows go too
-        cache.forget(cache.rows.keys() - {f"{link.name}/{c.name}" for c in cvms})
+        cache.forget(cache.rows.keys() - {f"{host_name}/{c.name}" for c in cvms})
     return rows
 
 
@@ -134,6 +136,7 @@ def count_hint(error: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def policy_text(security: SecurityType, policy: int) -> str:
-    """The launch policy's named flags, without the always-set reserved bit."""
-    return ",".join(f for f in decode_policy(security, policy) if f != "reserved-1") or "-"
+def policy_text(security: str, policy: int) -> str:
+    """The launch policy's named flags, without the always-set reserved bit (`security`: a `SecurityType`'s value,
+    whose hash, unlike the member's, costs no Python call)."""
+    return ",".join(f for f in decode_policy(SecurityType(security), policy) if f != "reserved-1") or "-"

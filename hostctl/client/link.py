@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+from asyncssh.channel import SSHChannel
 from asyncssh.config import SSHClientConfig, SSHConfig
 
 from hostctl.client import hostkeys
@@ -109,6 +110,61 @@ async def connect_ssh(
         return await asyncssh.connect(host, client_factory=lambda: verifier, **options)
     except asyncssh.HostKeyNotVerifiable:
         raise LinkError(_key_refusal(destination, known_hosts, verifier)) from None
+
+
+class AgentChannel(asyncssh.SSHClientSession[bytes], asyncssh.SSHUNIXSession[bytes]):
+    """An SSH channel to a host's agent (its socket, or its command's stdin and stdout), and its client's writer.
+
+    What arrives is handed to the client in the channel's own callback: a fleet's thousand updates a second are
+    handled as they come, with no task woken per line as a stream reader would need.
+    """
+
+    def __init__(self) -> None:
+        self._chan: SSHChannel[bytes] | None = None
+        self._client: rpc.Client | None = None
+        self._early: list[bytes] = []  # what came before the client was attached
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def attach(self) -> rpc.Client:
+        """The client this channel feeds."""
+        self._client = client = rpc.Client.fed(self, typed=decode.LINK)
+        for data in self._early:
+            client.feed(data)
+        return client
+
+    def connection_made(self, chan: SSHChannel[bytes]) -> None:
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype is not None:  # the agent command's stderr
+            return
+        if self._client is None:
+            self._early.append(data)
+        else:
+            self._client.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()  # a writer waiting for room is let go; its write then fails
+        if self._client is not None:
+            self._client.feed_eof()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def write(self, data: bytes) -> None:
+        assert self._chan is not None
+        self._chan.write(data)
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+    def close(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
 
 
 class HostLink:
@@ -319,8 +375,7 @@ class HostLink:
         self.attempts += 1
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation, and stop() would hang.
         async with self._handshakes, asyncio.timeout(self.defaults.timeout + 1):
-            reader, writer = await self._open()
-        client = rpc.Client(reader, writer, typed=decode.LINK)
+            client = await self._open()
         client.on_notification(self._on_notification)
         self._client = client
         self.hello = await self.call("hello", timeout=self.first_answer, client=self.who)
@@ -339,21 +394,48 @@ class HostLink:
                 return True
             if age > self.stale_after and self.state is not LinkState.STALE:
                 self._set_state(LinkState.STALE, self._at(f"no data for {age:.1f} s"))
-            # Wake when the data would turn stale (or the link be dropped), not on a fixed tick: about one wake-up per
-            # update, and staleness seen within milliseconds of its deadline.
-            deadline = self.stale_after if age <= self.stale_after else drop_after
-            await client.wait_closed(timeout=deadline - age + 0.005)
+            # Wake when the data turn stale (or the link is to be dropped), not on a fixed tick: staleness is seen
+            # within milliseconds of its deadline.
+            if age <= self.stale_after:
+                await self._until_stale(client)
+            else:
+                await client.wait_closed(timeout=drop_after - age + 0.005)
         self.error = await self._local_reason() or self._at(client.broken or "the agent closed the link")
         return True
 
-    async def _open(self) -> tuple[Any, Any]:
+    async def _until_stale(self, client: rpc.Client) -> None:
+        """Return once the data are older than `stale_after`, or the client has closed.
+
+        Each update moves the deadline on: a timer callback re-arms itself then, without waking this task, so a
+        fresh link costs one timer per update, not a task's wake-up with its waiters.
+        """
+        loop = asyncio.get_running_loop()
+        stale: asyncio.Future[None] = loop.create_future()
+        timer: asyncio.TimerHandle
+
+        def check() -> None:
+            nonlocal timer
+            age = self.age or 0.0
+            if age > self.stale_after:
+                stale.set_result(None)
+            else:
+                timer = loop.call_later(self.stale_after - age + 0.005, check)
+
+        timer = loop.call_later(self.stale_after - (self.age or 0.0) + 0.005, check)
+        try:
+            await client.wait_closed(until=stale)
+        finally:
+            timer.cancel()
+
+    async def _open(self) -> rpc.Client:
+        """A client of the host's agent, over whichever way the site file says it is reached."""
         entry = self.entry
         if entry.agentless:
             self._local = LocalAgent(entry, self.defaults)
-            return await self._local.start()
+            return rpc.Client(*await self._local.start(), typed=decode.LINK)
         if entry.ssh is None:
             assert entry.socket is not None
-            return await rpc.open_unix(entry.socket)
+            return rpc.Client(*await rpc.open_unix(entry.socket), typed=decode.LINK)
         if entry.jump:
             try:
                 self._tunnel = await connect_ssh(entry.jump, self.defaults)
@@ -363,10 +445,14 @@ class HostLink:
             self._conn = await connect_ssh(entry.ssh, self.defaults, tunnel=self._tunnel)
         except asyncssh.ChannelOpenError as e:  # only a jump host opens channels on the way
             raise LinkError(f"the jump host could not reach it: {e.reason}") from None
+        session: object
         if entry.socket:
-            return await self._conn.open_unix_connection(entry.socket)
-        process = await self._conn.create_process(shlex.join(entry.agent_argv(self.defaults)), encoding=None)
-        return process.stdout, process.stdin
+            _, session = await self._conn.create_unix_connection(AgentChannel, entry.socket)
+        else:
+            command = shlex.join(entry.agent_argv(self.defaults))
+            _, session = await self._conn.create_session(AgentChannel, command, encoding=None)
+        assert isinstance(session, AgentChannel)
+        return session.attach()
 
     @property
     def where(self) -> str:

@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from hostctl.errors import HostctlError
 from hostctl.wire.decode import Notifications, notification
@@ -39,10 +39,20 @@ class RpcError(HostctlError):
         self.data = data
 
 
+class Writer(Protocol):
+    """Where a peer's messages go: an asyncio stream writer, or a transport's own (see `Client.fed`)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Peer:
     """The sending side of one connection: replies and notifications, never interleaved."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self._lock = asyncio.Lock()
 
@@ -161,16 +171,44 @@ class Client:
     handed to the callbacks as their records (`hostctl.wire.decode`), any other as plain JSON."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, typed: Notifications | None = None
+        self, reader: asyncio.StreamReader | None, writer: Writer, *, typed: Notifications | None = None
     ) -> None:
-        self._reader = reader
         self._typed = typed
         self._peer = Peer(writer)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._notifications: list[Callable[[str, Any], None]] = []
         self.broken = ""  # why the stream stopped being read, when the peer sent something that is not a message
-        self._reading = asyncio.get_running_loop().create_task(self._read())
+        self._partial = b""  # the start of a line still to come (`feed`)
+        loop = asyncio.get_running_loop()
+        # Done once nothing more will be read: a task reading `reader`, or a future that `feed_eof` ends.
+        self._reading: asyncio.Future[None] = (
+            loop.create_future() if reader is None else loop.create_task(self._read(reader))
+        )
+
+    @classmethod
+    def fed(cls, writer: Writer, *, typed: Notifications | None = None) -> Client:
+        """A client whose input the transport hands to `feed` from its own callback, as it arrives: a message is
+        handled there and then, with no task woken per line as a stream reader needs."""
+        return cls(None, writer, typed=typed)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the peer: each line they complete is handled at once (a fed client's input)."""
+        if self._reading.done():
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        try:
+            if len(self._partial) > MAX_LINE:
+                raise ValueError(f"a line longer than {MAX_LINE} bytes")
+            for line in lines:
+                self._line(line)
+        except (ValueError, RecursionError) as e:  # ValueError: the line is not a message
+            self._end(self._broken(e))
+
+    def feed_eof(self) -> None:
+        """The peer closed the stream (a fed client's input)."""
+        self._end(ConnectionError("connection closed by the agent"))
 
     def on_notification(self, callback: Callable[[str, Any], None]) -> None:
         self._notifications.append(callback)
@@ -191,44 +229,65 @@ class Client:
     def closed(self) -> bool:
         return self._reading.done()
 
-    async def wait_closed(self, timeout: float | None = None) -> bool:
-        """Wait (at most `timeout` seconds) for the stream to close; True when it has."""
-        await asyncio.wait({self._reading}, timeout=timeout)
+    async def wait_closed(self, timeout: float | None = None, *, until: asyncio.Future[None] | None = None) -> bool:
+        """Wait (at most `timeout` seconds, and no longer than `until` is pending) for the stream to close; True when
+        it has."""
+        await asyncio.wait({self._reading} if until is None else {self._reading, until}, timeout=timeout)
         return self._reading.done()
 
     async def close(self) -> None:
         self._peer.writer.close()
-        self._reading.cancel()
+        if isinstance(self._reading, asyncio.Task):
+            self._reading.cancel()
+        else:
+            self._end(ConnectionError("connection closed"))
 
-    async def _read(self) -> None:
+    async def _read(self, reader: asyncio.StreamReader) -> None:
         reason: Exception = ConnectionError("connection closed by the agent")
         try:
-            while line := await self._reader.readline():
+            while line := await reader.readline():
                 await asyncio.sleep(0)  # a backlog of buffered lines must not starve the other links
-                if self._typed is not None and (typed := notification(line, self._typed)) is not None:
-                    for callback in self._notifications:
-                        callback(*typed)
-                    continue
-                message = _message(line)
-                if "id" not in message:
-                    for callback in self._notifications:
-                        callback(message["method"], message.get("params", {}))
-                    continue
-                future = self._pending.get(message["id"])
-                if future is None or future.done():
-                    continue
-                if "error" in message:
-                    err = message["error"]
-                    future.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
-                else:
-                    future.set_result(message.get("result"))
+                self._line(line)
         except (ConnectionError, ValueError, RecursionError) as e:  # ValueError: the line is not a message
-            reason = ConnectionError(f"link broken: {e}"[:300])
-            self.broken = str(reason)
+            reason = self._broken(e)
         finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(reason)
+            self._fail_pending(reason)
+
+    def _line(self, line: bytes) -> None:
+        """Handle one line from the peer: a notification, or the reply to a pending call."""
+        if self._typed is not None and (typed := notification(line, self._typed)) is not None:
+            for callback in self._notifications:
+                callback(*typed)
+            return
+        message = _message(line)
+        if "id" not in message:
+            for callback in self._notifications:
+                callback(message["method"], message.get("params", {}))
+            return
+        future = self._pending.get(message["id"])
+        if future is None or future.done():
+            return
+        if "error" in message:
+            err = message["error"]
+            future.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
+        else:
+            future.set_result(message.get("result"))
+
+    def _broken(self, error: Exception) -> ConnectionError:
+        reason = ConnectionError(f"link broken: {error}"[:300])
+        self.broken = str(reason)
+        return reason
+
+    def _end(self, reason: Exception) -> None:
+        """A fed client's input has ended: pending calls fail with `reason`, and the client is closed."""
+        if not self._reading.done():
+            self._reading.set_result(None)
+        self._fail_pending(reason)
+
+    def _fail_pending(self, reason: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(reason)
 
 
 def _message(line: bytes) -> dict[str, Any]:
