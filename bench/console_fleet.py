@@ -71,6 +71,8 @@ OUT = ROOT / "bench" / "results" / "console_fleet.md"
 FINDINGS_MARK = "<!-- findings: hand-written, kept when the benchmark rewrites this file -->"
 SIZE = (200, 60)
 TARGET_MS = 50.0
+CPU_TARGET = 50.0  # % of one core, the benchmark's hooks off
+RSS_TARGET_MIB = 1024
 PAINT_TARGET_MS = 33.0  # key press → screen, beyond the driver's own time: two 60 Hz frames
 DRIVER = demo_config.load().driver  # the demo's emulated driver, whose delays a key press waits for
 DRIVER_MS = {1: DRIVER.wake_ms, -1: DRIVER.park_ms}  # per step
@@ -748,12 +750,22 @@ def fleet_section(title: str, args: argparse.Namespace, r: dict[str, Any], intro
 
 
 def target_line(r: dict[str, Any]) -> str:
+    """The issue's four targets for the console, each met or not, in one line."""
     dirty = [ms for ms, d in r["ticks"] if d]
     d99 = pct(dirty, 99)
-    met = d99 <= TARGET_MS
-    return (
-        f"**{r['hosts']} hosts: target (updates ≤ {TARGET_MS:.0f} ms p99) {'met' if met else 'NOT met'}** — dirty-tick "
-        f"p99 {fmt(d99, 0)} ms over {len(dirty)} dirty ticks" + ("" if met else f" ({d99 / TARGET_MS:.1f}× the target)")
+    cpu = (r.get("quiet_stats") or r["stats"])["cpu"]
+    rss = r["stats"]["rss"]
+    fresh = min(r["fresh"]) if r["fresh"] else 0
+    checks = [
+        (f"dirty-tick p99 {fmt(d99, 0)} ms over {len(dirty)} dirty ticks (≤ {TARGET_MS:.0f})", d99 <= TARGET_MS),
+        (f"CPU {fmt(cpu, 0)}% of a core (≤ {CPU_TARGET:.0f})", cpu <= CPU_TARGET),
+        (f"RSS {fmt(rss, 0)} MiB (≤ {RSS_TARGET_MIB})", rss <= RSS_TARGET_MIB),
+        (f"fresh at every tick: at least {fresh} of {r['hosts']}", fresh == r["hosts"]),
+    ]
+    missed = sum(not ok for _, ok in checks)
+    verdict = "every target met" if not missed else f"{missed} of {len(checks)} targets NOT met"
+    return f"**{r['hosts']} hosts: {verdict}** — " + "; ".join(
+        f"{text} {'met' if ok else 'NOT met'}" for text, ok in checks
     )
 
 
@@ -855,7 +867,9 @@ def report(args: argparse.Namespace, fleets: list[dict[str, Any]], demo: dict[st
         "snapshot), and the age of that update (now − the agent's `ts`: how old the data are when the console takes "
         "them in); event-loop lag (overshoot of a 10 ms sleep: how long a key press or a repaint waits); CPU % "
         "(user+sys / wall, 100% = one core) and RSS, sampled by a thread. The window is enforced in the timing "
-        "hooks and by that thread, not by the event loop.",
+        "hooks and by that thread, not by the event loop. The console's CPU is also measured on its own, over "
+        f"{args.quiet:g} s before the window in which every hook of this benchmark only calls what it wraps: the "
+        "hooks' timing, and their count of fresh links at every tick, cost the console a few % of a core.",
         "",
         *[target_line(r) + "." for r in fleets],
         "",
