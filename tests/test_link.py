@@ -103,6 +103,22 @@ async def test_stopped_agent_times_out_goes_stale_and_recovers(fleet: Fleet, age
     await until(lambda: link.state is LinkState.FRESH)
 
 
+async def test_a_silent_agent_is_shown_stale_on_the_connection_it_still_has(
+    fleet: Fleet, agents: dict[str, AgentProcess]
+) -> None:
+    """No request is needed: a link whose agent stops sending goes stale by its own watch, before it gives up on the
+    connection."""
+    link = fleet.link("mec-a")
+    attempts = link.attempts
+    agents["mec-a"].signal(signal.SIGSTOP)
+    try:
+        await until(lambda: link.state is LinkState.STALE, timeout=5)
+        assert link.attempts == attempts and "no data for" in link.error and "reconnecting" not in link.error
+    finally:
+        agents["mec-a"].signal(signal.SIGCONT)
+    await until(lambda: link.state is LinkState.FRESH)
+
+
 async def test_a_retry_after_a_lost_reply_applies_once(fleet: Fleet, agents: dict[str, AgentProcess]) -> None:
     """The agent applies the scale, the link dies before the reply; the retry finds it done."""
     link = fleet.link("mec-a")

@@ -232,7 +232,8 @@ class Client:
     async def wait_closed(self, timeout: float | None = None, *, until: asyncio.Future[None] | None = None) -> bool:
         """Wait (at most `timeout` seconds, and no longer than `until` is pending) for the stream to close; True when
         it has."""
-        await asyncio.wait({self._reading} if until is None else {self._reading, until}, timeout=timeout)
+        waits = {self._reading} if until is None else {self._reading, until}
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         return self._reading.done()
 
     async def close(self) -> None:
