@@ -633,6 +633,7 @@ CODE = [
     "dittotui/tables/services.py",
     "dittotui/trends.py",
     "hostctl/client/link.py",
+    "hostctl/client/channel.py",
     "hostctl/wire/model.py",
     "hostctl/wire/rpc.py",
 ]
