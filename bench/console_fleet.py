@@ -219,12 +219,12 @@ class Probes:
         probes = self
         self.app = app
 
-        def timed_tick() -> None:
+        def timed_tick(*, collect: bool = True) -> None:
             if probes.quiet:
-                return DittoApp.tick(app)
+                return DittoApp.tick(app, collect=collect)
             dirty = bool(app._dirty or app._changed or app._due)  # it has data to apply
             t0 = time.perf_counter()
-            DittoApp.tick(app)
+            DittoApp.tick(app, collect=collect)
             if probes.recording(t0):
                 probes.ticks.append(((time.perf_counter() - t0) * 1000, dirty))
                 probes.fresh.append(sum(link.state is LinkState.FRESH for link in app.links))

@@ -218,7 +218,7 @@ class DittoApp(App[None]):
             and not self.refusals.audited((event.host, event.cvm, event.action))
         ):
             return  # its reply showed it already
-        self.tick()  # an action's result shows now, not at the next tick
+        self.tick(collect=False)  # an action's result shows now, not at the next tick
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         # Its line is written once the changed row is on screen: a line scrolls the whole log, whose repaint would
@@ -239,16 +239,17 @@ class DittoApp(App[None]):
     def links(self) -> list[HostLink]:
         return list(self.fleet.links.values()) if self.fleet else []
 
-    def tick(self) -> None:
+    def tick(self, *, collect: bool = True) -> None:
         """Apply whatever arrived since the last tick, in one batch that stays within a frame's budget.
 
         A tick's work follows what changed, not the size of the fleet: only the hosts whose link said something
-        since (and those whose row shows a growing age) are looked at.
+        since (and those whose row shows a growing age) are looked at. A tick that shows what a key did at once
+        passes `collect=False`: the collector's pass, when due, waits for the next steady tick.
         """
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
         started = time.perf_counter()
-        if self._built >= self.YOUNG_PASS_ROWS or gc.get_count()[0] >= self.YOUNG_PASS_COUNT:
+        if collect and (self._built >= self.YOUNG_PASS_ROWS or gc.get_count()[0] >= self.YOUNG_PASS_COUNT):
             # First: the pass's time comes out of this tick's budget for rows.
             self._built = 0
             gc.collect(_generation_due())
@@ -485,7 +486,7 @@ class DittoApp(App[None]):
             return
         self.marks.symmetric_difference_update({key})
         self._marks_changed([key])
-        self.tick()
+        self.tick(collect=False)
         self.cvm_table.action_cursor_down()
 
     def action_load(self) -> None:
