@@ -204,13 +204,14 @@ async def test_a_fed_client_takes_lines_however_its_transport_splits_them(cuts: 
         at += cut
     assert seen == [1, 2, 3, 4, 5] and not client.closed
     await client.close()
+    await writer.wait_closed()
     theirs.close()
 
 
 async def test_a_fed_client_answers_calls_and_fails_them_when_its_input_ends_or_breaks() -> None:
     ours, theirs = socket.socketpair()
     _, writer = await asyncio.open_connection(sock=ours)
-    agent, _ = await asyncio.open_connection(sock=theirs)
+    agent, agent_writer = await asyncio.open_connection(sock=theirs)
     client = rpc.Client.fed(writer, typed=LINK)
     calling = asyncio.ensure_future(client.call("hello", timeout=5))
     request = json.loads(await agent.readline())
@@ -232,6 +233,6 @@ async def test_a_fed_client_answers_calls_and_fails_them_when_its_input_ends_or_
     with pytest.raises(ConnectionError, match=rf"^link broken: a line longer than {rpc.MAX_LINE} bytes$"):
         await calling
     assert broken.closed
-    writer.close()
-    ours.close()
-    theirs.close()
+    for stream in (writer, agent_writer):  # (their sockets with them)
+        stream.close()
+        await stream.wait_closed()
