@@ -563,9 +563,9 @@ def _vcpus_of(cvm: CVM) -> tuple[int, int]:
 
 
 def _vcpus_running(cvms: list[CVM]) -> tuple[int, int]:
-    """`HostLink.vcpus_running` of these CVMs."""
-    online = [c.online_vcpus for c in cvms if c.state is DomainState.RUNNING]
-    return sum(filter(None, online)), online.count(None)
+    """`HostLink.vcpus_running` of these CVMs: what each adds, summed."""
+    counts = [_vcpus_of(c) for c in cvms]
+    return sum(used for used, _ in counts), sum(unknown for _, unknown in counts)
 
 
 def _key_refusal(destination: str, known_hosts: Path, verifier: _VerifyingClient) -> str:
