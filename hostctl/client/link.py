@@ -358,15 +358,17 @@ class HostLink:
         stale: asyncio.Future[None] = loop.create_future()
         timer: asyncio.TimerHandle
 
+        def arm() -> asyncio.TimerHandle:
+            return loop.call_later(self.stale_after - (self.age or 0.0) + 0.005, check)
+
         def check() -> None:
             nonlocal timer
-            age = self.age or 0.0
-            if age > self.stale_after:
+            if (self.age or 0.0) > self.stale_after:
                 stale.set_result(None)
             else:
-                timer = loop.call_later(self.stale_after - age + 0.005, check)
+                timer = arm()
 
-        timer = loop.call_later(self.stale_after - (self.age or 0.0) + 0.005, check)
+        timer = arm()
         try:
             await client.wait_closed(until=stale)
         finally:
