@@ -84,6 +84,8 @@ async def test_rows_after_any_mix_of_updates_equal_a_whole_rebuild(tmp_path: Pat
                 app.cvm_table.move_cursor(row=rng.randrange(app.cvm_table.row_count))
                 app.action_mark()
             app.tick()
+            while app._due:  # hosts a busy tick left for the next (its budget spent), as the app's timer would
+                app.tick()
             assert shown(app.cvm_table) == expected(app, links), step
         assert partial > 100
 
