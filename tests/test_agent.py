@@ -107,6 +107,7 @@ async def test_subscribe_sends_changes_not_snapshots(served: Served) -> None:
             "scaled_by",
             "scaled_at",
             "concurrency",
+            "rps",
             "elastic",
             "launch",
         }

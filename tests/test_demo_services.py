@@ -216,6 +216,25 @@ async def test_cpu_percent_tracks_load(start_service: StartService) -> None:
     assert service.cpu_percent() == 0.0
 
 
+async def test_the_demand_counts_requests_received_and_in_flight(start_service: StartService) -> None:
+    service = await start_service("cvm-demand", slots=1)
+    service.demand()
+    started = time.monotonic()
+    url = service.urls()["home-timeline"]
+    async with aiohttp.ClientSession() as session:
+
+        async def hit() -> None:
+            async with session.get(url) as response:
+                assert response.status == 200
+
+        await asyncio.gather(*(hit() for _ in range(40)))
+    concurrency, rps = service.demand()
+    elapsed = time.monotonic() - started
+    assert rps == pytest.approx(40 / elapsed, rel=0.05)  # every request received, over the time since the last call
+    assert concurrency > 1  # 40 at once through one slot: most of them queued
+    assert service.demand()[1] == 0.0  # nothing received since
+
+
 # --- the physics, measured by real wrk ---------------------------------------------------------
 
 requires_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

@@ -62,7 +62,7 @@ def test_the_oracle_of_a_trace() -> None:
     hot = Oracle(Trace((Phase("a", 1.5, 60), Phase("b", 1, 500)), "hot"), CALIBRATION)
     assert hot.need == (1, 9, 9) and hot.seconds_beyond == 2  # the second second reaches 500 req/s at 1.5 s
     assert hot.worker_seconds == pytest.approx(0 + 8 + 8 * 0.5)  # the last second cut at the trace's end
-    assert hot.rises() == [(1.0, 2.5, 9)]
+    assert hot.rises() == [(1.5, 2.5, 9)]  # its second needs 9 from 1.5 s, when 500 req/s arrive
     assert Oracle(Trace((Phase("a", 2, 240),), "busy"), CALIBRATION).rises() == [(0.0, 2.0, 4)]  # above boot at 0
 
 

@@ -55,6 +55,7 @@ cvms = st.builds(
     scaled_by=st.text(max_size=10),
     scaled_at=st.none() | floats,
     concurrency=st.none() | floats,
+    rps=st.none() | floats,
     elastic=st.none() | elastics,
 )
 services = st.builds(Service, name=names, cvm=names, url=names)

@@ -189,7 +189,7 @@ def test_concurrency_with_a_lead_follows_the_slope_ahead() -> None:
 
 def test_the_shipped_policy_files_load() -> None:
     specs = load_policies(DEFAULT_POLICIES)
-    assert set(specs) == {"threshold", "slo", "concurrency", "predictive", "calibrated"}
+    assert set(specs) == {"threshold", "slo", "concurrency", "predictive", "calibrated", "rate"}
     predictive = specs["predictive"]
     assert isinstance(predictive.policy, Concurrency) and predictive.policy.lead_s > 0
     assert "ahead along its slope" in predictive.description and predictive.guard.cooldown_up_s == 0.1

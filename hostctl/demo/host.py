@@ -9,7 +9,7 @@ from hostctl.demo.config import DemoConfig, HostSpec
 from hostctl.demo.nodexml import node_xml
 from hostctl.demo.services import CVMService
 from hostctl.demo.traffic import BackgroundTraffic
-from hostctl.host.libvirt_host import LibvirtHost
+from hostctl.host.libvirt_host import Demand, LibvirtHost
 from hostctl.wire.model import HostSEV, Service
 
 
@@ -42,7 +42,7 @@ class DemoHost:
             capabilities={"sev": True, "sev_es": spec.es_slots > 0, "sev_snp": spec.sev_snp and spec.es_slots > 0},
             sev_facts=emulated_sev(spec),
             cpu_source=self._cpu_percent,
-            concurrency_source=self._concurrency,
+            demand_source=self._demand,
         )
         seed = random.Random(spec.name)
         self.services = {
@@ -107,6 +107,6 @@ class DemoHost:
         service = self.services.get(name)
         return service.cpu_percent() if service is not None else 0.0
 
-    def _concurrency(self, name: str) -> float | None:
+    def _demand(self, name: str) -> Demand | None:
         service = self.services.get(name)
-        return service.concurrency() if service is not None else None
+        return Demand(*service.demand()) if service is not None else None

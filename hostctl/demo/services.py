@@ -166,8 +166,9 @@ class CVMService:
         self._slots = Slots(slots)
         self._requests = {e.name: 0 for e in self.endpoints}
         self._errors = {e.name: 0 for e in self.endpoints}
+        self._arrived = 0  # requests received since creation, on every endpoint
         self._cpu_mark = time.monotonic()
-        self._demand_mark = (time.monotonic(), 0.0)
+        self._demand_mark = (time.monotonic(), 0.0, 0)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
 
@@ -223,12 +224,15 @@ class CVMService:
             return 0.0
         return min(100.0, max(0.0, busy / (elapsed * capacity) * 100.0))
 
-    def concurrency(self) -> float:
-        """Mean requests in flight or queued since the previous call (the demand a concurrency policy reads)."""
+    def demand(self) -> tuple[float, float]:
+        """Since the previous call: the mean requests in flight or queued, and the requests received per second
+        (the demand the concurrency and rate policies read)."""
         now = time.monotonic()
         busy, queued = self._slots.totals()
-        (then, before), self._demand_mark = self._demand_mark, (now, busy + queued)
-        return (busy + queued - before) / (now - then) if now > then else 0.0
+        (then, before, arrived), self._demand_mark = self._demand_mark, (now, busy + queued, self._arrived)
+        if now <= then:
+            return 0.0, 0.0
+        return (busy + queued - before) / (now - then), (self._arrived - arrived) / (now - then)
 
     def urls(self) -> dict[str, str]:
         """Endpoint name -> full URL."""
@@ -241,6 +245,7 @@ class CVMService:
     def _handler(self, endpoint: Endpoint) -> Handler:
         async def handle(request: web.Request) -> web.Response:
             self._requests[endpoint.name] += 1
+            self._arrived += 1
             try:
                 async with self._slots:
                     factor = self._rng.uniform(1 - self.jitter, 1 + self.jitter)

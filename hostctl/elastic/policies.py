@@ -24,6 +24,11 @@ below means per online vCPU.
   and one above every calibrated count is max, said so in the reason. It wakes at once and parks only down to the
   most it needed over the last `hold_s`. With `lead_s` a rising load is met early along the slope of the last
   `slope_s` (a longer window than the need's, so noise moves it less); a falling slope never parks early.
+- `rate`: sized by the oracle's own rule (`Calibration.need`): the calibration's fewest vCPUs within the SLO at the
+  requests the CVM's services receive per second, read through the noise of counted arrivals (`Rate._demand`: long
+  windows while the load is steady, short ones when it moved, a rising line followed `lead_s` ahead). A rate is not
+  swollen by the queue that a burst piles up, as requests in flight are. It wakes at once and parks only down to
+  the most it needed over the last `hold_s`.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from hostctl import calibration
+from hostctl.calibration import Calibration as Measured
 from hostctl.config import check, non_negative, positive
 from hostctl.errors import ConfigError
 from hostctl.stats import percentile
@@ -44,12 +50,14 @@ IDLE = 0.05  # mean requests in flight below which a CVM counts as idle (the age
 
 @dataclass(frozen=True, slots=True)
 class CVMSample:
-    """One sampler tick for one CVM: online vCPUs, CPU use (%) and concurrency over the tick (None: unknown)."""
+    """One sampler tick for one CVM: online vCPUs, CPU use (%), concurrency and requests per second over the tick
+    (None: unknown)."""
 
     ts: float
     online: int
     cpu: float | None = None
     concurrency: float | None = None
+    rps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,11 +376,113 @@ class Calibrated:
         )
 
 
-KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrated]] = {
+@dataclass(frozen=True)
+class Rate:
+    """The fewest vCPUs the CVM's calibration keeps within the SLO at its request rate: the oracle's rule."""
+
+    calibration: str = check(lambda v: None if v else "must name a calibration file (.json)")
+    interval: float = check(positive, default=0.1)
+    window_s: float = check(positive, default=4.0)
+    quick_s: float = check(positive, default=0.3)
+    z: float = check(positive, default=3.0)
+    below: float = check(non_negative, default=1.0)
+    lead_s: float = check(non_negative, default=0.5)
+    slope_s: float = check(positive, default=3.0)
+    hold_s: float = check(non_negative, default=0.5)
+    measured: ClassVar[Measured]  # read from the file when the policy loads
+
+    def __post_init__(self) -> None:
+        if not self.quick_s < self.window_s:
+            raise ValueError(f"need quick_s < window_s, got {self.quick_s:g} and {self.window_s:g}")
+        object.__setattr__(self, "measured", calibration.load(Path(self.calibration)))
+
+    @property
+    def horizon(self) -> float:
+        return max(self.window_s, self.slope_s) + self.hold_s
+
+    @property
+    def probe_horizon(self) -> float:
+        return 0.0
+
+    def need(self, rps: float) -> tuple[int, str]:
+        """(vCPUs for `rps` requests per second, why): the calibration's need at `rps`."""
+        count, beyond = self.measured.need(rps)
+        if beyond:
+            return count, f"{rps:.0f} req/s beyond the calibration (up to {self.measured.rates[-1]:g}): max {count}"
+        return count, f"{rps:.0f} req/s: {count} vCPU{'s' if count > 1 else ''} within the SLO when calibrated"
+
+    def decide(self, signals: Signals) -> Want:
+        samples = [s for s in signals.samples if s.rps is not None]
+        rps, how = self._demand(samples, signals.now)
+        if rps is None:
+            return Want(None, "no request-rate samples")
+        want, why = self.need(rps)
+        why += how
+        current = signals.current
+        if want >= current:
+            return Want(want, why)
+        if not samples or samples[0].ts > signals.now - self.hold_s:
+            return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
+        needs = (self._demand(samples, s.ts)[0] for s in samples if s.ts > signals.now - self.hold_s)
+        held = max([want, *(self.need(r)[0] for r in needs if r is not None)])
+        if held >= current:
+            return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
+        return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
+
+    def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
+        """The request rate to size for at time `t`, and how it was read; None without readings.
+
+        Arrivals are counted, so a rate over T seconds has a standard error of sqrt(rate / T). The rate is the mean
+        over the longest window (`quick_s`, doubled up to `window_s`) whose two halves agree within `z` errors: a
+        steady load is read over long windows, with little noise, and one that just moved over the short ones. It is
+        taken `below` errors lower, so that a load at a calibrated rate is not sized for the next one about half of
+        the time. When the readings of the last `slope_s` lie on a rising line (its slope more than `z` errors above
+        zero, their scatter about it no more than twice a count's), the rate is moved along it from the middle of
+        its window to `lead_s` after `t`; a step is no line, and is read by the windows.
+        """
+        before = [(ts, s.rps) for s in samples if (ts := s.ts) <= t and s.rps is not None]
+        if not before:
+            return None, ""
+        rate, over = self._mean(before, t, self.quick_s)
+        seconds = self.quick_s
+        while seconds < self.window_s:
+            seconds = min(2 * seconds, self.window_s)
+            newer, older = self._mean(before, t, seconds / 2), self._mean(before, t - seconds / 2, seconds / 2)
+            spread = math.sqrt(max(newer[0], older[0], 1.0) * (1 / newer[1] + 1 / older[1]))
+            if abs(newer[0] - older[0]) > self.z * spread:
+                break  # the load moved within this window: read it over the shorter one
+            rate, over = self._mean(before, t, seconds)
+        rate = max(0.0, rate - self.below * math.sqrt(rate / over))
+        trend = [(ts, r) for ts, r in before if ts > t - self.slope_s]
+        fit = _fit(trend) if self.lead_s else None
+        mean = sum(r for _, r in trend) / len(trend)
+        if fit is None or fit.slope <= self.z * fit.error or fit.scatter > 2 * max(mean, 1.0) / self.interval:
+            return rate, f" (over {over:.1f} s)"  # no rise, or not a line: a step is read by the windows
+        ahead = over / 2 + self.lead_s
+        return rate + fit.slope * ahead, f" (over {over:.1f} s, {fit.slope:+.0f} req/s per s, {self.lead_s:g} s ahead)"
+
+    def _mean(self, readings: Sequence[tuple[float, float]], t: float, seconds: float) -> tuple[float, float]:
+        """The mean rate of the readings of the `seconds` up to `t` (at least the newest before it) and the
+        seconds they cover."""
+        upto = [(ts, r) for ts, r in readings if ts <= t] or readings[:1]
+        window = [r for ts, r in upto if ts > t - seconds] or [upto[-1][1]]
+        return sum(window) / len(window), len(window) * self.interval
+
+    def describe(self) -> str:
+        lead = f", {self.lead_s:g} s ahead along a rising line of {self.slope_s:g} s" if self.lead_s else ""
+        return (
+            f"the calibration's vCPUs for the request rate (over up to {self.window_s:g} s, as short as "
+            f"{self.quick_s:g} s when it moved){lead} (calibrated up to {self.measured.rates[-1]:g} req/s; max "
+            f"beyond), down after {self.hold_s:g} s lower"
+        )
+
+
+KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrated] | type[Rate]] = {
     "threshold": Threshold,
     "slo": Slo,
     "concurrency": Concurrency,
     "calibrated": Calibrated,
+    "rate": Rate,
 }
 
 
@@ -383,13 +493,32 @@ def _mean_concurrency(samples: Sequence[CVMSample]) -> float | None:
 
 def _slope(samples: Sequence[CVMSample]) -> float | None:
     """The least-squares slope of concurrency over time (per second); None with fewer than 3 readings."""
-    points = [(s.ts, s.concurrency) for s in samples if s.concurrency is not None]
-    if len(points) < 3:
+    fit = _fit([(s.ts, s.concurrency) for s in samples if s.concurrency is not None])
+    return None if fit is None else fit.slope
+
+
+class Fit(NamedTuple):
+    """A least-squares line through (time, value) points: its slope, the slope's standard error, and the variance
+    of the points about the line."""
+
+    slope: float
+    error: float
+    scatter: float
+
+
+def _fit(points: Sequence[tuple[float, float]]) -> Fit | None:
+    """The least-squares line through (time, value) points; None with fewer than 3 points or all at one time."""
+    n = len(points)
+    if n < 3:
         return None
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_c = sum(c for _, c in points) / len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
     spread = sum((t - mean_t) ** 2 for t, _ in points)
-    return sum((t - mean_t) * (c - mean_c) for t, c in points) / spread if spread > 0 else None
+    if spread <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
+    scatter = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in points) / (n - 2)
+    return Fit(slope, math.sqrt(scatter / spread), scatter)
 
 
 def _p99(probes: Sequence[Probe]) -> float:

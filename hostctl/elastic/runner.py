@@ -273,7 +273,7 @@ class ElasticRunner:
             if cvm.name not in running or cvm.online_vcpus is None:  # an unknown count is no sample
                 continue
             samples = self._samples.setdefault(cvm.name, deque())
-            samples.append(CVMSample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency))
+            samples.append(CVMSample(now, cvm.online_vcpus, cvm.cpu_percent, cvm.concurrency, cvm.rps))
             while samples[0].ts < now - self._keep_s:
                 samples.popleft()
 

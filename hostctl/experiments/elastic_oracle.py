@@ -50,12 +50,16 @@ class Oracle:
         """Seconds whose rate the calibration does not cover (the oracle took max vCPUs)."""
         return sum(self.beyond)
 
-    def rises(self) -> list[tuple[float, float, int]]:
-        """(second, until, new need) at each second whose need is above the previous second's (before the first:
-        the boot vCPUs), `until` the second it falls below that again (or the end of the trace)."""
+    def rises(self, step: float = 0.01) -> list[tuple[float, float, int]]:
+        """(when, until, new need) at each second whose need is above the previous second's (before the first: the
+        boot vCPUs). `when` is the moment in that second at which the trace's rate first needs it (sampled every
+        `step` seconds): the oracle sizes the whole second for its highest rate, but the load needing it arrives
+        then. `until` is the second the need falls below it again (or the end of the trace)."""
         out = []
         for t, n in enumerate(self.need):
             if n > (self.need[t - 1] if t > 0 else self.calibration.boot):
                 until = next((u for u in range(t + 1, len(self.need)) if self.need[u] < n), self.trace.seconds)
-                out.append((float(t), float(until), n))
+                moments = (min(t + i * step, t + 1 - 1e-9) for i in range(round(1 / step) + 1))  # as `Trace.peak`
+                when = next(m for m in moments if self.calibration.need(self.trace.rate(m))[0] >= n)
+                out.append((round(when, 6), float(until), n))
         return out

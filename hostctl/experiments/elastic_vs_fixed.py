@@ -14,8 +14,9 @@ Definitions:
   agent's audit log of scale events; boot vCPUs are the same in every run and left out. A run's events are those
   after the scale that set its start count, on the agent's own clock (the console's may be far off), fetched a
   bounded page at a time. Fixed-max's are (max - boot) x the trace's length.
-- Reaction: at each rise of the oracle's need (`Oracle.rises`), the time until the online vCPUs reach it; "never"
-  when they do not before the need falls below it again.
+- Reaction: at each rise of the oracle's need (`Oracle.rises`), the time from the moment the trace's rate first
+  needs it (within that second: the load arrives) until the online vCPUs reach it; "never" when they do not before
+  the need falls below it again.
 - The runs go round-robin: repeat 1 of every trace and run, then repeat 2, and so on; repeat k replays the same
   trace with the arrival times of seed k.
 """

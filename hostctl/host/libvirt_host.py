@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import libvirt
@@ -53,6 +53,14 @@ _CLOSE_REASONS = {
 OUTSIDE = "outside hostctl"  # who an event names when a count changed without a scale of ours
 
 
+class Demand(NamedTuple):
+    """What a CVM's services were asked since the previous sample: the mean requests in flight or queued, and the
+    requests received per second."""
+
+    concurrency: float
+    rps: float
+
+
 def is_local_hypervisor(uri: str) -> bool:
     """True for a real hypervisor on this machine (psutil then describes the host itself)."""
     parsed = urlparse(uri)
@@ -72,7 +80,7 @@ class LibvirtHost:
         sev_facts: HostSEV | None = None,
         platform_root: Path | None = None,
         cpu_source: Callable[[str], float] | None = None,
-        concurrency_source: Callable[[str], float | None] | None = None,
+        demand_source: Callable[[str], Demand | None] | None = None,
     ) -> None:
         self.uri = uri
         self.name = name
@@ -84,7 +92,7 @@ class LibvirtHost:
             platform_root if platform_root is not None else Path("/") if is_local_hypervisor(uri) else None
         )
         self._cpu_source = cpu_source
-        self._concurrency_source = concurrency_source
+        self._demand_source = demand_source
         self._drivers: dict[str, drivers.WorkerDriver] = {}
         self._driver_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt")
@@ -251,8 +259,9 @@ class LibvirtHost:
         CPU % of a CVM is of its online vCPUs (CPU-time delta over the online count; None while that count is
         unknown), or the cpu_source's; for the host from psutil. Counts libvirt keeps are read in the same pass; the
         guests' are asked, waiting `budget` seconds at most (default half a second), and an answer that comes later is
-        taken in when it comes. With a concurrency_source, each CVM's `concurrency` is its mean requests in
-        flight or queued since the previous sample; without one it stays None (the host does not know it).
+        taken in when it comes. With a demand_source, each CVM's `concurrency` is its mean requests in flight or
+        queued since the previous sample and `rps` the requests its services received per second; without one both
+        stay None (the host does not know them).
         """
         used, counts = await self._run(self._sample_blocking)
         for name, count in counts.items():
@@ -268,9 +277,10 @@ class LibvirtHost:
                 cvm.cpu_percent = round(max(0.0, min(100.0, 100 * cores / cvm.online_vcpus)), 1)
             else:
                 cvm.cpu_percent = None
-            if self._concurrency_source is not None:
-                concurrency = self._concurrency_source(name)
-                cvm.concurrency = None if concurrency is None else round(concurrency, 2)
+            if self._demand_source is not None:
+                demand = self._demand_source(name)
+                cvm.concurrency = None if demand is None else round(demand.concurrency, 2)
+                cvm.rps = None if demand is None else round(demand.rps, 1)
         host = self.host
         if is_local_hypervisor(self.uri):
             host.cpu_percent = psutil.cpu_percent()
@@ -719,7 +729,7 @@ class LibvirtHost:
         running = cvm.state is DomainState.RUNNING
         if old is not None and running and old.state is DomainState.RUNNING:  # fresh reads carry no samples
             cvm.cpu_percent = old.cpu_percent
-            cvm.concurrency = old.concurrency
+            cvm.concurrency, cvm.rps = old.concurrency, old.rps
             if self._asks_guest(cvm):  # nor the guest's count: that comes from asking the guest
                 cvm.online_vcpus, cvm.vcpus_error = old.online_vcpus, old.vcpus_error
                 cvm.last_online_at, cvm.last_online = old.last_online_at, old.last_online

@@ -138,6 +138,7 @@ class CVM(Model):
     scaled_by: str = ""
     scaled_at: float | None = None
     concurrency: float | None = None  # mean requests in flight or queued over the last sample; None: unknown
+    rps: float | None = None  # requests its services received per second over the last sample; None: unknown
     elastic: Elastic | None = None
     launch: Launch | None = None  # while running and confidential
 
