@@ -53,7 +53,7 @@ cpus = 16
 
 async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", help="comma-separated runs (default: fixed-max and every policy)")
+    p.add_argument("--runs", help="comma-separated runs (default: fixed-max, oracle-replay and every policy)")
     p.add_argument("--traces", default="bursty,diurnal", help="comma-separated traces (default bursty,diurnal)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of every run (default 3)")
     p.add_argument("--seconds", type=float, default=50.0, help="each trace squeezed to this long (default 50)")

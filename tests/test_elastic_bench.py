@@ -130,18 +130,19 @@ def test_the_tables_the_targets_and_the_plots(tmp_path: Path) -> None:
 
 
 async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
-    """fixed-min and the concurrency policy on a real agent process through the site's link, with a short trace."""
+    """fixed-min, the oracle replayed and the concurrency policy on a real agent process through the site's link,
+    with a short trace."""
     agent = AgentProcess(tmp_path, "mec-1", wake_ms=10)
     await agent.start()
     try:
         site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)), "short")
         comparison = await on_site(
-            site, [trace], runs=["fixed-min", "concurrency"], rates=[20, 400], cell_s=0.5, settle_s=0.5
+            site, [trace], runs=["fixed-min", "oracle-replay", "concurrency"], rates=[20, 400], cell_s=0.5, settle_s=0.5
         )
     finally:
         agent.stop()
-    fixed, elastic = comparison.runs
+    fixed, replayed, elastic = comparison.runs
     assert comparison.target == "mec-1/snp" and (fixed.name, elastic.name) == ("fixed-min", "concurrency")
     calibration = comparison.calibration
     assert (calibration.target, calibration.boot, calibration.max, calibration.rates) == ("mec-1/snp", 1, 5, [20, 400])
@@ -152,7 +153,14 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
     assert elastic.actions > 0 and max(n for _, n in elastic.online) > 1 and elastic.worker_seconds > 0
     assert elastic.online[0] == (0.0, 1) and all(0 <= at <= trace.seconds for at, _ in elastic.online)
     assert len(elastic.requests) > 1000 and len(fixed.requests) > 1000  # ~2500 sent at the trace's rate
-    assert [v.policy for v in elastic_report.verdicts(comparison)] == ["concurrency"]
+    assert [v.policy for v in elastic_report.verdicts(comparison)] == ["concurrency"]  # baselines are not judged
+    # the replay follows the oracle's need, each change made at the start of its second (plus the driver's delay)
+    need = comparison.oracle(trace).need
+    assert need[0] == 1 and need[3] > 1 and replayed.online[0] == (0.0, 1)
+    changes = [(float(t), n) for t, n in enumerate(need) if t > 0 and n != need[t - 1]]
+    assert [n for _, n in replayed.online[1:]] == [n for _, n in changes]
+    assert all(t <= at < t + 0.5 for (at, _), (t, _) in zip(replayed.online[1:], changes, strict=True))
+    assert replayed.worker_seconds == pytest.approx(comparison.oracle(trace).worker_seconds, abs=1.0)
     assert comparison.oracle(trace).worker_seconds >= 0 and elastic.repeat == fixed.repeat == 1
     events = [json.loads(line) for line in agent.audit.read_text().splitlines()]
     switches = [e["why"] for e in events if e["action"] == "policy"]

@@ -146,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     elastic.add_argument(
         "--runs",
         metavar="A,B,...",
-        help="runs by name (default: fixed-max and every policy of the agent; fixed-min on request)",
+        help="runs by name (default: fixed-max, oracle-replay and every policy of the agent; fixed-min on request)",
     )
     elastic.add_argument(
         "--traces", default="bursty,diurnal", metavar="A,B", help="traces: bursty, diurnal (default both)"

@@ -440,7 +440,7 @@ class Rate:
         zero, their scatter about it no more than twice a count's), the rate is moved along it from the middle of
         its window to `lead_s` after `t`; a step is no line, and is read by the windows.
         """
-        before = [(ts, s.rps) for s in samples if (ts := s.ts) <= t and s.rps is not None]
+        before = [(s.ts, s.rps) for s in samples if s.rps is not None and s.ts <= t]
         if not before:
             return None, ""
         rate, over = self._mean(before, t, self.quick_s)
@@ -455,8 +455,12 @@ class Rate:
         rate = max(0.0, rate - self.below * math.sqrt(rate / over))
         trend = [(ts, r) for ts, r in before if ts > t - self.slope_s]
         fit = _fit(trend) if self.lead_s else None
-        mean = sum(r for _, r in trend) / len(trend)
-        if fit is None or fit.slope <= self.z * fit.error or fit.scatter > 2 * max(mean, 1.0) / self.interval:
+        rising = (  # a line clear of its error, its readings scattered about it no more than counts are
+            fit is not None
+            and fit.slope > self.z * fit.error
+            and fit.scatter <= 2 * max(sum(r for _, r in trend) / len(trend), 1.0) / self.interval
+        )
+        if fit is None or not rising:
             return rate, f" (over {over:.1f} s)"  # no rise, or not a line: a step is read by the windows
         ahead = over / 2 + self.lead_s
         return rate + fit.slope * ahead, f" (over {over:.1f} s, {fit.slope:+.0f} req/s per s, {self.lead_s:g} s ahead)"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hostctl.experiments.elastic_oracle import Calibration
 from hostctl.experiments.elastic_plot import timeline_svg
-from hostctl.experiments.elastic_vs_fixed import FIXED, WINDOW_S, Comparison, Run
+from hostctl.experiments.elastic_vs_fixed import BASELINES, WINDOW_S, Comparison, Run
 from hostctl.load.trace import Trace
 
 COST = 1.3  # most worker-vCPU-seconds, as a multiple of the oracle's
@@ -100,7 +100,7 @@ def verdicts(comparison: Comparison) -> list[Verdict]:
     """Every policy run on every trace against the targets, the best first."""
     out = []
     for name in comparison.names:
-        if name in FIXED:
+        if name in BASELINES:
             continue
         checks: list[tuple[str, bool]] = []
         costs = []

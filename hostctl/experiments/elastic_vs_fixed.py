@@ -17,6 +17,9 @@ Definitions:
 - Reaction: at each rise of the oracle's need (`Oracle.rises`), the time from the moment the trace's rate first
   needs it (within that second: the load arrives) until the online vCPUs reach it; "never" when they do not before
   the need falls below it again.
+- `oracle-replay` sizes the CVM by the oracle itself: the experiment scales it to the oracle's need at the start of
+  each second whose need changes (with the driver's own delay to wake or park), with no policy on. It shows what the
+  oracle's sizing gives on this machine: a window it misses, no policy at its cost could keep.
 - The runs go round-robin: repeat 1 of every trace and run, then repeat 2, and so on; repeat k replays the same
   trace with the arrival times of seed k.
 """
@@ -24,6 +27,7 @@ Definitions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -41,6 +45,8 @@ from hostctl.stats import percentile
 from hostctl.wire.model import DomainState, Event
 
 FIXED = ("fixed-min", "fixed-max")
+REPLAYED = "oracle-replay"  # the oracle's sizing, applied by the experiment second by second
+BASELINES = (*FIXED, REPLAYED)  # runs that are not the agent's policies
 AUDIT_PAGE = 1000  # audit entries per request
 AUDIT_MOST = 20_000  # audit entries one run may fetch: a policy that scales more often than this is broken
 WINDOW_S = 10.0
@@ -160,14 +166,15 @@ async def on_site(
     progress: Progress | None = None,
 ) -> Comparison:
     """Run the comparison on a site: `cvm` as HOST/CVM (default: the first running CVM with a service and worker
-    vCPUs), `runs` by name (default: fixed-max and every policy of its agent; fixed-min on request), judged by
+    vCPUs), `runs` by name (default: fixed-max, oracle-replay and every policy of its agent; fixed-min on request),
+    judged by
     `calibration` (default: calibrate the CVM first at `rates`, `cell_s` seconds a cell)."""
     fleet = Fleet(site, who="experiment")
     fleet.start()
     try:
         await fleet.ready()
         link, name, urls = _target(site, fleet, cvm)
-        known = [*FIXED, *await link.policies()]
+        known = [*BASELINES, *await link.policies()]
         for run in runs or []:
             if run not in known:
                 raise HostctlError(f"{link.name}: unknown run {run!r} (choose from {', '.join(known)})")
@@ -235,8 +242,8 @@ async def compare(
     settle_s: float = 8.0,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Replay each trace `repeats` times per run name (`fixed-min`, `fixed-max` or one of the agent's policies),
-    judged by `calibration`, which must be of this CVM and the site's SLO."""
+    """Replay each trace `repeats` times per run name (`fixed-min`, `fixed-max`, `oracle-replay` or one of the
+    agent's policies), judged by `calibration`, which must be of this CVM and the site's SLO."""
     first = running(link, cvm)
     if first.max_vcpus <= first.boot_vcpus:
         raise HostctlError(
@@ -250,7 +257,7 @@ async def compare(
             f"{target} (boot {first.boot_vcpus}, max {first.max_vcpus}): calibrate this CVM"
         )
     described = await link.policies()
-    known = [*FIXED, *described]
+    known = [*BASELINES, *described]
     for name in runs:
         if name not in known:
             raise HostctlError(f"{link.name}: unknown run {name!r} (choose from {', '.join(known)})")
@@ -271,6 +278,7 @@ async def compare(
                 settle_s=settle_s,
                 has_policies=bool(described),
                 repeat=repeat,
+                oracle=Oracle(trace, calibration),
             )
         )
     return result
@@ -287,21 +295,27 @@ async def _run(
     settle_s: float,
     has_policies: bool,
     repeat: int,
+    oracle: Oracle,
 ) -> Run:
     if has_policies:
         await link.set_policy(cvm, enabled=False)
     current = running(link, cvm)
-    start_count = current.max_vcpus if name == "fixed-max" else current.boot_vcpus
+    start_count = {"fixed-max": current.max_vcpus, REPLAYED: oracle.need[0]}.get(name, current.boot_vcpus)
     start = await link.scale(cvm, start_count, expect=None, why=WHY)  # stamped by the agent's clock
     skew = start.ts - time.time()  # the agent's clock less ours, within a round trip
     await asyncio.sleep(settle_s)  # let the previous run's queue drain and the policies' windows forget it
-    if name not in FIXED:
+    if name not in BASELINES:
         await link.set_policy(cvm, name=name, enabled=True)
     began = time.time()
+    following = asyncio.create_task(_follow(link, cvm, oracle, began)) if name == REPLAYED else None
     try:
         requests = await replay(trace, url, seed=repeat)
     finally:
-        if name not in FIXED:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if name not in BASELINES:
             await link.set_policy(cvm, enabled=False)
     ended = time.time()
     began, ended = began + skew, ended + skew  # on the agent's clock, which stamps the audit log
@@ -313,6 +327,15 @@ async def _run(
     steps = [(e.ts - began, e.after) for e in sorted(events, key=lambda e: e.ts) if e.after is not None]
     online = [(0.0, start_count), *steps]
     return Run(name, trace, current.boot_vcpus, current.max_vcpus, slo_ms, requests, online, len(events), repeat)
+
+
+async def _follow(link: HostLink, cvm: str, oracle: Oracle, began: float) -> None:
+    """Scale `cvm` to the oracle's need at the start of each second whose need changes (`began`: the trace's start,
+    on this machine's clock)."""
+    for t, need in enumerate(oracle.need):
+        if t > 0 and need != oracle.need[t - 1]:
+            await asyncio.sleep(max(0.0, began + t - time.time()))
+            await link.scale(cvm, need, expect=None, why=f"{WHY}: the oracle's need")
 
 
 async def audit_since(link: HostLink, since: float) -> list[Event]:
