@@ -387,7 +387,7 @@ class Rate:
     z: float = check(positive, default=3.0)
     below: float = check(non_negative, default=1.0)
     lead_s: float = check(non_negative, default=0.5)
-    slope_s: float = check(positive, default=3.0)
+    slope_s: float = check(positive, default=5.0)
     hold_s: float = check(non_negative, default=0.5)
     measured: ClassVar[Measured]  # read from the file when the policy loads
 
@@ -434,11 +434,11 @@ class Rate:
 
         Arrivals are counted, so a rate over T seconds has a standard error of sqrt(rate / T). The rate is the mean
         over the longest window (`quick_s`, doubled up to `window_s`) whose two halves agree within `z` errors: a
-        steady load is read over long windows, with little noise, and one that just moved over the short ones. It is
-        taken `below` errors lower, so that a load at a calibrated rate is not sized for the next one about half of
-        the time. When the readings of the last `slope_s` lie on a rising line (its slope more than `z` errors above
-        zero, their scatter about it no more than twice a count's), the rate is moved along it from the middle of
-        its window to `lead_s` after `t`; a step is no line, and is read by the windows.
+        steady load is read over long windows, with little noise, and one that just moved over the short ones. When
+        the readings of the last `slope_s` (or of its last half, which sees a ramp begin sooner) lie on a rising line,
+        the rate is moved along it from the middle of its window to
+        `lead_s` after `t`; a step is no line, and is read by the windows. Otherwise it is taken `below` errors
+        lower, so that a load at a calibrated rate is not sized for the next one about half of the time.
         """
         before = [(s.ts, s.rps) for s in samples if s.rps is not None and s.ts <= t]
         if not before:
@@ -452,18 +452,22 @@ class Rate:
             if abs(newer[0] - older[0]) > self.z * spread:
                 break  # the load moved within this window: read it over the shorter one
             rate, over = self._mean(before, t, seconds)
-        rate = max(0.0, rate - self.below * math.sqrt(rate / over))
-        trend = [(ts, r) for ts, r in before if ts > t - self.slope_s]
-        fit = _fit(trend) if self.lead_s else None
-        rising = (  # a line clear of its error, its readings scattered about it no more than counts are
-            fit is not None
-            and fit.slope > self.z * fit.error
-            and fit.scatter <= 2 * max(sum(r for _, r in trend) / len(trend), 1.0) / self.interval
-        )
-        if fit is None or not rising:
-            return rate, f" (over {over:.1f} s)"  # no rise, or not a line: a step is read by the windows
+        fit = next(filter(None, (self._line(before, t, span) for span in (self.slope_s, self.slope_s / 2))), None)
+        if fit is None:  # no rise, or not a line (a step is read by the windows)
+            return max(0.0, rate - self.below * math.sqrt(rate / over)), f" (over {over:.1f} s)"
         ahead = over / 2 + self.lead_s
         return rate + fit.slope * ahead, f" (over {over:.1f} s, {fit.slope:+.0f} req/s per s, {self.lead_s:g} s ahead)"
+
+    def _line(self, readings: Sequence[tuple[float, float]], t: float, seconds: float) -> Fit | None:
+        """The line through the readings of the `seconds` before `t` when it rises (its slope more than `z` errors
+        above zero) and is one (their scatter about it no more than twice a count's); else None."""
+        if not self.lead_s:
+            return None
+        points = [(ts, r) for ts, r in readings if ts > t - seconds]
+        fit = _fit(points)
+        if fit is None or fit.slope <= self.z * fit.error:
+            return None
+        return fit if fit.scatter <= 2 * max(sum(r for _, r in points) / len(points), 1.0) / self.interval else None
 
     def _mean(self, readings: Sequence[tuple[float, float]], t: float, seconds: float) -> tuple[float, float]:
         """The mean rate of the readings of the `seconds` up to `t` (at least the newest before it) and the
