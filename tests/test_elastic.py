@@ -363,6 +363,9 @@ async def test_the_site_cli_shows_and_sets_a_policy(served: Served, tmp_path: Pa
     rc, _, err = await hostctl(
         "--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp", "--runs", "fixed-max,magic"
     )
-    assert rc == 2 and "unknown run 'magic' (choose from fixed-min, fixed-max, concurrency, slo, threshold)" in err
+    assert (
+        rc == 2
+        and "unknown run 'magic' (choose from fixed-min, fixed-max, oracle-replay, concurrency, slo, threshold)" in err
+    )
     rc, _, err = await hostctl("--site", str(site), "experiment", "elastic-vs-fixed", "--cvm", "edge-1/snp")
     assert rc == 2 and "edge-1/snp: no service to send load to" in err
