@@ -34,7 +34,7 @@ below means per online vCPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Protocol
@@ -343,17 +343,12 @@ class Calibrated:
         if concurrency is None:
             return Want(None, "no concurrency samples")
         want, why = self.need(concurrency)
-        why += ahead
-        current = signals.current
-        if want >= current:
-            return Want(want, why)
-        if not samples or samples[0].ts > signals.now - self.hold_s:
-            return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
-        recent = [s.ts for s in samples if s.ts > signals.now - self.hold_s]
-        held = max([want, *(self.need(c)[0] for c, _ in (self._demand(samples, t) for t in recent) if c is not None)])
-        if held >= current:
-            return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
-        return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
+
+        def need_at(t: float) -> int | None:
+            demand = self._demand(samples, t)[0]
+            return None if demand is None else self.need(demand)[0]
+
+        return _held(signals, samples, want, why + ahead, hold_s=self.hold_s, need_at=need_at)
 
     def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
         """The requests in flight to size for at time `t` (the mean of the `window_s` before it, or its newest
@@ -417,17 +412,12 @@ class Rate:
         if rps is None:
             return Want(None, "no request-rate samples")
         want, why = self.need(rps)
-        why += how
-        current = signals.current
-        if want >= current:
-            return Want(want, why)
-        if not samples or samples[0].ts > signals.now - self.hold_s:
-            return Want(current, f"{why}; keep {current} until {self.hold_s:g} s of samples are seen")
-        needs = (self._demand(samples, s.ts)[0] for s in samples if s.ts > signals.now - self.hold_s)
-        held = max([want, *(self.need(r)[0] for r in needs if r is not None)])
-        if held >= current:
-            return Want(current, f"{why}; {held} needed within the last {self.hold_s:g} s: keep {current}")
-        return Want(held, f"{why}; at most {held} needed for {self.hold_s:g} s")
+
+        def need_at(t: float) -> int | None:
+            demand = self._demand(samples, t)[0]
+            return None if demand is None else self.need(demand)[0]
+
+        return _held(signals, samples, want, why + how, hold_s=self.hold_s, need_at=need_at)
 
     def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
         """The request rate to size for at time `t`, and how it was read; None without readings.
@@ -492,6 +482,29 @@ KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrat
     "calibrated": Calibrated,
     "rate": Rate,
 }
+
+
+def _held(
+    signals: Signals,
+    samples: Sequence[CVMSample],
+    want: int,
+    why: str,
+    *,
+    hold_s: float,
+    need_at: Callable[[float], int | None],
+) -> Want:
+    """Wake to `want` at once; park only down to the most needed at any sample of the last `hold_s` (`need_at`:
+    the count needed at a sample's time, None without readings), and not before `hold_s` of samples are seen."""
+    current = signals.current
+    if want >= current:
+        return Want(want, why)
+    if not samples or samples[0].ts > signals.now - hold_s:
+        return Want(current, f"{why}; keep {current} until {hold_s:g} s of samples are seen")
+    needs = (need_at(s.ts) for s in samples if s.ts > signals.now - hold_s)
+    held = max([want, *(n for n in needs if n is not None)])
+    if held >= current:
+        return Want(current, f"{why}; {held} needed within the last {hold_s:g} s: keep {current}")
+    return Want(held, f"{why}; at most {held} needed for {hold_s:g} s")
 
 
 def _mean_concurrency(samples: Sequence[CVMSample]) -> float | None:
