@@ -129,6 +129,10 @@ def _percent(value: float) -> str | None:
     return None if 0 < value <= 100 else "must be in (0, 100]"
 
 
+def _calibration_file(value: str) -> str | None:
+    return None if value else "must name a calibration file (.json)"
+
+
 def _probe_window(value: float) -> str | None:
     return None if 0 < value <= 10 else "must be in (0, 10]: the agent keeps 10 s of probes"
 
@@ -288,7 +292,7 @@ class Concurrency:
 class Calibrated:
     """The fewest vCPUs the CVM's calibration says hold the requests in flight within the SLO, plus a margin."""
 
-    calibration: str = check(lambda v: None if v else "must name a calibration file (.json)")
+    calibration: str = check(_calibration_file)
     interval: float = check(positive, default=0.1)
     window_s: float = check(positive, default=1.0)
     margin: float = check(non_negative, default=0.15)
@@ -375,7 +379,7 @@ class Calibrated:
 class Rate:
     """The fewest vCPUs the CVM's calibration keeps within the SLO at its request rate: the oracle's rule."""
 
-    calibration: str = check(lambda v: None if v else "must name a calibration file (.json)")
+    calibration: str = check(_calibration_file)
     interval: float = check(positive, default=0.1)
     window_s: float = check(positive, default=4.0)
     quick_s: float = check(positive, default=0.3)
