@@ -107,6 +107,7 @@ class DittoApp(App[None]):
         self._site_order: dict[str, int] = {}  # per host: its place in the site file (rows and lines follow it)
         self._states: dict[str, tuple[LinkState, str]] = {}  # per host: the link's state and error last logged
         self._row_versions: dict[str, tuple[object, ...]] = {}  # per host: what its CVM rows were built from
+        self._service_versions: dict[str, tuple[object, ...]] = {}  # ... and its service rows
         self._host_versions: dict[str, tuple[object, ...]] = {}  # per host: what its row was built from
         self._host_rows: dict[str, Row] = {}  # ... and the row (two dicts: no new pair per row for the collector)
         self._results_version = 0
@@ -218,7 +219,7 @@ class DittoApp(App[None]):
             and not self.refusals.audited((event.host, event.cvm, event.action))
         ):
             return  # its reply showed it already
-        self.tick(collect=False)  # an action's result shows now, not at the next tick
+        self._show_now(event.host)  # an action's result shows now, not at the next tick
         when = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S")
         line = format_event(event).split(" ", 1)[1]  # the console shows local time, like its other lines
         # Its line is written once the changed row is on screen: a line scrolls the whole log, whose repaint would
@@ -243,8 +244,8 @@ class DittoApp(App[None]):
         """Apply whatever arrived since the last tick, in one batch that stays within a frame's budget.
 
         A tick's work follows what changed, not the size of the fleet: only the hosts whose link said something
-        since (and those whose row shows a growing age) are looked at. A tick that shows what a key did at once
-        passes `collect=False`: the collector's pass, when due, waits for the next steady tick.
+        since (and those whose row shows a growing age) are looked at. A tick that shows what a key did at once (a
+        mark) passes `collect=False`: the collector's pass, when due, waits for the next steady tick.
         """
         if not self.hosts_table.is_attached or self.fleet is None:  # shutting down, or the demo is starting
             return
@@ -316,45 +317,80 @@ class DittoApp(App[None]):
         services: dict[str, dict[str, Row]] = {}
         for name in list(self._due):
             link = self.fleet.links[name]
-            snap = link.snapshot
-            version = (
-                snap.ts if snap else None,
-                link.state.value,  # (not the member: a tuple holding one stays tracked by the collector)
-                self.filter_text,
-                self._mark_versions.get(name, 0),
-                self._results_version,
-            )
-            before = self._row_versions.get(name)
-            if before == version:
+            version = self._version(link)
+            if self._row_versions.get(name) == version and self._service_versions.get(name) == version:
                 del self._due[name]
                 continue
             if services and time.perf_counter() > deadline:
                 self.set_timer(FRAME_BUDGET_S, self.tick)
                 break
             del self._due[name]
-            self._row_versions[name] = version
-            cache = self._cvm_cache.get(name)
-            if cache is None:
-                cache = self._cvm_cache[name] = RowCache()
-            cvms_now = snap.cvms if snap else []
-            seen = self._seen.get(name)
-            if snap is not None and before is not None and before[1:] == version[1:] and seen and seen[0] is cvms_now:
-                changed = _swapped(cvms_now, seen[1])
-                self._record_trends(link, changed)
-                rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache, only=changed)
-                parts[name] = ([f"{name}/{c.name}" for c in changed], rows)
-                self._built += len(changed)
-            else:
-                now = list(cvms_now)
-                self._seen[name] = (cvms_now, now)
-                self._record_trends(link, now, whole=True)
-                cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
-                self._built += len(now)
+            self._cvm_rows(link, version, cvms, parts)
+            self._service_versions[name] = version
             services[name] = service_rows(
                 link, self.wrk_results, self.trends.p99, slo_ms=slo_ms, filter_text=self.filter_text
             )
         self.cvm_table.sync_groups(cvms, parts)
         self.services_table.sync_groups(services)
+
+    def _show_now(self, name: str) -> None:
+        """Bring one host's row and CVM rows up to date at once (what an action did); its service rows and every
+        other host wait for the next tick. A service's latency is not what the action changed, and a frame that
+        also repaints every probed service costs about twice as much as one that shows the action alone."""
+        link = self.fleet.links.get(name) if self.fleet else None
+        if link is None or not self.hosts_table.is_attached:
+            return
+        cvms: dict[str, dict[str, Row]] = {}
+        parts: dict[str, tuple[list[str], dict[str, Row]]] = {}
+        with self.batch_update():
+            self.hosts_table.sync_groups({name: {name: self._host_row(link)}})
+            self._cvm_rows(link, self._version(link), cvms, parts)
+            self.cvm_table.sync_groups(cvms, parts)
+        self._due.setdefault(name)  # its services, at the next tick
+
+    def _version(self, link: HostLink) -> tuple[object, ...]:
+        """What a host's CVM and service rows are built from."""
+        snap = link.snapshot
+        return (
+            snap.ts if snap else None,
+            link.state.value,  # (not the member: a tuple holding one stays tracked by the collector)
+            self.filter_text,
+            self._mark_versions.get(link.name, 0),
+            self._results_version,
+        )
+
+    def _cvm_rows(
+        self,
+        link: HostLink,
+        version: tuple[object, ...],
+        cvms: dict[str, dict[str, Row]],
+        parts: dict[str, tuple[list[str], dict[str, Row]]],
+    ) -> None:
+        """Add a host's CVM rows built from `version` to what a sync applies, unless they were built from it already:
+        all of them to `cvms`, or, when its CVMs neither came nor went, only those whose records changed to `parts`."""
+        name = link.name
+        before = self._row_versions.get(name)
+        if before == version:
+            return
+        self._row_versions[name] = version
+        cache = self._cvm_cache.get(name)
+        if cache is None:
+            cache = self._cvm_cache[name] = RowCache()
+        snap = link.snapshot
+        cvms_now = snap.cvms if snap else []
+        seen = self._seen.get(name)
+        if snap is not None and before is not None and before[1:] == version[1:] and seen and seen[0] is cvms_now:
+            changed = _swapped(cvms_now, seen[1])
+            self._record_trends(link, changed)
+            rows = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache, only=changed)
+            parts[name] = ([f"{name}/{c.name}" for c in changed], rows)
+            self._built += len(changed)
+        else:
+            now = list(cvms_now)
+            self._seen[name] = (cvms_now, now)
+            self._record_trends(link, now, whole=True)
+            cvms[name] = cvm_rows(link, filter_text=self.filter_text, marks=self.marks, cache=cache)
+            self._built += len(now)
 
     def _record_trends(self, link: HostLink, cvms: list[CVM], *, whole: bool = False) -> None:
         """Sample a live host's CVMs (all of them with `whole`, else those whose records changed) and its services,

@@ -10,6 +10,7 @@ import gc
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
 from textual.widgets import Input
 
@@ -18,7 +19,7 @@ from dittotui.tables.cvms import CVMTable, cvm_rows
 from hostctl.client.link import HostLink, LinkState
 from hostctl.demo.site import demo_site
 from hostctl.wire.decode import Update
-from hostctl.wire.model import CVM, DomainState, Host, Snapshot
+from hostctl.wire.model import CVM, DomainState, Event, Host, Latency, Service, Snapshot
 from hostctl.wire.security import SecurityType
 
 NAMES = [f"c{i}" for i in range(8)]
@@ -88,6 +89,46 @@ async def test_rows_after_any_mix_of_updates_equal_a_whole_rebuild(tmp_path: Pat
                 app.tick()
             assert shown(app.cvm_table) == expected(app, links), step
         assert partial > 100
+
+
+async def test_an_action_shows_its_host_at_once_and_leaves_services_and_other_hosts_to_the_tick(tmp_path: Path) -> None:
+    """The audit event of an action (a key's scale, a policy's) brings its host's row and CVM rows up to date at once,
+    without waiting for the tick; what else arrived meanwhile, a service's latency or another host's CVMs, waits for
+    the next tick, so the frame that shows the action paints little else. The tick then shows everything."""
+    rng = random.Random(3)
+    app = DittoApp(site=demo_site({"mec-a": tmp_path / "a.sock", "mec-b": tmp_path / "b.sock"}), refresh=3600)
+    async with app.run_test(size=(160, 50)):
+        assert app.fleet is not None
+        await app.fleet.stop()
+        a, b = links = list(app.fleet.links.values())
+
+        def service(link: HostLink, p99: float) -> Service:
+            return Service("home", "c0", "http://x/", {"10s": Latency(10, count=100, p50=p99 / 2, p99=p99)})
+
+        for link in links:
+            link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:3]], ts=1e9)
+            link.snapshot.services = [service(link, 20.0)]
+            link._fresh()
+        app.tick()
+        before = shown(app.cvm_table)
+        p99 = "mec-a/c0/home", "p99"
+        shown_p99 = str(app.services_table.get_cell(*p99))
+
+        scaled = msgspec.structs.replace(a.snapshot.cvms[0], online_vcpus=a.snapshot.cvms[0].online_vcpus % 5 + 1)
+        a._on_notification("update", Update(seq=1, ts=1e9 + 1, cvms={"c0": scaled}, services=[service(a, 45.0)]))
+        b._on_notification("update", Update(seq=1, ts=1e9 + 1, cvms={"c1": cvm(rng, "c1")}))
+        app._on_audit(Event("mec-a", "c0", "scale", "console", ok=True, before=1, after=scaled.online_vcpus))
+
+        now, rebuilt = shown(app.cvm_table), expected(app, links)
+        assert {k: v for k, v in now.items() if k.startswith("mec-a/")} == {
+            k: v for k, v in rebuilt.items() if k.startswith("mec-a/")
+        }
+        assert now["mec-a/c0"] != before["mec-a/c0"]
+        assert now["mec-b/c1"] == before["mec-b/c1"] != rebuilt["mec-b/c1"]  # another host's change waits
+        assert str(app.services_table.get_cell(*p99)) == shown_p99  # ... and so does a service's latency
+        app.tick()
+        assert shown(app.cvm_table) == expected(app, links)
+        assert str(app.services_table.get_cell(*p99)) != shown_p99
 
 
 async def test_the_console_collects_the_rows_it_builds_in_small_young_passes(tmp_path: Path) -> None:
