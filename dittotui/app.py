@@ -336,7 +336,7 @@ class DittoApp(App[None]):
     def _show_now(self, name: str) -> None:
         """Bring one host's row and CVM rows up to date at once (what an action did); its service rows and every
         other host wait for the next tick. A service's latency is not what the action changed, and a frame that
-        also repaints every probed service costs about twice as much as one that shows the action alone."""
+        also repaints every probed service costs about three times as much as one that shows the action alone."""
         link = self.fleet.links.get(name) if self.fleet else None
         if link is None or not self.hosts_table.is_attached:
             return
