@@ -138,7 +138,13 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
         site = demo_site({"mec-1": agent.socket})
         trace = Trace((Phase("quiet", 3, 20), Phase("step", 6, 400), Phase("quiet", 3, 20)), "short")
         comparison = await on_site(
-            site, [trace], runs=["fixed-min", "oracle-replay", "concurrency"], rates=[20, 400], cell_s=0.5, settle_s=0.5
+            site,
+            [trace],
+            runs=["fixed-min", "oracle-replay", "concurrency"],
+            rates=[20, 400],
+            cell_s=0.5,
+            min_requests=20,
+            settle_s=0.5,
         )
     finally:
         agent.stop()
@@ -147,6 +153,8 @@ async def test_the_comparison_on_a_real_demo_agent(tmp_path: Path) -> None:
     calibration = comparison.calibration
     assert (calibration.target, calibration.boot, calibration.max, calibration.rates) == ("mec-1/snp", 1, 5, [20, 400])
     assert all(c.requests > 0 for c in calibration.cells) and calibration.cells[0].vcpus == 1
+    # a cell lasts cell_s, or as long as min_requests take at its rate
+    assert {c.rps: c.seconds for c in calibration.cells} == {20: 1.0, 400: 0.5}
     at_400 = [c.vcpus for c in calibration.cells if c.rps == 400]
     assert at_400 == sorted(at_400) and at_400[0] == calibration.fewest(20)  # walked up from 20 req/s's need
     assert fixed.online == [(0.0, 1)] and fixed.worker_seconds == 0 and fixed.actions == 0

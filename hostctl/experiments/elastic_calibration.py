@@ -8,6 +8,10 @@ the SLO is measured once more before a vCPU is added (a stall of a shared machin
 are kept, and the count is within the SLO at that rate when either is. A rate that max vCPUs cannot serve within
 the SLO ends the walk: every higher rate needs more than there is. That measures about 2 x (rates + max) cells
 at most instead of rates x max.
+
+A cell lasts `cell_s` seconds, or as long as it takes to send `min_requests` at its rate: a p99 over 150 requests
+(5 s at 30 req/s) is their second slowest, set by whichever one stall of a shared machine fell in the cell. Over
+1,000 it is the tenth slowest. The low rates then take longest: about 3 minutes for the shipped grid.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from hostctl.stats import percentile
 from hostctl.wire.model import CVM, DomainState
 
 WHY = "experiment elastic-vs-fixed"
-RATES = (30.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0, 420.0, 480.0)  # req/s: the traces' range, and below it
+# req/s: the traces' range, and below it; finer where the traces' quiet rate (60) ends one vCPU's room and two's
+RATES = (30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 360.0, 420.0, 480.0)
+MIN_REQUESTS = 1_000  # a cell sends at least this many requests: its p99 is then its tenth slowest
 READ_AFTER_S = 1.0  # the agent's readings of a cell's first second may still cover the settle before it
 
 Progress = Callable[[str], Awaitable[None]]
@@ -48,6 +54,7 @@ async def calibrate(
     slo_ms: float,
     rates: Sequence[float] = RATES,
     cell_s: float = 5.0,
+    min_requests: int = MIN_REQUESTS,
     settle_s: float = 1.0,
     progress: Progress | None = None,
 ) -> Calibration:
@@ -58,11 +65,12 @@ async def calibrate(
     cells: list[Cell] = []
     vcpus = first.boot_vcpus
     for i, rps in enumerate(sorted(set(rates)), start=1):
+        seconds = max(cell_s, min_requests / rps)
         while True:
             if progress is not None:
                 await progress(f"calibration: {rps:g} req/s at {vcpus} vCPUs (rate {i}/{len(set(rates))})")
             for _ in range(2):  # a cell over the SLO is measured once more: the machine's noise is not the CVM's
-                cell = await _cell(link, cvm, url, rps, vcpus, cell_s=cell_s, settle_s=settle_s, seed=len(cells) + 1)
+                cell = await _cell(link, cvm, url, rps, vcpus, cell_s=seconds, settle_s=settle_s, seed=len(cells) + 1)
                 cells.append(cell)
                 if cell.within(slo_ms):
                     break

@@ -38,7 +38,7 @@ from hostctl.client.link import Fleet, HostLink
 from hostctl.client.ref import CVMRef
 from hostctl.client.site import Site
 from hostctl.errors import HostctlError
-from hostctl.experiments.elastic_calibration import RATES, WHY, Progress, calibrate, running
+from hostctl.experiments.elastic_calibration import MIN_REQUESTS, RATES, WHY, Progress, calibrate, running
 from hostctl.experiments.elastic_oracle import Calibration, Oracle
 from hostctl.load.trace import Request, Trace, replay
 from hostctl.stats import percentile
@@ -162,13 +162,14 @@ async def on_site(
     calibration: Calibration | None = None,
     rates: Sequence[float] = RATES,
     cell_s: float = 5.0,
+    min_requests: int = MIN_REQUESTS,
     settle_s: float = 8.0,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run the comparison on a site: `cvm` as HOST/CVM (default: the first running CVM with a service and worker
     vCPUs), `runs` by name (default: fixed-max, oracle-replay and every policy of its agent; fixed-min on request),
     judged by
-    `calibration` (default: calibrate the CVM first at `rates`, `cell_s` seconds a cell)."""
+    `calibration` (default: calibrate the CVM first at `rates`, `cell_s` seconds a cell, or `min_requests`)."""
     fleet = Fleet(site, who="experiment")
     fleet.start()
     try:
@@ -189,6 +190,7 @@ async def on_site(
                 slo_ms=slo_ms,
                 rates=rates,
                 cell_s=cell_s,
+                min_requests=min_requests,
                 settle_s=min(settle_s, 1.0),
                 progress=progress,
             )
