@@ -102,12 +102,12 @@ async def test_an_action_shows_its_host_at_once_and_leaves_services_and_other_ho
         await app.fleet.stop()
         a, b = links = list(app.fleet.links.values())
 
-        def service(link: HostLink, p99: float) -> Service:
+        def service(p99: float) -> Service:
             return Service("home", "c0", "http://x/", {"10s": Latency(10, count=100, p50=p99 / 2, p99=p99)})
 
         for link in links:
             link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:3]], ts=1e9)
-            link.snapshot.services = [service(link, 20.0)]
+            link.snapshot.services = [service(20.0)]
             link._fresh()
         app.tick()
         before = shown(app.cvm_table)
@@ -115,7 +115,7 @@ async def test_an_action_shows_its_host_at_once_and_leaves_services_and_other_ho
         shown_p99 = str(app.services_table.get_cell(*p99))
 
         scaled = msgspec.structs.replace(a.snapshot.cvms[0], online_vcpus=a.snapshot.cvms[0].online_vcpus % 5 + 1)
-        a._on_notification("update", Update(seq=1, ts=1e9 + 1, cvms={"c0": scaled}, services=[service(a, 45.0)]))
+        a._on_notification("update", Update(seq=1, ts=1e9 + 1, cvms={"c0": scaled}, services=[service(45.0)]))
         b._on_notification("update", Update(seq=1, ts=1e9 + 1, cvms={"c1": cvm(rng, "c1")}))
         app._on_audit(Event("mec-a", "c0", "scale", "console", ok=True, before=1, after=scaled.online_vcpus))
 

@@ -28,7 +28,7 @@ from hostctl.stats import percentile
 from hostctl.wire.model import CVM, DomainState
 
 WHY = "experiment elastic-vs-fixed"
-# req/s: the traces' range, and below it; finer where the traces' quiet rate (60) ends one vCPU's room and two's
+# req/s: the traces' range and below it, every 30 up to 180 (where one and two vCPUs run out of room), then every 60
 RATES = (30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 360.0, 420.0, 480.0)
 MIN_REQUESTS = 1_000  # a cell sends at least this many requests: its p99 is then its tenth slowest
 READ_AFTER_S = 1.0  # the agent's readings of a cell's first second may still cover the settle before it

@@ -168,8 +168,8 @@ async def on_site(
 ) -> Comparison:
     """Run the comparison on a site: `cvm` as HOST/CVM (default: the first running CVM with a service and worker
     vCPUs), `runs` by name (default: fixed-max, oracle-replay and every policy of its agent; fixed-min on request),
-    judged by
-    `calibration` (default: calibrate the CVM first at `rates`, `cell_s` seconds a cell, or `min_requests`)."""
+    judged by `calibration` (default: calibrate the CVM first at `rates`, each cell `cell_s` seconds or as long as
+    `min_requests` take)."""
     fleet = Fleet(site, who="experiment")
     fleet.start()
     try:
