@@ -109,7 +109,13 @@ async def test_an_action_shows_its_host_at_once_and_leaves_services_and_other_ho
             link.snapshot = Snapshot(Host(link.name, "test:///x", 8, 4096), [cvm(rng, n) for n in NAMES[:3]], ts=1e9)
             link.snapshot.services = [service(20.0)]
             link._fresh()
-        app.tick()
+
+        def tick() -> None:  # until no host is left for a later tick (a slow machine spends a tick's budget early)
+            app.tick()
+            while app._due:
+                app.tick()
+
+        tick()
         before = shown(app.cvm_table)
         p99 = "mec-a/c0/home", "p99"
         shown_p99 = str(app.services_table.get_cell(*p99))
@@ -126,7 +132,7 @@ async def test_an_action_shows_its_host_at_once_and_leaves_services_and_other_ho
         assert now["mec-a/c0"] != before["mec-a/c0"]
         assert now["mec-b/c1"] == before["mec-b/c1"] != rebuilt["mec-b/c1"]  # another host's change waits
         assert str(app.services_table.get_cell(*p99)) == shown_p99  # ... and so does a service's latency
-        app.tick()
+        tick()
         assert shown(app.cvm_table) == expected(app, links)
         assert str(app.services_table.get_cell(*p99)) != shown_p99
 
