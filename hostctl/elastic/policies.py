@@ -34,7 +34,7 @@ below means per online vCPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Protocol
@@ -347,12 +347,7 @@ class Calibrated:
         if concurrency is None:
             return Want(None, "no concurrency samples")
         want, why = self.need(concurrency)
-
-        def need_at(t: float) -> int | None:
-            demand = self._demand(samples, t)[0]
-            return None if demand is None else self.need(demand)[0]
-
-        return _held(signals, samples, want, why + ahead, hold_s=self.hold_s, need_at=need_at)
+        return _held(self, signals, samples, want, why + ahead)
 
     def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
         """The requests in flight to size for at time `t` (the mean of the `window_s` before it, or its newest
@@ -416,12 +411,7 @@ class Rate:
         if rps is None:
             return Want(None, "no request-rate samples")
         want, why = self.need(rps)
-
-        def need_at(t: float) -> int | None:
-            demand = self._demand(samples, t)[0]
-            return None if demand is None else self.need(demand)[0]
-
-        return _held(signals, samples, want, why + how, hold_s=self.hold_s, need_at=need_at)
+        return _held(self, signals, samples, want, why + how)
 
     def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]:
         """The request rate to size for at time `t`, and how it was read; None without readings.
@@ -488,24 +478,27 @@ KINDS: dict[str, type[Threshold] | type[Slo] | type[Concurrency] | type[Calibrat
 }
 
 
-def _held(
-    signals: Signals,
-    samples: Sequence[CVMSample],
-    want: int,
-    why: str,
-    *,
-    hold_s: float,
-    need_at: Callable[[float], int | None],
-) -> Want:
-    """Wake to `want` at once; park only down to the most needed at any sample of the last `hold_s` (`need_at`:
-    the count needed at a sample's time, None without readings), and not before `hold_s` of samples are seen."""
-    current = signals.current
+class _Sizing(Protocol):
+    """A policy that sizes by a calibration: the count a demand needs, and the demand it read at a time."""
+
+    @property
+    def hold_s(self) -> float: ...
+
+    def need(self, demand: float) -> tuple[int, str]: ...
+
+    def _demand(self, samples: Sequence[CVMSample], t: float) -> tuple[float | None, str]: ...
+
+
+def _held(sizing: _Sizing, signals: Signals, samples: Sequence[CVMSample], want: int, why: str) -> Want:
+    """Wake to `want` at once; park only down to the most `sizing` needed for its demand at any sample of its last
+    `hold_s`, and not before `hold_s` of samples are seen."""
+    current, hold_s = signals.current, sizing.hold_s
     if want >= current:
         return Want(want, why)
     if not samples or samples[0].ts > signals.now - hold_s:
         return Want(current, f"{why}; keep {current} until {hold_s:g} s of samples are seen")
-    needs = (need_at(s.ts) for s in samples if s.ts > signals.now - hold_s)
-    held = max([want, *(n for n in needs if n is not None)])
+    demands = (sizing._demand(samples, s.ts)[0] for s in samples if s.ts > signals.now - hold_s)
+    held = max([want, *(sizing.need(d)[0] for d in demands if d is not None)])
     if held >= current:
         return Want(current, f"{why}; {held} needed within the last {hold_s:g} s: keep {current}")
     return Want(held, f"{why}; at most {held} needed for {hold_s:g} s")
